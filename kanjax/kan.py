@@ -1,0 +1,319 @@
+"""`KANLinear`: a drop-in replacement for `nnx.Linear` whose edges are learned 1-D functions.
+
+    y_o = Σ_i φ_io(x_i) + bias_o,      φ_io(x) = Σ_k coef[i, k, o] · s_k · B_k(t(x))
+
+where B_k are the basis functions of `kanjax.basis`, t(x) maps the input into the basis' natural
+interval (the `domain`), and s_k = 1 / max |B_k| on that interval makes every column O(1), so
+float16 never overflows at high degree (Hermite, Bessel, Gegenbauer grow like n! otherwise).
+
+The basis is evaluated in float32 (`basis_dtype`) and cast to the compute dtype for the
+contraction: the elementwise recurrences are a few percent of the layer's time and float16
+recurrences lose digits at degree 8 (benchmarks/kan_layer.py measures this). The contraction is a
+single matmul of (…, in·K) by (in·K, out), as in efficient-kan.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kanjax import basis as basis_lib
+
+DOMAINS = ("tanh", "layernorm", "clip", "none")
+BASES_BRANCHES = (None, "silu", "linear")
+
+# Gauss-Hermite (probabilists') nodes: E[f(X)] for X ~ N(0, 1) without sampling noise.
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(96)
+_GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+
+
+def _squash(x: jax.Array, domain: str) -> jax.Array:
+    """(…, i) → (…, i) in [-1, 1] (or unchanged for "none"), float32."""
+    if domain == "tanh":
+        return jnp.tanh(x)
+    if domain == "clip":
+        return jnp.clip(x, -1.0, 1.0)
+    if domain == "layernorm":
+        # Standardise over features first, so the squashing sees the same scale whatever the
+        # magnitude of the activations (inputs of 1e4 still spread over the basis).
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        return jnp.tanh((x - mean) * jax.lax.rsqrt(var + 1e-5))
+    return x
+
+
+def _squash_numpy(x: np.ndarray, domain: str) -> np.ndarray:
+    # layernorm of N(0, 1) features is N(0, 1) features: same distribution as tanh's input.
+    if domain in ("tanh", "layernorm"):
+        return np.tanh(x)
+    if domain == "clip":
+        return np.clip(x, -1.0, 1.0)
+    return x
+
+
+def _affine_to_interval(u, lo: float, hi: float, domain: str):
+    """Map the squashed input u ∈ [-1, 1] onto the basis' interval [lo, hi]."""
+    if domain == "none" or (lo, hi) == (-1.0, 1.0):
+        return u
+    return lo + (u + 1.0) * (0.5 * (hi - lo))
+
+
+@functools.lru_cache(maxsize=512)
+def _column_scales(name: str, items: tuple) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Columns that are not identically zero on the interval, and 1/max|B_k| for each."""
+    params = dict(items)
+    lo, hi = basis_lib.BASES[name].interval(**params)
+    grid = np.linspace(lo, hi, 4001)
+    peak = np.max(np.abs(basis_lib.expand_numpy(name, grid, **params)), axis=0)  # (K,)
+    active = tuple(int(k) for k in np.flatnonzero(peak > 0))
+    return active, tuple(float(1.0 / peak[k]) for k in active)
+
+
+class KANLinear(nnx.Module):
+    """KAN layer, (…, in_features) → (…, out_features), any number of leading dims.
+
+    Args:
+      basis: a family of `kanjax.basis.BASES` ("chebyshev2" by default: the study's best
+        speed/accuracy trade-off at degree 2).
+      degree: polynomial degree (polynomial and rational families; ignored by bspline / rbf).
+      domain: how inputs reach the basis' interval: "tanh" (default), "layernorm"
+        (standardise over features, then tanh), "clip", or "none" (the raw input is fed to the
+        basis, for exact conversion of linear layers with `from_linear`).
+      base: optional residual branch: "silu" (silu(x) @ W_base, as in the original KAN) or
+        "linear" (x @ W_base).
+      den_degree: rational family only: degree n of the learned denominator 1 + |Σ_j b_ij x^j|,
+        one set of n coefficients per input feature (parameter `den_coef`, shape (in, n)).
+      axes: logical axis names (in_axis, out_axis) for sharding; the basis axis is "basis".
+      dtype: compute dtype of the contraction (None: the input's); parameters stay param_dtype.
+      basis_dtype: dtype the basis is evaluated in (float32 by default, see module docstring).
+      **basis_params: any other keyword of the basis (grid, order, alpha, beta, centers, …).
+
+    Parameters: coef (in, K, out), bias (out,), base_kernel (in, out) if base,
+    den_coef (in, n) for rational.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        basis: str = "chebyshev2",
+        degree: int = 2,
+        domain: str = "tanh",
+        base: Optional[str] = None,
+        use_bias: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        basis_dtype: Any = jnp.float32,
+        den_degree: int = 2,
+        axes: Sequence[Optional[str]] = (None, None),
+        rngs: nnx.Rngs,
+        **basis_params,
+    ):
+        if domain not in DOMAINS:
+            raise ValueError(f"KANLinear: domain={domain!r} is not one of {DOMAINS}")
+        if base not in BASES_BRANCHES:
+            raise ValueError(f"KANLinear: base={base!r} is not one of {BASES_BRANCHES}")
+        if basis not in basis_lib.BASES:
+            raise ValueError(f"KANLinear: unknown basis {basis!r}; known: {sorted(basis_lib.BASES)}")
+        if "den_coef" in basis_params:
+            raise ValueError("KANLinear: den_coef is a learned parameter of the rational layer; "
+                             "set its size with den_degree")
+        if "degree" in basis_lib.BASES[basis].defaults:
+            basis_params["degree"] = degree
+        # Stored as a hashable tuple: NNX graph definitions are hashed as jit cache keys.
+        self.basis_items = tuple(sorted(
+            (k, _freeze(v)) for k, v in basis_lib.resolve_params(basis, **basis_params).items()))
+        self.in_features, self.out_features = in_features, out_features
+        self.basis, self.domain, self.base = basis, domain, base
+        self.dtype, self.param_dtype, self.basis_dtype = dtype, param_dtype, basis_dtype
+        self.den_degree = den_degree if basis == "rational" else 0
+        self.axes = tuple(axes)
+        self.interval = tuple(float(v) for v in basis_lib.BASES[basis].interval(**self.basis_params))
+        self.active, self.scales = _column_scales(basis, self.basis_items)
+        n_cols = len(self.active)
+        in_axis, out_axis = self.axes
+
+        def param(value, names):
+            return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+        second_moment = self._basis_second_moment()  # Σ_k E[(s_k B_k)²] for N(0,1) input
+        kan_share = 0.5 if base else 1.0
+        coef_std = math.sqrt(kan_share / (in_features * second_moment))
+        self.coef = param(
+            coef_std * jax.random.normal(rngs.params(), (in_features, n_cols, out_features), param_dtype),
+            (in_axis, "basis", out_axis))
+        if base:
+            act = _silu_numpy if base == "silu" else (lambda v: v)
+            base_std = math.sqrt(0.5 / (in_features * float(_GH_WEIGHTS @ act(_GH_NODES) ** 2)))
+            self.base_kernel = param(
+                base_std * jax.random.normal(rngs.params(), (in_features, out_features), param_dtype),
+                (in_axis, out_axis))
+        if use_bias:
+            self.bias = param(jnp.zeros((out_features,), param_dtype), (out_axis,))
+        else:
+            self.bias = None
+        if self.den_degree:
+            # Small random start: |Σ b x^j| has zero gradient at b = 0, which would freeze it.
+            self.den_coef = param(
+                0.1 * jax.random.normal(rngs.params(), (in_features, self.den_degree), param_dtype),
+                (in_axis, None))
+
+    @property
+    def basis_params(self) -> dict:
+        """Resolved keyword parameters of the basis (degree, grid, alpha, …)."""
+        return dict(self.basis_items)
+
+    # ----------------------------------------------------------------- forward
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """(…, i) → (…, i, K) normalised basis values, in basis_dtype."""
+        return self.features_of_squashed(_squash(x.astype(self.basis_dtype), self.domain))
+
+    def features_of_squashed(self, u: jax.Array) -> jax.Array:
+        """Same as `features`, from the already squashed input u (…, i)."""
+        lo, hi = self.interval
+        t = _affine_to_interval(u.astype(self.basis_dtype), lo, hi, self.domain)
+        params = dict(self.basis_params)
+        if self.den_degree:
+            params["den_coef"] = self.den_coef[...].astype(self.basis_dtype)
+        phi = basis_lib.expand(self.basis, t, **params)
+        if len(self.active) != phi.shape[-1]:
+            phi = phi[..., list(self.active)]
+        return phi * jnp.asarray(self.scales, self.basis_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"KANLinear expects input (..., {self.in_features}), got {x.shape}")
+        dtype = self.dtype or jnp.result_type(x.dtype, jnp.float32 if
+                                              not jnp.issubdtype(x.dtype, jnp.floating) else x.dtype)
+        lead = x.shape[:-1]
+        phi = self.features(x).astype(dtype)
+        coef = self.coef[...].astype(dtype)
+        n_in, n_cols, n_out = coef.shape
+        # One matmul over the flattened (input, basis) axis; never a vmap of the contraction.
+        y = phi.reshape(lead + (n_in * n_cols,)) @ coef.reshape(n_in * n_cols, n_out)
+        if self.base:
+            xb = x.astype(dtype)
+            xb = jax.nn.silu(xb) if self.base == "silu" else xb
+            y = y + xb @ self.base_kernel[...].astype(dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+    # ----------------------------------------------------------------- helpers
+
+    def _basis_second_moment(self) -> float:
+        """Σ_k E[(s_k B_k(t(X)))²] for X ~ N(0, 1): the variance-preserving init's denominator."""
+        lo, hi = self.interval
+        t = _affine_to_interval(_squash_numpy(_GH_NODES, self.domain), lo, hi, self.domain)
+        phi = self._features_numpy(t)
+        return float(_GH_WEIGHTS @ np.sum(phi ** 2, axis=-1))
+
+    def _features_numpy(self, t: np.ndarray) -> np.ndarray:
+        """(n,) points already in the basis' coordinates → (n, K) normalised columns, float64.
+
+        The rational denominator is left out (Q = 1): it is O(1) at init and this is only used
+        for constants."""
+        phi = basis_lib.expand_numpy(self.basis, t, **self.basis_params)[:, list(self.active)]
+        return phi * np.asarray(self.scales)
+
+    @classmethod
+    def from_linear(
+        cls,
+        kernel: jax.Array | np.ndarray,
+        bias: jax.Array | np.ndarray | None = None,
+        *,
+        basis: str = "chebyshev2",
+        degree: int = 2,
+        domain: str = "none",
+        **kwargs,
+    ) -> "KANLinear":
+        """A KAN layer computing `x @ kernel + bias`, kernel of shape (in, out); no RNG needed.
+
+        With `domain="none"` and a polynomial family whose span holds the affine functions
+        (constant and degree-1 term: every family at degree ≥ 1, Fibonacci at degree ≥ 2), the
+        result is exact: coef[i, k, o] = a_k · kernel[i, o] where Σ_k a_k s_k B_k(x) = x.
+        With a squashing domain the same construction gives squash(x) @ kernel + bias, which
+        equals the linear map only for small inputs (the drift is measured, not hidden).
+        """
+        kernel = np.asarray(kernel, np.float64)
+        if kernel.ndim != 2:
+            raise ValueError(f"from_linear: kernel must be (in, out), got shape {kernel.shape}")
+        n_in, n_out = kernel.shape
+        if bias is not None and np.shape(bias) != (n_out,):
+            raise ValueError(f"from_linear: bias must be ({n_out},), got shape {np.shape(bias)}")
+        kwargs.setdefault("use_bias", bias is not None)
+        if bias is not None and not kwargs["use_bias"]:
+            raise ValueError("from_linear: a bias was given but use_bias=False")
+        layer = cls(n_in, n_out, basis=basis, degree=degree, domain=domain, rngs=nnx.Rngs(0), **kwargs)
+        if layer.base or layer.den_degree:
+            raise ValueError("from_linear: needs base=None and a non-rational basis")
+        a = _identity_coefficients(layer)  # (K,)
+        coef = a[None, :, None] * kernel[:, None, :]
+        layer.coef[...] = jnp.asarray(coef, layer.param_dtype)
+        if bias is not None:
+            layer.bias[...] = jnp.asarray(bias, layer.param_dtype)
+        return layer
+
+
+def _identity_coefficients(layer: KANLinear) -> np.ndarray:
+    """a (K,) with Σ_k a_k s_k B_k(t) = u, u the squashed input; raises if not exact."""
+    u = np.linspace(-1.0, 1.0, 257)
+    lo, hi = layer.interval
+    t = _affine_to_interval(u, lo, hi, layer.domain)
+    phi = layer._features_numpy(t)  # (n, K)
+    a, *_ = np.linalg.lstsq(phi, u, rcond=None)
+    err = np.max(np.abs(phi @ a - u))
+    # Exact on [-1, 1] is exact everywhere only for polynomials (B-splines vanish off their grid).
+    unbounded = layer.domain == "none" and not basis_lib.BASES[layer.basis].polynomial
+    if err > 1e-7 or unbounded:
+        raise ValueError(
+            f"from_linear: basis {layer.basis!r} with {layer.basis_params} cannot represent the "
+            f"identity exactly (max error {err:.2e}); use a polynomial family with a constant "
+            "and a degree-1 term (degree >= 1; fibonacci needs degree >= 2)")
+    return a
+
+
+def _freeze(value):
+    """Lists and arrays → nested tuples of Python scalars (hashable, JSON-friendly)."""
+    if isinstance(value, (list, tuple, np.ndarray, jax.Array)):
+        arr = np.asarray(value)
+        return arr.item() if arr.ndim == 0 else tuple(_freeze(v) for v in arr.tolist())
+    return value
+
+
+def _silu_numpy(v: np.ndarray) -> np.ndarray:
+    return v / (1.0 + np.exp(-v))
+
+
+def count_params(module: nnx.Module) -> int:
+    """Number of scalar parameters (nnx.Param) in a module; works on abstract (eval_shape) ones."""
+    leaves = jax.tree.leaves(nnx.state(module, nnx.Param))
+    return int(sum(math.prod(leaf.shape) for leaf in leaves))
+
+
+def kan_param_count(in_features: int, out_features: int, **kan_kwargs) -> int:
+    """Parameters of a KANLinear of this shape, from shapes only (no initialisation)."""
+    layer = nnx.eval_shape(lambda: KANLinear(in_features, out_features, rngs=nnx.Rngs(0), **kan_kwargs))
+    return count_params(layer)
+
+
+def matched_width(in_features: int, out_features: int, **kan_kwargs) -> int:
+    """Output width at which a KANLinear(in, width) has the parameters of nnx.Linear(in, out).
+
+    The KAN count is affine in the width, so two shape-only counts give it exactly.
+    `use_bias` applies to both layers (default True).
+    """
+    use_bias = kan_kwargs.get("use_bias", True)
+    target = in_features * out_features + (out_features if use_bias else 0)
+    at1 = kan_param_count(in_features, 1, **kan_kwargs)
+    at2 = kan_param_count(in_features, 2, **kan_kwargs)
+    per_out, fixed = at2 - at1, 2 * at1 - at2
+    return max(1, round((target - fixed) / per_out))

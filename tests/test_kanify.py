@@ -1,0 +1,145 @@
+"""kanify: KAN layers in any projection, every strategy, parameter matching, exact conversion."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from kanjax import basis as basis_lib
+from kanjax.kan import KANLinear, count_params
+from kanjax.kanify import KANProjection, KANSpec, build_model, kanify, param_report
+from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0)
+IDS = jnp.array([[5, 6, 7, 8, 9, 10], [0, 0, 11, 12, 13, 14]])
+MASK = (IDS != 0).astype(jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    return LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
+
+
+def _kan_layers(model):
+    return [m for _, m in nnx.iter_graph(model) if isinstance(m, KANLinear)]
+
+
+@pytest.mark.parametrize("strategy", ["replace", "parallel", "sequential"])
+@pytest.mark.parametrize("targets", ["attn", "mlp", "all"])
+def test_every_strategy_and_target_trains(tiny_lm, strategy, targets):
+    model = kanify(tiny_lm, dict(targets=[targets], strategy=strategy, base="silu"))
+    assert model(IDS, MASK).shape == tiny_lm(IDS, MASK).shape == (2, 6, TINY.vocab_size)
+    expected = {"attn": 4, "mlp": 3, "all": 7}[targets] * TINY.num_hidden_layers
+    assert len(_kan_layers(model)) == expected
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+        logits = nnx.merge(graphdef, state)(IDS, MASK)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
+
+    grads = nnx.state(nnx.merge(graphdef, jax.grad(loss)(state)), KANLinear)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        g = np.asarray(g)
+        assert np.all(np.isfinite(g)), path
+        # every coefficient, not just every tensor: a dead basis column would show up here
+        if jax.tree_util.keystr(path).endswith("['coef'].value") or "coef" in jax.tree_util.keystr(path):
+            assert np.all(np.any(g != 0, axis=-1)), f"zero gradient rows in {jax.tree_util.keystr(path)}"
+
+
+@pytest.mark.parametrize("strategy", ["replace", "parallel", "sequential"])
+@pytest.mark.parametrize("family", ["chebyshev2", "legendre", "jacobi", "hermite"])
+def test_from_linear_keeps_the_function(tiny_lm, strategy, family):
+    spec = dict(targets=["all"], strategy=strategy, basis=family, init="from_linear", domain="none")
+    model = kanify(tiny_lm, spec)
+    np.testing.assert_allclose(model(IDS, MASK), tiny_lm(IDS, MASK), atol=1e-5)
+
+
+def test_layer_selection_and_no_silu(tiny_lm):
+    model = kanify(tiny_lm, dict(targets=["mlp"], layers="last:1", mlp_activation="none"))
+    kinds = [type(b.mlp.up_proj) for b in model.model.layers]
+    assert kinds == [nnx.Linear, nnx.Linear, KANProjection]
+    assert model.config.mlp_activations == ("silu", "silu", "none")
+    assert [b.mlp.activation for b in model.model.layers] == ["silu", "silu", "none"]
+    model = kanify(tiny_lm, dict(targets=["q", "down"], layers=[0, -1]))
+    assert [type(b.self_attn.q_proj) for b in model.model.layers] == [KANProjection, nnx.Linear, KANProjection]
+    assert all(type(b.self_attn.k_proj) is nnx.Linear for b in model.model.layers)
+    # untouched parameters are copied from the source model
+    np.testing.assert_array_equal(model.model.layers[1].mlp.up_proj.kernel[...],
+                                  tiny_lm.model.layers[1].mlp.up_proj.kernel[...])
+
+
+def test_no_targets_is_the_linear_model(tiny_lm):
+    model = kanify(tiny_lm, {})
+    np.testing.assert_array_equal(model(IDS, MASK), tiny_lm(IDS, MASK))
+    assert count_params(model) == count_params(tiny_lm)
+
+
+def test_classifier_can_be_kanified():
+    clf = LlamaForSequenceClassification(TINY, rngs=nnx.Rngs(1))
+    model = kanify(clf, dict(targets=["all"], init="from_linear", domain="none"))
+    np.testing.assert_allclose(model(IDS, MASK), clf(IDS, MASK), atol=1e-5)
+    assert model(IDS, MASK).shape == (2, 3)
+
+
+@pytest.mark.parametrize("family,params", [(f, {}) for f in sorted(basis_lib.BASES)]
+                         + [("bspline", {"grid": 5, "order": 3})])
+@pytest.mark.parametrize("targets", ["mlp", "all"])
+def test_param_match_hits_linear_count_on_smollm2_shape(family, params, targets):
+    full = LlamaConfig()  # SmolLM2-135M
+    spec = dict(targets=[targets], basis=family, degree=2, basis_params=params, param_match="width")
+    kan = count_params(build_model(LlamaForCausalLM, full, spec, abstract=True))
+    linear = count_params(build_model(LlamaForCausalLM, full, None, abstract=True))
+    assert linear == 134_515_008  # SmolLM2-135M, tied embeddings
+    assert abs(kan - linear) / linear <= 0.01, (family, kan, linear)
+
+
+def test_param_report_totals(tiny_lm):
+    model = kanify(tiny_lm, dict(targets=["mlp"], param_match="width"))
+    report = param_report(model)
+    total_row = report.splitlines()[-1]
+    assert f"{count_params(model):,}" in total_row and f"{count_params(tiny_lm):,}" in total_row
+    assert "| up |" in report and "| embed_tokens |" in report
+
+
+def test_spec_errors_name_the_field():
+    with pytest.raises(ValueError, match="kan.targets: unknown target 'ffn'"):
+        KANSpec(targets=("ffn",))
+    with pytest.raises(ValueError, match="kan.strategy"):
+        KANSpec(targets=("all",), strategy="stacked")
+    with pytest.raises(ValueError, match="kan.layers"):
+        KANSpec(targets=("all",), layers="first:2")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['degre'\]"):
+        KANSpec.from_dict({"targets": ["all"], "degre": 3})
+    with pytest.raises(ValueError, match="param_match"):
+        KANSpec(targets=("all",), init="from_linear", param_match="width")
+    with pytest.raises(ValueError, match="outside a 3-block model"):
+        KANSpec(targets=("all",), layers=[5]).layer_indices(3)
+    with pytest.raises(ValueError):
+        KANSpec(targets=("all",), basis="wavelet")
+
+
+@pytest.mark.slow
+def test_from_linear_on_real_smollm2_keeps_logits_and_answer(smollm2_gguf, tokenizer, record_property):
+    from kanjax.generate import chat_prompt, generate
+    from kanjax.hf import load_gguf
+
+    model = load_gguf(smollm2_gguf)
+    questions = ["What is the capital of France?", "Name a primary colour."]
+    ids, mask = chat_prompt(tokenizer, questions)
+    ref = np.asarray(model(ids, mask))
+    real = np.asarray(mask, bool)
+    kan = kanify(model, dict(targets=["all"], basis="chebyshev2", init="from_linear", domain="none"))
+    assert np.max(np.abs(np.asarray(kan(ids, mask)) - ref)[real]) <= 1e-3
+    answer = generate(model, ids[:1], mask[:1], max_new_tokens=16)
+    kan_answer = generate(kan, ids[:1], mask[:1], max_new_tokens=16)
+    np.testing.assert_array_equal(np.asarray(kan_answer), np.asarray(answer))
+    assert "Paris" in tokenizer.decode(np.asarray(kan_answer[0]), skip_special_tokens=True)
+    # tanh squashes activations before the basis, so the converted map is squash(x) @ W: recorded.
+    for strategy, targets in (("replace", "mlp"), ("sequential", "mlp")):
+        drift_model = kanify(model, dict(targets=[targets], strategy=strategy, layers="last:5",
+                                         basis="chebyshev2", init="from_linear", domain="tanh"))
+        drift = float(np.max(np.abs(np.asarray(drift_model(ids, mask)) - ref)[real]))
+        record_property(f"tanh_drift_{strategy}_{targets}_last5", drift)
+        print(f"tanh-domain from_linear drift ({strategy}, {targets}, last 5 blocks): max |Δlogit| = {drift:.3f}")
