@@ -365,6 +365,10 @@ class LlamaDecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
+def _call_block(layer, x, cos, sin, mask, kv, offset):
+    return layer(x, cos, sin, mask, kv, offset)
+
+
 class LlamaModel(nnx.Module):
     def __init__(self, config: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
                  projections: Projections = Projections()):
@@ -376,6 +380,9 @@ class LlamaModel(nnx.Module):
             LlamaDecoderLayer(config, i, projections=projections, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
             for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        # Rematerialise each block in the backward pass (activation memory ~ one block); set by
+        # the trainer (train.remat), static in the graph definition.
+        self.remat = False
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None,
                  cache: KVCache | None = None):
@@ -397,7 +404,8 @@ class LlamaModel(nnx.Module):
         x = self.embed_tokens(input_ids)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, cos, sin, mask, None if cache is None else (cache.k[i], cache.v[i]), offset)
+            run = nnx.remat(_call_block) if self.remat and cache is None else _call_block
+            x, kv = run(layer, x, cos, sin, mask, None if cache is None else (cache.k[i], cache.v[i]), offset)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])

@@ -1,0 +1,1 @@
+"""ml_collections config files: `python train.py --config configs/<name>.py`."""

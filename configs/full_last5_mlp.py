@@ -1,0 +1,30 @@
+"""The full 30-block SmolLM2-135M-Instruct with the MLPs of its last 5 blocks as Chebyshev-2 KAN
+layers, started from the pretrained weights (init="from_linear", full width) and fine-tuned on
+chat data. Arms of the full-model study override kan.init / kan.param_match / kan.targets."""
+
+from configs.base import get_config as _base
+
+
+def get_config():
+    c = _base()
+    c.workdir = "runs/full_last5_mlp"
+    c.model.source = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    c.model.num_layers = 0
+    c.model.vocab_size = 0
+    c.model.task = "causal_lm"
+    c.kan.targets = ("mlp",)
+    c.kan.layers = "last:5"
+    c.kan.basis = "chebyshev2"
+    c.kan.degree = 2
+    c.kan.domain = "none"
+    c.kan.init = "from_linear"
+    c.kan.param_match = "none"
+    c.data.task = "chat"
+    c.data.name = "HuggingFaceTB/smol-smoltalk"
+    c.data.tokenizer = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    c.data.seq_len = 512
+    c.data.batch_size = 8
+    c.train.lr = 1e-4
+    c.train.steps = 300
+    c.train.warmup = 20
+    return c

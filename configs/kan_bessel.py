@@ -1,0 +1,11 @@
+"""AGNews study: every linear layer of the mini model replaced by a parameter-matched bessel KAN."""
+
+from configs.base import get_config as _base
+
+
+def get_config():
+    c = _base()
+    c.workdir = "runs/kan_bessel"
+    c.kan.targets = ("all",)
+    c.kan.basis = "bessel"
+    return c

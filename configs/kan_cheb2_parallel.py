@@ -1,0 +1,10 @@
+"""KAN beside the linear layer: linear(x) + KAN(x), parameter-matched (narrower layers)."""
+
+from configs.kan_cheb2 import get_config as _cheb2
+
+
+def get_config():
+    c = _cheb2()
+    c.workdir = "runs/kan_cheb2_parallel"
+    c.kan.strategy = "parallel"
+    return c

@@ -1,0 +1,344 @@
+"""Config-driven data pipeline: raw data (hub or local files) -> cached token arrays -> grain batches.
+
+The training loop calls `build(config.data, split, seed=...)`; `data` is a ConfigDict with
+  task        "classify" | "chat" | "text"
+  name        hub id (defaults: fancyzhx/ag_news for classify, HuggingFaceTB/smol-smoltalk for chat)
+  path        local folder or file, overrides `name` (see `split_files` for the folder layout)
+  tokenizer   hub id or folder; seq_len, batch_size (global), packing (chat), val_fraction,
+  split_seed  (validation carve, default 0), cache_dir (token cache), num_workers, num_epochs
+Array layouts are documented in `kanjax.data_arrays`; `make_iterator`/`eval_batches` live there.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+
+from kanjax.data_arrays import (Arrays, apply_id_map, concat, encode_chat, encode_classify,
+                                encode_text, eval_batches, make_iterator, num_rows, pack, pad_id,
+                                windows)
+
+__all__ = ["load_raw", "load_tokenizer", "load_arrays", "build", "make_iterator", "eval_batches",
+           "split_files", "cache_file", "tokenizer_fingerprint"]
+
+TASK_COLUMNS = {"classify": ("text", "label"), "chat": ("messages",), "text": ("text",)}
+DEFAULT_NAMES = {"classify": "fancyzhx/ag_news", "chat": "HuggingFaceTB/smol-smoltalk"}
+BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+SPLIT_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"),
+                  "test": ("test",)}
+LAYOUT = {"classify": "train.csv and test.csv with columns text,label (or the original AG News "
+                      "3-column CSVs), e.g. ../shared/data/ag_news",
+          "chat": "*.jsonl files with a `messages` column (name them train*/test* to fix the splits), "
+                  "e.g. ../shared/data/chat",
+          "text": "*.txt files (paragraphs are examples), e.g. ../shared/data/text/tinyshakespeare.txt"}
+SHARED_TOKENIZER = "../shared/data/smollm2_tokenizer"
+CACHE_VERSION = 1  # bump when the array layout changes: old cache files are then ignored
+CHUNK = 1024  # rows tokenised per call: bounds the python-object memory of large splits
+
+
+def _get(cfg, key: str, default=None):
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+def _task(cfg) -> str:
+    task = _get(cfg, "task", "classify")
+    if task not in TASK_COLUMNS:
+        raise ValueError(f"data.task must be one of {sorted(TASK_COLUMNS)}, got {task!r}")
+    return task
+
+
+def _split(split: str) -> str:
+    for canonical, prefixes in SPLIT_PREFIXES.items():
+        if split in prefixes:
+            return canonical
+    raise ValueError(f"unknown split {split!r}; use train, validation or test")
+
+
+# --- raw data -----------------------------------------------------------------------------------
+
+
+def split_files(path: Path) -> dict[str, list[Path]]:
+    """Data files per split of a local `path`.
+
+    A file is the `train` split. In a folder (or its `data/` subfolder when the top level has none),
+    files with a data suffix (.csv .json .jsonl .parquet .txt) named train*, validation*/valid*/val*/
+    dev*, test* form those splits (other files are ignored); with no such names, all are `train`.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data path {path} does not exist")
+    if path.is_file():
+        return {"train": [path]}
+    for folder in (path, path / "data"):
+        found = sorted(f for f in folder.glob("*") if f.is_file() and f.suffix.lower() in BUILDERS)
+        if found:
+            break
+    else:
+        raise FileNotFoundError(f"no data files ({' '.join(BUILDERS)}) in {path}")
+    splits: dict[str, list[Path]] = {}
+    for f in found:
+        name = f.name.lower()
+        split = next((s for s, prefixes in SPLIT_PREFIXES.items() for p in prefixes
+                      if name.startswith(p) and not name[len(p)].isalpha()), None)
+        if split:
+            splits.setdefault(split, []).append(f)
+    return splits or {"train": found}
+
+
+def _is_original_agnews(file: Path) -> bool:
+    """The original AG News release: no header, rows `"3","title","description"` (class 1..4)."""
+    with open(file, newline="", encoding="utf-8") as fh:
+        row = next(csv.reader(fh), None)
+    return row is not None and len(row) == 3 and row[0].strip().isdigit()
+
+
+def _check_columns(ds, task: str, source: str) -> None:
+    missing = [c for c in TASK_COLUMNS[task] if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing} needed for task {task!r}; "
+                         f"columns found: {ds.column_names}")
+
+
+def _load_file(file: Path, task: str):
+    """One local file as a datasets.Dataset holding exactly the task's columns."""
+    import datasets
+
+    builder = BUILDERS.get(file.suffix.lower())
+    if builder is None:
+        raise ValueError(f"{file}: unsupported file type; expected one of {sorted(BUILDERS)}")
+    kwargs = {}
+    if builder == "csv":
+        kwargs["keep_default_na"] = False  # a headline reading "NA" or "null" stays text
+        if task == "classify" and _is_original_agnews(file):
+            ds = datasets.load_dataset("csv", data_files=str(file), split="train", header=None,
+                                       column_names=["class", "title", "description"], **kwargs)
+            return ds.map(lambda b: {"text": [f"{t} {d}" for t, d in zip(b["title"], b["description"])],
+                                     "label": [int(c) - 1 for c in b["class"]]},
+                          batched=True, remove_columns=["class", "title", "description"])
+    if builder == "text":
+        kwargs["sample_by"] = "paragraph"  # blank-line separated blocks: units to carve a val split
+    ds = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
+    _check_columns(ds, task, str(file))
+    return ds.select_columns(list(TASK_COLUMNS[task]))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline run fails in milliseconds instead of after HF's retries."""
+    from huggingface_hub import constants
+
+    host = constants.ENDPOINT.split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _env_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _load_hub(name: str, task: str, revision: str | None = None):
+    """A hub dataset as a DatasetDict (with HF_HUB_OFFLINE=1, from the local HF cache)."""
+    import datasets
+
+    message = (f"cannot load hub dataset {name!r}: the Hugging Face hub is unreachable (offline?). "
+               f"Pass local files with --config.data.path=<local folder> holding {LAYOUT[task]}.")
+    if not _env_offline() and not _hub_reachable():
+        raise ConnectionError(message + " (A copy in the HF cache is used when HF_HUB_OFFLINE=1.)")
+    try:
+        dd = datasets.load_dataset(name, revision=revision)
+    except ConnectionError as e:
+        raise ConnectionError(message) from e
+    for split_ds in dd.values():
+        _check_columns(split_ds, task, f"hub dataset {name!r}")
+    return dd
+
+
+def _carve(ds, split: str, val_fraction: float, seed: int):
+    """The train or validation part of `ds`: a seeded random `val_fraction` of rows (file order kept)."""
+    n = len(ds)
+    n_val = int(round(n * val_fraction))
+    if not 0 < n_val < n:
+        raise ValueError(f"val_fraction={val_fraction} of {n} rows leaves an empty train or validation split")
+    perm = np.random.default_rng(seed).permutation(n)
+    return ds.select(np.sort(perm[:n_val] if split == "validation" else perm[n_val:]))
+
+
+def load_raw(data_cfg, split: str):
+    """The raw `split` ("train" | "validation" | "test") as a `datasets.Dataset` with the task's
+    columns (classify: text, label 0..K-1; chat: messages; text: text).
+
+    Local files (`data.path`, see `split_files`) take precedence over the hub id `data.name`. With no
+    validation split, train is split once: a random `val_fraction` (default 0.1) of its rows, seeded
+    by `data.split_seed` (default 0, not the training seed) so the split never changes.
+    """
+    import datasets
+
+    task, split = _task(data_cfg), _split(split)
+    if _get(data_cfg, "path"):
+        files = split_files(_get(data_cfg, "path"))
+        source = f"data path {_get(data_cfg, 'path')}"
+
+        def load(s):
+            parts = [_load_file(f, task) for f in files[s]]
+            return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    else:
+        name = _get(data_cfg, "name", DEFAULT_NAMES.get(task))
+        if name is None:
+            raise ValueError(f"task {task!r} needs data.path (local {LAYOUT[task]}) or data.name (hub id)")
+        files = _load_hub(name, task, _get(data_cfg, "revision"))
+        source = f"hub dataset {name!r}"
+        load = files.__getitem__
+    if split in files and (split == "test" or "validation" in files):
+        return load(split)
+    if split in ("train", "validation") and "train" in files:
+        return _carve(load("train"), split, float(_get(data_cfg, "val_fraction", 0.1)),
+                      int(_get(data_cfg, "split_seed", 0)))
+    hint = f"; expected a file named {split}.* (e.g. {split}.csv, {split}.jsonl)"
+    hint = hint if _get(data_cfg, "path") else ""
+    raise FileNotFoundError(f"{source} has no {split!r} split (found {sorted(files)}){hint}")
+
+
+def load_tokenizer(name_or_path: str):
+    """`AutoTokenizer` from a folder or a hub id; offline, a hub id works only from the HF cache."""
+    from transformers import AutoTokenizer
+
+    hint = f"pass --config.data.tokenizer=<tokenizer folder>, e.g. {SHARED_TOKENIZER}"
+    if not name_or_path:
+        raise ValueError(f"data.tokenizer is not set; {hint}")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(str(path))
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"tokenizer folder {path} does not exist; {hint}")
+    online = not _env_offline() and _hub_reachable()
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=not online)
+    except OSError as e:
+        if online:
+            raise
+        raise OSError(f"tokenizer {name_or_path!r} is not a local folder nor in the HF cache, and the "
+                      f"Hugging Face hub is unreachable (offline); {hint}") from e
+
+
+# --- tokenised arrays, cached -------------------------------------------------------------------
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of everything that decides token ids: the full tokenizer.json (vocab, merges,
+    normalisers, added tokens) when the tokenizer is fast, and the chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        # Calling the tokenizer with truncation/padding stores those settings in the backend: they
+        # are per-call state, not part of the vocabulary, and must not change the cache key.
+        spec.pop("truncation", None), spec.pop("padding", None)
+        core = json.dumps(spec, sort_keys=True)
+    else:
+        core = json.dumps(sorted(tokenizer.get_vocab().items()))
+    h = hashlib.sha256(core.encode())
+    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    return h.hexdigest()
+
+
+def _source_key(data_cfg) -> dict:
+    """What identifies the raw data: every local data file's path, size and mtime (an edit
+    invalidates the cache), or the hub id and revision."""
+    if _get(data_cfg, "path"):
+        files = sorted(f for fs in split_files(_get(data_cfg, "path")).values() for f in fs)
+        return {"files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+    return {"name": _get(data_cfg, "name", DEFAULT_NAMES.get(_task(data_cfg))),
+            "revision": _get(data_cfg, "revision")}
+
+
+def cache_file(data_cfg, split: str, tokenizer) -> Path:
+    """The .npz holding this split's arrays; its name hashes every input of the tokenisation."""
+    task = _task(data_cfg)
+    key = {"version": CACHE_VERSION, "task": task, "split": _split(split), "source": _source_key(data_cfg),
+           "tokenizer": tokenizer_fingerprint(tokenizer), "seq_len": int(data_cfg["seq_len"]),
+           "packing": bool(_get(data_cfg, "packing", True)) if task == "chat" else None,
+           "val_fraction": float(_get(data_cfg, "val_fraction", 0.1)),
+           "split_seed": int(_get(data_cfg, "split_seed", 0))}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    cache_dir = Path(_get(data_cfg, "cache_dir", Path.home() / ".cache" / "kanjax" / "data")).expanduser()
+    return cache_dir / f"{task}-{_split(split)}-{digest}.npz"
+
+
+def _tokenize(ds, task: str, tokenizer, seq_len: int, packing: bool) -> tuple[Arrays, dict]:
+    """Tokenise a raw split chunk by chunk; returns (arrays, meta counts)."""
+    chunks = ds.iter(batch_size=CHUNK)
+    if task == "classify":
+        arrays = concat([encode_classify(tokenizer, b["text"], b["label"], seq_len) for b in chunks])
+        names = getattr(ds.features["label"], "names", None)  # a hub ClassLabel knows the classes
+        return arrays, {"num_labels": len(names) if names else int(arrays["labels"].max()) + 1}
+    if task == "text":
+        return windows(np.concatenate([encode_text(tokenizer, b["text"]) for b in chunks]), seq_len,
+                       pad_id(tokenizer)), {}
+    seqs, masks, meta = [], [], {"kept": 0, "truncated": 0, "dropped": 0}
+    for b in chunks:
+        s, m, counts = encode_chat(tokenizer, b["messages"], seq_len)
+        seqs, masks = seqs + s, masks + m
+        meta = {k: meta[k] + counts[k] for k in meta}
+    meta = {f"conversations_{k}": v for k, v in meta.items()}
+    return pack(seqs, masks, seq_len, pad_id(tokenizer), packing), meta
+
+
+def load_arrays(data_cfg, split: str, tokenizer) -> tuple[Arrays, dict]:
+    """The tokenised split, from the cache when present (then neither the raw data nor the tokenizer
+    is touched). Returns (arrays, meta); arrays as in `kanjax.data_arrays` (classify: input_ids,
+    attention_mask (n, L), labels (n,); chat/text: input_ids, targets, loss_mask, segment_ids,
+    positions (n, L)); meta has `cache_file` and counts (num_labels; conversations_kept/...)."""
+    path = cache_file(data_cfg, split, tokenizer)
+    if path.exists():
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files if k != "__meta__"}
+            meta = json.loads(str(f["__meta__"]))
+    else:
+        task = _task(data_cfg)
+        arrays, meta = _tokenize(load_raw(data_cfg, split), task, tokenizer, int(data_cfg["seq_len"]),
+                                 bool(_get(data_cfg, "packing", True)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:  # write then rename: a crash never leaves a truncated cache
+            np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+    return arrays, {**meta, "cache_file": str(path)}
+
+
+def build(data_cfg, split: str, *, seed: int, tokenizer=None, id_map=None):
+    """Everything the training loop needs for one split: (iterator_or_arrays, info).
+
+    train: a checkpointable grain iterator of this process's share of shuffled global batches
+    (drop_remainder, `data.num_epochs` epochs, None = forever); validation/test: the arrays, for
+    `eval_batches(arrays, batch_size)`. `id_map` (old id -> new id) remaps token ids for the
+    trimmed-vocabulary model. info: task, split, num_examples, steps_per_epoch, seq_len, batch_size,
+    pad_id, vocab_size, cache_file, and num_labels (classify) or conversations_* counts (chat).
+    """
+    split = _split(split)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(_get(data_cfg, "tokenizer"))
+    arrays, meta = load_arrays(data_cfg, split, tokenizer)
+    if id_map is not None:
+        arrays = apply_id_map(arrays, id_map)
+    n, batch_size = num_rows(arrays), int(data_cfg["batch_size"])
+    if _get(data_cfg, "num_labels") is not None:
+        meta["num_labels"] = int(data_cfg["num_labels"])
+    info = {"task": _task(data_cfg), "split": split, "num_examples": n, "seq_len": int(data_cfg["seq_len"]),
+            "batch_size": batch_size, "pad_id": pad_id(tokenizer), "vocab_size": len(tokenizer),
+            "steps_per_epoch": n // batch_size if split == "train" else math.ceil(n / batch_size), **meta}
+    if split != "train":
+        return arrays, info
+    if n < batch_size:
+        raise ValueError(f"the train split has {n} examples, fewer than one batch of {batch_size}")
+    return make_iterator(arrays, batch_size=batch_size, seed=seed, shuffle=True,
+                         num_epochs=_get(data_cfg, "num_epochs"), drop_remainder=True,
+                         num_threads=int(_get(data_cfg, "num_workers", 0))), info
