@@ -6,11 +6,13 @@ the wrong type stops the run with an error naming the key, before anything is lo
 
 import logging
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/kan_cheb2.py", "Run configuration file.",
                                           lock_config=True)
+_STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Stop (with a checkpoint) after this many steps; "
+                                   "a later run resumes. The schedule still follows train.steps.")
 
 
 def main(argv):
@@ -21,7 +23,7 @@ def main(argv):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from kanjax.train_loop import run
 
-    run(_CONFIG.value)
+    run(_CONFIG.value, max_steps=_STOP_AFTER.value)
 
 
 if __name__ == "__main__":

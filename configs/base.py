@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.clip = 1.0
     c.train.grad_accum = 1
     c.train.precision = "fp32"  # "fp32" | "bf16" | "fp16" (with dynamic loss scaling)
+    c.train.loss_scale = 65536.0  # fp16 only: initial dynamic loss scale
     c.train.remat = False
     c.train.log_every = 10
     c.train.peak_flops = 0.0  # per device, for MFU; 0 = known accelerator table or not reported

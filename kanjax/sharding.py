@@ -118,5 +118,7 @@ def maybe_initialize_distributed(coordinator: Optional[str], num_processes: int,
     """jax.distributed.initialize when a coordinator is configured; a no-op for one process."""
     if not coordinator or num_processes <= 1:
         return
+    # CPU processes need a collectives backend to talk to each other (accelerators bring their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)

@@ -124,22 +124,40 @@ def create_trainer(model: nnx.Module, train_cfg, task: str, mesh: Mesh, seed: in
     tx = make_optimizer(train_cfg)
     use_scale = train_cfg.precision == "fp16"
     param_sharding = shard_lib.state_shardings(params, mesh)
-    params = jax.device_put(params, param_sharding)
+    # The state is donated to the step and must not take the caller's model buffers with it; a
+    # replicated device_put may alias the source shard even with may_alias=False, so copy first.
+    params = jax.device_put(jax.tree.map(jnp.copy, params), param_sharding)
     rep = shard_lib.replicated(mesh)
-    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
-        opt_state = jax.jit(tx.init)(params)
-    opt_sharding = jax.tree.map(lambda x: x.sharding, opt_state)
+    opt_sharding = _optimizer_shardings(tx, params, param_sharding, rep)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sharding)(params)
     state = {
         "params": params,
         "opt": opt_state,
         "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
         "rng": jax.device_put(jax.random.PRNGKey(seed), rep),
-        "scale": jax.device_put(DynamicScale(), rep) if use_scale else None,
+        "scale": jax.device_put(DynamicScale(scale=jnp.asarray(train_cfg.get("loss_scale", 2.0 ** 16),
+                                                               jnp.float32)), rep) if use_scale else None,
     }
     state_sharding = {"params": param_sharding, "opt": opt_sharding, "step": rep, "rng": rep,
                       "scale": jax.tree.map(lambda _: rep, state["scale"]) if use_scale else None}
     trainer = Trainer(graphdef, tx, LOSSES[task], mesh, state_sharding, use_scale)
     return trainer, state
+
+
+def _optimizer_shardings(tx, params, param_sharding, replicated):
+    """Optimiser leaves that mirror a parameter (Adam moments) take its sharding; scalars such as
+    step counts are replicated. Matching is by tree path suffix, which is how optax nests them."""
+    by_path = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_sharding)}
+    abstract = jax.eval_shape(tx.init, params)
+
+    def pick(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for param_key, sharding in by_path.items():
+            if key.endswith(param_key):
+                return sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract)
 
 
 def _select(pred, new, old):

