@@ -14,10 +14,8 @@ the table gives the median and the minimum. PyTorch is timed at its default thre
 each count in --torch-threads (on a loaded 2-core machine OpenMP's spinning barriers can make 2
 threads slower than 1); ratios are against PyTorch's fastest median.
 
-`--blocked-attention` adds a row for kanjax with `kanjax.llama.attention` swapped (in this
-process only) for `blocked_causal_attention` below: the profile found the attention core to be
-the one place where XLA:CPU loses to PyTorch's fused SDPA kernel (see
-benchmarks/results/model_forward.md).
+The attention core is where XLA:CPU first lost to PyTorch's fused SDPA kernel; kanjax now uses
+`llama.blocked_causal_attention` without a KV cache (see benchmarks/results/model_forward.md).
 """
 
 from __future__ import annotations
@@ -38,36 +36,6 @@ from flax import nnx
 
 from kanjax import hf
 from kanjax.llama import LlamaConfig, LlamaForCausalLM
-
-
-def blocked_causal_attention(q, k, v, mask, block: int = 64):
-    """Drop-in for `kanjax.llama.attention` when queries and keys are the same causal positions
-    (no cache: t == s). q (b,t,h,e), k/v (b,s,kh,e), mask (b|1,t,s) -> (b,t,h*e).
-
-    Query block i only meets keys [0, (i+1)·block): the blocks above the diagonal are all masked
-    anyway, so skipping them halves the work; the smaller score matrices also stay in cache.
-    """
-    from kanjax import llama
-
-    b, t, h, e = q.shape
-    s, kh = k.shape[1], k.shape[2]
-    if t != s or t <= block:
-        return llama.attention(q, k, v, mask)
-    g = h // kh
-    kk, vv = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (b,kh,s,e)
-    outs = []
-    for start in range(0, t, block):
-        stop = min(start + block, t)
-        n = stop - start
-        qb = q[:, start:stop].reshape(b, n, kh, g, e).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * n, e)
-        scores = jnp.einsum("bkqe,bkse->bkqs", qb, kk[:, :, :stop]) * (e ** -0.5)
-        scores = scores.reshape(b, kh, g, n, stop)
-        # finfo.min, not -inf: a fully masked (padding) query row stays uniform, not NaN.
-        scores = jnp.where(mask[:, None, None, start:stop, :stop], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).reshape(b, kh, g * n, stop)
-        out = jnp.einsum("bkqs,bkse->bkqe", probs, vv[:, :, :stop])
-        outs.append(out.reshape(b, kh, g, n, e).transpose(0, 3, 1, 2, 4).reshape(b, n, h * e))
-    return jnp.concatenate(outs, axis=1)
 
 
 def timed_round_robin(fns: dict, runs: int) -> dict:
@@ -105,7 +73,6 @@ def main():
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, nargs="*", default=[1])
-    parser.add_argument("--blocked-attention", action="store_true")
     parser.add_argument("--out-md", default=None)
     args = parser.parse_args()
 
@@ -130,17 +97,6 @@ def main():
     fns = {("kanjax (JAX jit)", f"XLA CPU, {os.cpu_count()} cores"): jax_runner()}
     reference = np.asarray(fns[next(iter(fns))]())
     diffs = {"torch": float(np.abs(reference - torch_runner(torch.get_num_threads())().numpy()).max())}
-    if args.blocked_attention:
-        from kanjax import llama
-
-        original = llama.attention
-        llama.attention = blocked_causal_attention
-        try:
-            run = jax_runner()
-            diffs["blocked"] = float(np.abs(reference - np.asarray(run())).max())  # traced now
-        finally:
-            llama.attention = original
-        fns[("kanjax, blocked causal attention", "proposal, patched in")] = run
     default_threads = torch.get_num_threads()
     for n in [default_threads] + [n for n in args.torch_threads if n != default_threads]:
         fns[("transformers (PyTorch)", f"{n} thread(s)")] = torch_runner(n)
@@ -172,7 +128,7 @@ def main():
         with open(args.out_md, "w") as f:
             f.write("# Model forward: kanjax vs transformers (CPU, float32)\n\n")
             f.write(f"Command: `python benchmarks/model_forward.py --batch {args.batch} --seq {args.seq} "
-                    f"--runs {args.runs}{' --blocked-attention' if args.blocked_attention else ''}`\n\n{table}\n")
+                    f"--runs {args.runs} --out-md {args.out_md}`\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ The model's graph definition is static and closed over by the jitted functions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp

@@ -234,3 +234,22 @@ def test_bfloat16_compute_keeps_float32_logits(llama_ref):
     assert max_err_on_real(logits, hf_logits(hf)) < 0.1  # bf16 activations: loose
     half = LlamaForCausalLM(cfg, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     assert half.model.layers[0].mlp.up_proj.kernel.dtype == jnp.bfloat16
+
+
+def test_blocked_causal_attention_equals_dense():
+    """The no-cache attention skips blocks above the diagonal; it must not change the result,
+    including rows of left padding and lengths that are not a multiple of the block."""
+    import jax
+
+    from kanjax.llama import attention, attention_mask_bool, blocked_causal_attention
+
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+    b, t, h, kh, e = 2, 150, 6, 2, 8
+    q = jax.random.normal(kq, (b, t, h, e))
+    k = jax.random.normal(kk, (b, t, kh, e))
+    v = jax.random.normal(kv, (b, t, kh, e))
+    pad = jnp.ones((b, t), jnp.int32).at[1, :37].set(0)
+    mask = attention_mask_bool(t, t, 0, pad)
+    real = np.asarray(pad, bool)  # fully masked (padding) query rows are arbitrary in both
+    np.testing.assert_allclose(np.asarray(blocked_causal_attention(q, k, v, mask, block=64))[real],
+                               np.asarray(attention(q, k, v, mask))[real], atol=1e-5, rtol=1e-5)

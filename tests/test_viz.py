@@ -1,6 +1,5 @@
 """kanjax.viz: the plotted edge functions are the layer's own, and the PNG is written."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
