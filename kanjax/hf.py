@@ -11,7 +11,10 @@ codec table (`LEAF_CODECS`) that renames it and changes its layout:
 KAN hook: a KAN-ified model saves with no extra code — its params (e.g. KANLinear's `coef`
 (in, K, out), `base_kernel`, `bias`) are written under their path names in kanjax's layout, and
 `load_pretrained(path, projections=...)` rebuilds the same layers and reads them back. To give
-them another HF-side name or layout, `register_leaf_codec("coef", LeafCodec(...))`.
+them another HF-side name or layout, `register_leaf_codec("coef", LeafCodec(...))`. A model
+made by `kanjax.kanify` (non-empty `kan_spec`) is exported as a "kanjax_llama" folder that
+transformers runs with `trust_remote_code=True`, and loads back without `projections`
+(`kanjax.hf_kan`).
 
 Loading builds the model abstractly (`nnx.eval_shape`, no random init of 135M params), checks
 the checkpoint against it (all problems reported at once), then fills the params from the file.
@@ -37,6 +40,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from kanjax import hf_kan
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -49,7 +53,7 @@ _TASK_HEAD = {"causal_lm": "lm_head.", "classify": "score."}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Files save_pretrained replaces; anything else in an existing target folder is kept.
 _STALE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin*",
-                   "config.json", "generation_config.json")
+                   "config.json", "generation_config.json", *hf_kan.REMOTE_CODE_FILES)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                     "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
                     "chat_template.jinja", "chat_template.json")
@@ -290,8 +294,12 @@ def model_from_hf_tensors(hf_config: Mapping, tensors: Mapping[str, np.ndarray] 
     """Model from an HF config dict and HF-named tensors (a dict, or a lazy source)."""
     config = _make_config(hf_config, task, num_labels)
     source = tensors if hasattr(tensors, "shapes") else _DictSource(tensors)
+    spec = None
+    if projections is None and hf_kan.is_kan_config(hf_config):  # a kanjax_llama export
+        projections, spec = hf_kan.kan_projections(hf_config, config)
     ctor = _constructor(config, task, dtype, param_dtype, seed, projections)
-    return _fill(ctor, source, task)
+    model = _fill(ctor, source, task)
+    return model if spec is None else hf_kan.attach_spec(model, spec)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -334,7 +342,8 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32,
       num_labels: classifier width (task="classify"); default: the config's.
       seed: init of a head the checkpoint lacks (the `score` head of a causal-LM checkpoint).
       projections: a `kanjax.llama.Projections` factory, passed to the model (KAN-ified
-        checkpoints: the layers it builds must have the params the file holds).
+        checkpoints: the layers it builds must have the params the file holds). Not needed for
+        folders written from a `kanify`-ed model: their config.json's `kan` rebuilds the layers.
     Raises:
       CheckpointMismatchError: missing / unexpected / wrongly shaped tensors, all listed.
       HubUnavailableError: a hub id that cannot be fetched (offline).
@@ -405,8 +414,10 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
 
     Writes config.json, model.safetensors (HF names and (out, in) layouts, metadata
     {"format": "pt"}), generation_config.json and, if given, the tokenizer (an HF tokenizer or a
-    folder to copy its files from). Everything is staged in a sibling temp folder first, so a
-    failing save leaves an existing folder at `path` untouched.
+    folder to copy its files from). A KAN-ified model (non-empty `kan_spec`) gets a
+    "kanjax_llama" config.json and the remote-code files that let transformers load it with
+    `trust_remote_code=True` (see `kanjax.hf_kan`). Everything is staged in a sibling temp
+    folder first, so a failing save leaves an existing folder at `path` untouched.
 
     dtype: tensor dtype in the file (e.g. jnp.bfloat16); default: the params' dtype.
     """
@@ -414,10 +425,16 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
     target.parent.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_tensors(model, dtype)
     file_dtype = dtype if dtype is not None else next(iter(tensors.values())).dtype
+    config = _hf_config(model, file_dtype)
+    kan = hf_kan.is_kan_model(model)
+    if kan:  # "kanjax_llama" config + the PyTorch files its auto_map names
+        config = hf_kan.export_config(model, config)
     staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         save_file(tensors, str(staged / "model.safetensors"), metadata={"format": "pt"})
-        (staged / "config.json").write_text(json.dumps(_hf_config(model, file_dtype), indent=2))
+        (staged / "config.json").write_text(json.dumps(config, indent=2))
+        if kan:
+            hf_kan.write_remote_code(staged)
         (staged / "generation_config.json").write_text(
             json.dumps(_generation_config(model.config), indent=2))
         if tokenizer is not None:
