@@ -89,6 +89,8 @@ class KANLinear(nnx.Module):
         "linear" (x @ W_base).
       den_degree: rational family only: degree n of the learned denominator 1 + |Σ_j b_ij x^j|,
         one set of n coefficients per input feature (parameter `den_coef`, shape (in, n)).
+      init_scale: multiplies the variance-preserving init (1: output std of a default
+        nnx.Linear for N(0, 1) inputs; kanify matches the init scale of the layer it replaces).
       axes: logical axis names (in_axis, out_axis) for sharding; the basis axis is "basis".
       dtype: compute dtype of the contraction (None: the input's); parameters stay param_dtype.
       basis_dtype: dtype the basis is evaluated in (float32 by default, see module docstring).
@@ -112,6 +114,7 @@ class KANLinear(nnx.Module):
         param_dtype: Any = jnp.float32,
         basis_dtype: Any = jnp.float32,
         den_degree: int = 2,
+        init_scale: float = 1.0,
         axes: Sequence[Optional[str]] = (None, None),
         rngs: nnx.Rngs,
         **basis_params,
@@ -145,13 +148,13 @@ class KANLinear(nnx.Module):
 
         second_moment = self._basis_second_moment()  # Σ_k E[(s_k B_k)²] for N(0,1) input
         kan_share = 0.5 if base else 1.0
-        coef_std = math.sqrt(kan_share / (in_features * second_moment))
+        coef_std = init_scale * math.sqrt(kan_share / (in_features * second_moment))
         self.coef = param(
             coef_std * jax.random.normal(rngs.params(), (in_features, n_cols, out_features), param_dtype),
             (in_axis, "basis", out_axis))
         if base:
             act = _silu_numpy if base == "silu" else (lambda v: v)
-            base_std = math.sqrt(0.5 / (in_features * float(_GH_WEIGHTS @ act(_GH_NODES) ** 2)))
+            base_std = init_scale * math.sqrt(0.5 / (in_features * float(_GH_WEIGHTS @ act(_GH_NODES) ** 2)))
             self.base_kernel = param(
                 base_std * jax.random.normal(rngs.params(), (in_features, out_features), param_dtype),
                 (in_axis, out_axis))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Optional, Sequence
 
 import jax
@@ -37,6 +38,7 @@ ATTN_KINDS = ("q", "k", "v", "o")
 MLP_KINDS = ("gate", "up", "down")
 GROUPS = {"attn": ATTN_KINDS, "mlp": MLP_KINDS, "all": ATTN_KINDS + MLP_KINDS}
 STRATEGIES = ("replace", "parallel", "sequential")
+LINEAR_INIT_STD = 0.02  # transformers' initializer_range for Llama, used by kanjax.llama too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,12 +148,16 @@ class KANProjection(nnx.Module):
 
         def linear(n_in, n_out, bias, ax):
             return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              kernel_init=nnx.initializers.normal(0.02),
+                              kernel_init=nnx.initializers.normal(LINEAR_INIT_STD),
                               kernel_metadata=_meta(ax), bias_metadata=_meta(ax[1:]))
 
         def kan(n_in, n_out, bias, ax):
+            # Start at the output scale of the linear layer being replaced (Llama's normal(0.02)
+            # init gives std 0.02·sqrt(in) for unit inputs), not at a variance-preserving one:
+            # O(1) block outputs would swamp the residual stream of a freshly initialised model.
+            scale = LINEAR_INIT_STD * math.sqrt(n_in)
             return KANLinear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, axes=ax,
-                             rngs=rngs, **spec.kan_kwargs())
+                             init_scale=scale, rngs=rngs, **spec.kan_kwargs())
 
         self.strategy = strategy
         if strategy == "replace":
