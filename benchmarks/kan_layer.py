@@ -44,24 +44,45 @@ def planned_peak_bytes(fn, *args) -> int:
 
 
 def measure(module: nnx.Module, x: jax.Array, runs: int) -> dict:
-    graphdef, state = nnx.split(module)
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)  # rest: e.g. RNG state of other layers
 
     @jax.jit
-    def forward(state, x):
-        return nnx.merge(graphdef, state)(x)
+    def forward(params, x):
+        return nnx.merge(graphdef, params, rest)(x)
 
     @jax.jit
-    def forward_backward(state, x):
-        def loss(state, x):
-            return jnp.sum(nnx.merge(graphdef, state)(x).astype(jnp.float32))
-        return jax.grad(loss, argnums=(0, 1))(state, x)
+    def forward_backward(params, x):
+        def loss(params, x):
+            return jnp.sum(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32))
+        return jax.grad(loss, argnums=(0, 1))(params, x)
 
     return {
         "params": count_params(module),
-        "fwd": median_seconds(forward, state, x, runs=runs),
-        "fwd_bwd": median_seconds(forward_backward, state, x, runs=runs),
-        "peak": planned_peak_bytes(forward_backward, state, x),
+        "fwd": median_seconds(forward, params, x, runs=runs),
+        "fwd_bwd": median_seconds(forward_backward, params, x, runs=runs),
+        "peak": planned_peak_bytes(forward_backward, params, x),
     }
+
+
+def basis_dtype_rows(n_in: int, width: int, x: jax.Array, runs: int) -> list[str]:
+    """Why the basis is evaluated in float32: time and error of bfloat16/float16 compute with the
+    basis in float32 vs in the compute dtype (chebyshev2 and degree-8 hermite, param-matched)."""
+    lines = ["", "Basis evaluation dtype (param-matched layer, error relative to float32 compute, norm-wise):", "",
+             "| basis | compute | basis dtype | fwd ms | rel. error |", "|---|---|---|---:|---:|"]
+    for family, degree in (("chebyshev2", 2), ("hermite", 8)):
+        ref = KANLinear(n_in, width, basis=family, degree=degree, rngs=nnx.Rngs(0))(x)
+        for compute in (jnp.bfloat16, jnp.float16):
+            for bdtype in (jnp.float32, compute):
+                layer = KANLinear(n_in, width, basis=family, degree=degree, dtype=compute, basis_dtype=bdtype,
+                                  rngs=nnx.Rngs(0))
+                graphdef, params = nnx.split(layer)
+                fwd = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+                y = fwd(params, x.astype(compute)).astype(jnp.float32)
+                err = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
+                ms = median_seconds(fwd, params, x.astype(compute), runs=runs) * 1e3
+                lines.append(f"| {family} deg {degree} | {jnp.dtype(compute).name} | {jnp.dtype(bdtype).name} "
+                             f"| {ms:.2f} | {err:.2e} |")
+    return lines
 
 
 def jaxkan_layer(n_in: int, n_out: int):
@@ -75,6 +96,12 @@ def jaxkan_layer(n_in: int, n_out: int):
     except Exception as err:  # its API moves between releases; report, don't crash the table
         print(f"jaxkan present but its Chebyshev layer could not be built: {err}")
         return None
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
 
 
 def main() -> None:
@@ -118,6 +145,10 @@ def main() -> None:
             f"| {m['fwd_bwd'] / linear['fwd_bwd']:.2f} | {m['peak'] / 2**20:.1f} |")
     if jk is None:
         lines += ["", "jaxkan is not installed: its row is absent (pip install jaxkan to add it)."]
+    else:
+        lines += ["", "jaxkan row: `jaxkan.layers.get_layer('chebyshev')(n_in, n_out, D=2)` (jaxkan "
+                  f"{_version('jaxkan')}), its own default init and residual branch."]
+    lines += basis_dtype_rows(args.n_in, matched_width(args.n_in, args.n_out, basis="chebyshev2"), x, args.runs)
     table = "\n".join(lines)
     print(table)
     if args.out_md:

