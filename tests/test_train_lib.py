@@ -1,0 +1,87 @@
+"""Train-step pieces in process: gradient accumulation, rematerialisation, checkpoint fallback."""
+
+import logging
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from kanjax import sharding, train_lib
+from kanjax.checkpoint import Checkpointer
+from kanjax.llama import LlamaConfig, LlamaForCausalLM
+
+TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2)
+
+
+def _train_cfg(**kw):
+    base = dict(lr=1e-2, steps=10, warmup=0, schedule="constant", weight_decay=0.0, clip=0.0, grad_accum=1,
+                precision="fp32")
+    return ml_collections.ConfigDict({**base, **kw})
+
+
+def _batch(rows, seed=0):
+    ids = np.random.default_rng(seed).integers(0, 64, (rows, 12)).astype(np.int32)
+    return dict(input_ids=ids, targets=np.roll(ids, -1, 1), loss_mask=np.ones((rows, 12), np.float32),
+                segment_ids=np.ones((rows, 12), np.int32), positions=np.tile(np.arange(12, dtype=np.int32), (rows, 1)))
+
+
+def _run(model, cfg, batches):
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    trainer, state = train_lib.create_trainer(model, cfg, "causal_lm", mesh, seed=0)
+    step = train_lib.jit_train_step(trainer, batches[0])
+    for b in batches:
+        state, _ = step(state, sharding.host_batch_to_global(b, mesh))
+    return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    model = LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
+    full = _batch(8)
+    halves = [{k: v[:4] for k, v in full.items()}, {k: v[4:] for k, v in full.items()}]
+    one = _run(model, _train_cfg(), [full])
+    accumulated = _run(model, _train_cfg(grad_accum=2), halves)
+    for a, b in zip(one, accumulated):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    untouched = _run(model, _train_cfg(grad_accum=2), halves[:1])  # no update before the k-th micro-step
+    for a, b in zip(untouched, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_remat_gives_the_same_step():
+    model = LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
+    plain = _run(model, _train_cfg(), [_batch(4)])
+    model.model.remat = True
+    remat = _run(model, _train_cfg(), [_batch(4)])
+    for a, b in zip(plain, remat):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+    ckpt = Checkpointer(tmp_path / "ckpt", every=1, keep=2, async_save=False)
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.int32(0)}
+    for step in (1, 2, 3):
+        ckpt.save(step, {"w": state["w"] * step, "step": jnp.int32(step)}, {"next_index": step}, {"seed": 0})
+    ckpt.wait()
+    assert ckpt.steps() == [2, 3]  # keep=2
+    shutil.rmtree(tmp_path / "ckpt" / "3" / "state")  # the newest step loses its arrays
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    with caplog.at_level(logging.WARNING, logger="kanjax.checkpoint"):
+        step, restored, data_state, config = Checkpointer(tmp_path / "ckpt", every=1, keep=2).restore_latest(abstract)
+    assert step == 2 and data_state == {"next_index": 2} and config == {"seed": 0}
+    np.testing.assert_array_equal(restored["w"], np.arange(6.0).reshape(2, 3) * 2)
+    assert "step 3" in caplog.text and "unreadable" in caplog.text
+
+
+def test_unknown_precision_and_mesh_errors_name_the_key():
+    with pytest.raises(ValueError, match="train.precision"):
+        train_lib.compute_dtype("fp8")
+    with pytest.raises(ValueError, match="mesh.shape"):
+        sharding.mesh_shape({"data": 3, "fsdp": 1, "tensor": 1}, 8)
+    with pytest.raises(ValueError, match="unknown axes"):
+        sharding.mesh_shape({"dp": 8}, 8)
+    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
