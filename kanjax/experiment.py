@@ -92,7 +92,7 @@ def check_tokenizer_fits(tokenizer, model) -> None:
                          f"(model.source); use the tokenizer the checkpoint was trained with")
 
 
-def build_model(config, tokenizer, train_texts: Optional[list[str]], *, dtype):
+def model_from_config(config, tokenizer, train_texts: Optional[list[str]], *, dtype):
     """(model, id_map or None): source → first num_layers blocks → trimmed vocabulary → kanify."""
     model = load_source_model(config.model, dtype=dtype, seed=config.seed)
     check_tokenizer_fits(tokenizer, model)
@@ -117,4 +117,5 @@ def config_to_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-__all__ = ["validate", "kan_spec", "load_source_model", "build_model", "check_tokenizer_fits", "config_to_json"]
+__all__ = ["validate", "kan_spec", "load_source_model", "model_from_config", "check_tokenizer_fits",
+           "config_to_json"]

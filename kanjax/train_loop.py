@@ -87,11 +87,9 @@ def run(config, *, max_steps: Optional[int] = None) -> dict:
         config.data.cache_dir = str(workdir / "cache")
 
     tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
-    train_iter, info = data_lib.build(config.data, "train", seed=config.seed, tokenizer=tokenizer)
     texts = _train_texts(config) if config.model.vocab_size else None
-    model, id_map = experiment.build_model(config, tokenizer, texts, dtype=dtype)
-    if id_map is not None:
-        train_iter, info = data_lib.build(config.data, "train", seed=config.seed, tokenizer=tokenizer, id_map=id_map)
+    model, id_map = experiment.model_from_config(config, tokenizer, texts, dtype=dtype)
+    train_iter, info = data_lib.build(config.data, "train", seed=config.seed, tokenizer=tokenizer, id_map=id_map)
     if config.model.task == "classify" and info.get("num_labels", 0) > model.config.num_labels:
         raise ValueError(f"the data has {info['num_labels']} labels but model.num_labels={model.config.num_labels}")
     val_arrays, _ = data_lib.build(config.data, "validation", seed=config.seed, tokenizer=tokenizer, id_map=id_map)
