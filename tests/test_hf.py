@@ -22,6 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from kanjax import hf
 from kanjax.hf_gguf import gguf_to_hf_name, unpermute_qk
+from hf_helpers import LogCapture, torch_logits
 
 VOCAB = 96
 
@@ -64,32 +65,9 @@ def _batch(seed: int = 0, b: int = 3, t: int = 11):
     return ids, mask
 
 
-def _positions(mask: np.ndarray) -> np.ndarray:
-    return np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-
-
-def _torch_logits(model, ids, mask) -> np.ndarray:
-    with torch.inference_mode():
-        out = model(input_ids=torch.as_tensor(ids, dtype=torch.long),
-                    attention_mask=torch.as_tensor(mask, dtype=torch.long),
-                    position_ids=torch.as_tensor(_positions(mask), dtype=torch.long))
-    return out.logits.float().numpy()
-
-
-class _Capture(logging.Handler):
-    """transformers' loggers do not propagate to root (so caplog misses them): hook them directly."""
-
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
-
-
 def _load_transformers_quietly(cls, folder):
     """transformers model from `folder`; asserts it reported no missing/unexpected weights."""
-    capture, lib_logger = _Capture(), logging.getLogger("transformers")
+    capture, lib_logger = LogCapture(), logging.getLogger("transformers")
     lib_logger.addHandler(capture)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -142,13 +120,13 @@ def test_transformers_loads_export_and_logits_match(tiny_hf_dir, tmp_path):
     model = hf.load_pretrained(folder)
     ids, mask = _batch()
     ours = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
-    reference = _torch_logits(torch_model, ids, mask)
+    reference = torch_logits(torch_model, ids, mask)
     real = mask.astype(bool)
     np.testing.assert_allclose(ours[real], reference[real], atol=1e-5, rtol=0)
 
     out = hf.save_pretrained(model, tmp_path / "export")
     reloaded = _load_transformers_quietly(transformers.AutoModelForCausalLM, out)
-    np.testing.assert_allclose(_torch_logits(reloaded, ids, mask)[real], ours[real], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(torch_logits(reloaded, ids, mask)[real], ours[real], atol=1e-5, rtol=0)
 
 
 def test_bf16_files_and_param_dtype(tmp_path):
@@ -394,7 +372,7 @@ def chat_batch(smollm2_tokenizer):
 
 def _compare_with_transformers(model, torch_model, ids, mask):
     ours = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
-    ref = _torch_logits(torch_model, ids, mask)
+    ref = torch_logits(torch_model, ids, mask)
     real = mask.astype(bool)
     ours, ref = ours[real], ref[real]
     assert np.abs(ours - ref).max() <= 1e-3, np.abs(ours - ref).max()

@@ -27,6 +27,7 @@ from kanjax.hf_remote import modeling_kanjax_llama as remote
 from kanjax.kan import DOMAINS, KANLinear
 from kanjax.kanify import kanify
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from hf_helpers import LogCapture, torch_logits
 
 VOCAB = 96
 TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -65,29 +66,9 @@ def _batch(b: int = 3, t: int = 9, seed: int = 0):
     return ids, mask
 
 
-def _torch_out(model, ids, mask) -> np.ndarray:
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)  # kanjax's default with a mask
-    with torch.inference_mode():
-        out = model(input_ids=torch.as_tensor(ids, dtype=torch.long),
-                    attention_mask=torch.as_tensor(mask, dtype=torch.long),
-                    position_ids=torch.as_tensor(positions, dtype=torch.long))
-    return out.logits.float().numpy()
-
-
-class _Capture(logging.Handler):
-    """transformers' loggers do not propagate to root (caplog misses them): hook them directly."""
-
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
-
-
 def _load_remote(cls, folder, dtype=torch.float32):
     """transformers model from `folder` via remote code; asserts a clean load report."""
-    capture, lib_logger = _Capture(), logging.getLogger("transformers")
+    capture, lib_logger = LogCapture(), logging.getLogger("transformers")
     lib_logger.addHandler(capture)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -122,7 +103,7 @@ def _export_round_trip(model, folder, *, task: str = "causal_lm"):
     auto = (transformers.AutoModelForCausalLM if task == "causal_lm"
             else transformers.AutoModelForSequenceClassification)
     torch_model = _load_remote(auto, out)
-    ref = _torch_out(torch_model, ids, mask)
+    ref = torch_logits(torch_model, ids, mask)
     if task == "causal_lm":  # padding queries attend to nothing: compare real tokens only
         ours, ref = ours[mask.astype(bool)], ref[mask.astype(bool)]
     err = float(np.max(np.abs(ours - ref)))
@@ -218,7 +199,7 @@ def test_bf16_export(tmp_path):
     assert torch_model.model.layers[0].mlp.up_proj.kan.den_coef.dtype == torch.bfloat16
     ids, mask = _batch()
     real = mask.astype(bool)
-    ref = _torch_out(torch_model, ids, mask)[real]
+    ref = torch_logits(torch_model, ids, mask)[real]
     ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))[real]
     assert np.max(np.abs(ref - ours)) < 0.05 * np.max(np.abs(ours))
     back = hf.load_pretrained(out, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
@@ -295,13 +276,13 @@ def test_smollm2_kan_export_matches_transformers(smollm2_gguf, tokenizer, tmp_pa
     record_property("export_and_load_s", round(time.perf_counter() - start, 1))
     assert sum(type(m).__name__ == "KanjaxKANLinear" for m in torch_model.modules()) == 6
     ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))[real]
-    ref = _torch_out(torch_model, ids, mask)[real]
+    ref = torch_logits(torch_model, ids, mask)[real]
     err = float(np.max(np.abs(ref - ours)))
     del torch_model
 
     linear_out = hf.save_pretrained(base, tmp_path / "smollm2_linear")
     linear_torch = transformers.AutoModelForCausalLM.from_pretrained(linear_out, dtype=torch.float32).eval()
-    linear_ref = _torch_out(linear_torch, ids, mask)[real]
+    linear_ref = torch_logits(linear_torch, ids, mask)[real]
     floor = float(np.max(np.abs(linear_ref - np.asarray(base(jnp.asarray(ids), jnp.asarray(mask)))[real])))
     record_property("max_abs_logit_diff_kan", err)
     record_property("max_abs_logit_diff_linear_floor", floor)

@@ -44,7 +44,7 @@ def test_every_strategy_and_target_trains(tiny_lm, strategy, targets):
         g = np.asarray(g)
         assert np.all(np.isfinite(g)), path
         # every coefficient, not just every tensor: a dead basis column would show up here
-        if jax.tree_util.keystr(path).endswith("['coef'].value") or "coef" in jax.tree_util.keystr(path):
+        if "coef" in jax.tree_util.keystr(path):
             assert np.all(np.any(g != 0, axis=-1)), f"zero gradient rows in {jax.tree_util.keystr(path)}"
 
 
