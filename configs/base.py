@@ -83,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 200
     c.eval.batch_size = 64
-    c.eval.limit = 0  # 0 = the whole split
+    c.eval.limit = 0  # validation rows scored; 0 = the whole split
+    c.eval.test_limit = 0  # test rows scored at the end; 0 = the whole split (quick runs only)
     c.eval.tasks = ()
     return c

@@ -149,6 +149,35 @@ def run(model, tokenizer, tasks: Sequence[str], *, data_dir=None, limit: int | N
     return results
 
 
+DEFAULT_PROMPTS = (
+    "What is the capital of France?",
+    "Give me three tips for a good night's sleep.",
+    "Write a short poem about the sea.",
+    "Explain in one sentence what a neural network is.",
+)
+
+
+def sample_generations(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 64) -> list[dict]:
+    """Greedy replies of a chat model to single-turn prompts -> [{"prompt", "completion"}].
+
+    Prompts go through the tokenizer's chat template; a trimmed-vocabulary checkpoint's ids are
+    mapped in and out through its MappedTokenizer.
+    """
+    from kanjax.generate import chat_prompt, generate
+
+    base = getattr(tokenizer, "tokenizer", tokenizer)
+    if not getattr(base, "chat_template", None):
+        raise ValueError(f"tokenizer {getattr(base, 'name_or_path', '?')!r} has no chat template: sample "
+                         "generations need a chat tokenizer (--tokenizer)")
+    ids, mask = chat_prompt(base, list(prompts))
+    if isinstance(tokenizer, MappedTokenizer):
+        ids = tokenizer.id_map[ids].astype(np.int32)
+    new = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(np.asarray(new).tolist(), skip_special_tokens=True)
+    return [{"prompt": p, "completion": t} for p, t in zip(prompts, texts)]
+
+
 def table(results: dict) -> str:
     lines = [f"{'task':<24}{'n':>6}{'acc':>9}{'acc_norm':>10}{'seconds':>9}"]
     for name, m in results["tasks"].items():
@@ -157,6 +186,8 @@ def table(results: dict) -> str:
         p = results["perplexity"]
         lines.append(f"perplexity {p['file']}: {p['token_perplexity']:.3f} per token, "
                      f"{p['bits_per_byte']:.4f} bits/byte over {p['tokens']} tokens")
+    for sample in results.get("samples", []):
+        lines.append(f"\n> {sample['prompt']}\n{sample['completion']}")
     return "\n".join(lines)
 
 
@@ -167,5 +198,5 @@ def write_json(results: dict, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["load_tokenizer", "load_model", "load_workdir", "MappedTokenizer", "run", "table", "write_json",
+__all__ = ["load_tokenizer", "load_model", "sample_generations", "DEFAULT_PROMPTS", "load_workdir", "MappedTokenizer", "run", "table", "write_json",
            "default_output"]

@@ -18,7 +18,8 @@ import numpy as np
 
 from kanjax import hf
 from kanjax.kanify import KANSpec, kanify
-from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, trim_vocab, truncate_layers
+from kanjax.llama import (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, trim_vocab,
+                          truncate_layers, with_config)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ def model_from_config(config, tokenizer, train_texts: Optional[list[str]], *, dt
     """(model, id_map or None): source → first num_layers blocks → trimmed vocabulary → kanify."""
     model = load_source_model(config.model, dtype=dtype, seed=config.seed)
     check_tokenizer_fits(tokenizer, model)
+    if config.model.task == "classify" and model.config.pad_token_id is None:
+        # The id the data pipeline pads with: an exported classifier then finds each row's last
+        # real token in transformers (which looks for pad_token_id) as it does here.
+        from kanjax.data_arrays import pad_id
+
+        with_config(model, dataclasses.replace(model.config, pad_token_id=pad_id(tokenizer)))
     if config.model.num_layers and config.model.num_layers < model.config.num_hidden_layers:
         model = truncate_layers(model, config.model.num_layers)
     id_map = None

@@ -501,7 +501,8 @@ class LlamaForSequenceClassification(nnx.Module):
 # ----------------------------------------------------------------------------- surgery
 
 
-def _with_config(model, config: LlamaConfig):
+def with_config(model, config: LlamaConfig):
+    """Set `config` on the model and its trunk in place (shapes must already agree)."""
     model.config = config
     model.model.config = config
     return model
@@ -514,7 +515,7 @@ def truncate_layers(model, n: int = 3):
         raise ValueError(f"n must be in [1, {cfg.num_hidden_layers}], got {n}")
     new = nnx.clone(model)
     new.model.layers = nnx.List(list(new.model.layers)[:n])
-    return _with_config(new, dataclasses.replace(
+    return with_config(new, dataclasses.replace(
         cfg, num_hidden_layers=n,
         intermediate_sizes=None if cfg.intermediate_sizes is None else cfg.intermediate_sizes[:n],
         mlp_activations=None if cfg.mlp_activations is None else cfg.mlp_activations[:n]))
@@ -566,12 +567,12 @@ def trim_vocab(model, tokenizer, texts, size: int, *, unk_token_id: int | None =
     eos = tuple(remap(i) for i in cfg.eos_token_ids) if isinstance(cfg.eos_token_id, tuple) else remap(cfg.eos_token_id)
     new_cfg = dataclasses.replace(cfg, vocab_size=len(kept), bos_token_id=remap(cfg.bos_token_id),
                                   eos_token_id=eos, pad_token_id=remap(cfg.pad_token_id))
-    _with_config(new, new_cfg)
+    with_config(new, new_cfg)
     return (new, id_map, kept) if return_inverse else (new, id_map)
 
 
 __all__ = [
     "LlamaConfig", "Projections", "RMSNorm", "LlamaAttention", "LlamaMLP", "LlamaDecoderLayer", "LlamaModel",
     "LlamaForCausalLM", "LlamaForSequenceClassification", "KVCache", "init_cache", "rope_inv_freq",
-    "truncate_layers", "trim_vocab", "last_token_index",
+    "truncate_layers", "trim_vocab", "last_token_index", "with_config",
 ]

@@ -182,7 +182,7 @@ def run(config, *, max_steps: Optional[int] = None) -> dict:
         best_val = val["accuracy"] if best_val is None else max(best_val, val["accuracy"])
         summary.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"], "best_val_accuracy": best_val})
         if test_arrays is not None:
-            test = evaluate(trainer, state["params"], test_arrays, config)
+            test = evaluate(trainer, state["params"], test_arrays, config, limit=config.eval.test_limit)
             writer.write(end, "test", test)
             summary.update({"test_loss": test["loss"], "test_accuracy": test["accuracy"]})
         if "perplexity" in val:

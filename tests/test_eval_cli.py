@@ -23,7 +23,8 @@ def test_eval_cli_on_hf_folder(llama_ref, tokenizer, tokenizer_dir, shared_data,
     text.write_text("Once upon a time there was a small model. " * 3)
     rc = eval_cli.main(["--model", str(folder), "--tasks", "arc_easy,winogrande", "--limit", "3",
                         "--tokenizer", str(tokenizer_dir), "--data_dir", str(shared_data / "mc_benchmarks"),
-                        "--batch_size", "4", "--perplexity_file", str(text)])
+                        "--batch_size", "4", "--perplexity_file", str(text), "--generate", "2",
+                        "--max_new_tokens", "6"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "arc_easy" in printed and "bits/byte" in printed
@@ -33,6 +34,20 @@ def test_eval_cli_on_hf_folder(llama_ref, tokenizer, tokenizer_dir, shared_data,
     assert results["tasks"]["arc_easy"]["n"] == 3
     assert results["tasks"]["arc_easy"]["acc"] == expected["acc"]
     assert results["perplexity"]["tokens"] > 0
+    # Sample generations: greedy replies equal transformers' own greedy decoding of the same folder.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert [s["prompt"] for s in results["samples"]] == list(eval_models.DEFAULT_PROMPTS[:2])
+    for sample in results["samples"]:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": sample["prompt"]}],
+                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = torch_model.generate(**ids, max_new_tokens=6, do_sample=False,
+                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+        expected = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert sample["completion"] == expected
 
 
 def test_eval_cli_rejects_unknown_task(tmp_path):
