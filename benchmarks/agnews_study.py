@@ -140,7 +140,7 @@ def run_one(name: str, seed: int, args) -> dict:
     val = [r["accuracy"] for r in rows if r["split"] == "validation"]
     finite = _params_finite(summary["state"]) and all(map(lambda v: v == v and abs(v) != float("inf"), losses))
     if name == "kan_chebyshev2" and seed == 0 and not args.quick:
-        _plot_learned_functions(summary, REPO / "benchmarks" / "results" / "agnews_learned_functions.png")
+        _plot_learned_functions(summary, Path(args.records).parent / "agnews_learned_functions.png")
     return {
         "name": name, "seed": seed, "config": f"configs/{module}.py", "overrides": flags,
         "commit": git_commit(), "quick": bool(args.quick),
@@ -193,6 +193,8 @@ def main(argv=None) -> None:
     records = Path(args.records)
     # Quick runs are a smoke test of the pipeline, never results: their report stays out of git.
     results = quick_dir if args.quick else REPO / "benchmarks" / "results"
+    if args.records != str(quick_dir / "records") and args.records != str(REPO / "benchmarks" / "results" / "agnews_runs"):
+        results = records.parent  # records given on the command line: the report goes beside them
 
     if args.one:
         name, seed = args.one[0], int(args.one[1])

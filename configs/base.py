@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_layers = 3  # 0 = all blocks; 3 = the study's mini model
     c.model.vocab_size = 8192  # 0 = full vocabulary; N = the N most frequent train-set tokens + specials
     c.model.param_dtype = "float32"  # the compute dtype comes from train.precision
+    c.model.reinit = ""  # regex over parameter paths re-initialised at random after loading the source
     c.model.task = "classify"  # "classify" (sequence classification) | "causal_lm"
     c.model.num_labels = 4
 
@@ -64,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.precision = "fp32"  # "fp32" | "bf16" | "fp16" (with dynamic loss scaling)
     c.train.loss_scale = 65536.0  # fp16 only: initial dynamic loss scale
     c.train.remat = False
+    c.train.trainable = ""  # regex over parameter paths (e.g. "layers/(2[5-9])/mlp/"); "" = train everything
     c.train.log_every = 10
     c.train.peak_flops = 0.0  # per device, for MFU; 0 = known accelerator table or not reported
 

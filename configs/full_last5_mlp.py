@@ -1,8 +1,12 @@
 """The full 30-block SmolLM2-135M-Instruct with the MLPs of its last 5 blocks as Chebyshev-2 KAN
 layers, started from the pretrained weights (init="from_linear", full width) and fine-tuned on
-chat data. Arms of the full-model study override kan.init / kan.param_match / kan.targets."""
+chat data; only those MLPs train. Arm (d) of the full-model study; configs/full_linear*.py and
+full_kan_reinit.py are the other arms."""
 
 from configs.base import get_config as _base
+
+# The MLPs of blocks 25..29, SmolLM2-135M's last five: what every arm of the study trains.
+LAST5_MLP = r"^model/layers/(25|26|27|28|29)/mlp/"
 
 
 def get_config():
@@ -27,4 +31,5 @@ def get_config():
     c.train.lr = 1e-4
     c.train.steps = 300
     c.train.warmup = 20
+    c.train.trainable = LAST5_MLP
     return c

@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -93,9 +95,36 @@ def check_tokenizer_fits(tokenizer, model) -> None:
                          f"(model.source); use the tokenizer the checkpoint was trained with")
 
 
+def reinitialise(model, pattern: str, seed: int):
+    """Re-draw the parameters whose path matches `pattern` from the model class's own random init
+    (in place); the rest keep their (pretrained) values. Returns the number of values re-drawn."""
+    from flax import nnx
+
+    from kanjax.train_lib import path_string
+
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"model.reinit: {pattern!r} is not a regular expression ({e})") from None
+    fresh = type(model)(model.config, dtype=model.dtype, param_dtype=getattr(model, "param_dtype", jnp.float32),
+                        rngs=nnx.Rngs(seed + 1))
+    params, new = nnx.state(model, nnx.Param), nnx.state(fresh, nnx.Param)
+    paths = [path_string(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    hits = {p for p in paths if regex.search(p)}
+    if not hits:
+        raise ValueError(f"model.reinit: {pattern!r} matches no parameter (paths look like {paths[0]!r})")
+    merged = jax.tree_util.tree_map_with_path(lambda p, old, fr: fr if path_string(p) in hits else old, params, new)
+    nnx.update(model, merged)
+    return sum(int(np.prod(x.shape)) for p, x in jax.tree_util.tree_leaves_with_path(new) if path_string(p) in hits)
+
+
 def model_from_config(config, tokenizer, train_texts: Optional[list[str]], *, dtype):
-    """(model, id_map or None): source → first num_layers blocks → trimmed vocabulary → kanify."""
+    """(model, id_map or None): source → re-initialised parts → first num_layers blocks → trimmed
+    vocabulary → kanify."""
     model = load_source_model(config.model, dtype=dtype, seed=config.seed)
+    if config.model.get("reinit", ""):
+        n = reinitialise(model, config.model.reinit, config.seed)
+        log.info("re-initialised %d parameter values matching %r", n, config.model.reinit)
     check_tokenizer_fits(tokenizer, model)
     if config.model.task == "classify" and model.config.pad_token_id is None:
         # The id the data pipeline pads with: an exported classifier then finds each row's last
@@ -124,5 +153,5 @@ def config_to_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-__all__ = ["validate", "kan_spec", "load_source_model", "model_from_config", "check_tokenizer_fits",
+__all__ = ["validate", "kan_spec", "reinitialise", "load_source_model", "model_from_config", "check_tokenizer_fits",
            "config_to_json"]

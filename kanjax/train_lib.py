@@ -9,6 +9,7 @@ The model's graph definition is static and closed over by the jitted functions.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Mapping
 
 import jax
@@ -48,8 +49,39 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def path_string(path) -> str:
+    """'model/layers/3/mlp/up_proj/kernel' for a pytree path into an nnx.State of parameters."""
+    parts = []
+    for k in path:
+        part = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+        if part != "value":  # nnx.Variable's own pytree child
+            parts.append(str(part))
+    return "/".join(parts)
+
+
+def trainable_mask(params, pattern: str):
+    """True for the parameters whose path matches the regex `pattern` (all of them for "")."""
+    regex = re.compile(pattern) if pattern else None
+    return jax.tree_util.tree_map_with_path(lambda p, _: regex is None or bool(regex.search(path_string(p))),
+                                            params)
+
+
+def check_trainable(params, pattern: str) -> int:
+    """Number of trainable parameters; fails naming train.trainable when the regex matches nothing."""
+    try:
+        mask = trainable_mask(params, pattern)
+    except re.error as e:
+        raise ValueError(f"train.trainable: {pattern!r} is not a regular expression ({e})") from None
+    count = sum(int(x.size) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
+    if count == 0:
+        example = path_string(jax.tree_util.tree_leaves_with_path(params)[0][0])
+        raise ValueError(f"train.trainable: {pattern!r} matches no parameter (paths look like {example!r})")
+    return count
+
+
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
-    """AdamW with warmup + cosine, global-norm clipping, optional gradient accumulation."""
+    """AdamW with warmup + cosine, global-norm clipping, optional gradient accumulation; with
+    train.trainable set, the other parameters get no update and no optimiser state."""
     schedule = learning_rate_schedule(train_cfg.lr, train_cfg.steps, train_cfg.warmup, train_cfg.schedule,
                                       train_cfg.get("min_lr_ratio", 0.1))
     chain = []
@@ -59,6 +91,11 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
                              eps=train_cfg.get("eps", 1e-8), weight_decay=train_cfg.weight_decay,
                              mask=_decay_mask))
     tx = optax.chain(*chain)
+    pattern = train_cfg.get("trainable", "")
+    if pattern:
+        labels = lambda params: jax.tree.map(lambda m: "train" if m else "frozen",  # noqa: E731
+                                             trainable_mask(params, pattern))
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     if train_cfg.grad_accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=train_cfg.grad_accum)
     return tx
@@ -107,6 +144,7 @@ class Trainer:
     mesh: Mesh
     state_sharding: Any
     use_loss_scale: bool
+    trainable: str = ""  # regex over parameter paths; "" = all
 
     def batch_sharding(self, batch: Mapping[str, Any]):
         return {k: shard_lib.batch_sharding(self.mesh, jnp.ndim(v)) for k, v in batch.items()}
@@ -121,6 +159,7 @@ def create_trainer(model: nnx.Module, train_cfg, task: str, mesh: Mesh, seed: in
     if jax.tree.leaves(leftover):
         raise ValueError(f"the model holds non-parameter state, which the train step does not carry: "
                          f"{list(nnx.to_flat_state(leftover))[:3]}")
+    check_trainable(params, train_cfg.get("trainable", ""))
     tx = make_optimizer(train_cfg)
     use_scale = train_cfg.precision == "fp16"
     param_sharding = shard_lib.state_shardings(params, mesh)
@@ -140,7 +179,7 @@ def create_trainer(model: nnx.Module, train_cfg, task: str, mesh: Mesh, seed: in
     }
     state_sharding = {"params": param_sharding, "opt": opt_sharding, "step": rep, "rng": rep,
                       "scale": jax.tree.map(lambda _: rep, state["scale"]) if use_scale else None}
-    trainer = Trainer(graphdef, tx, LOSSES[task], mesh, state_sharding, use_scale)
+    trainer = Trainer(graphdef, tx, LOSSES[task], mesh, state_sharding, use_scale, train_cfg.get("trainable", ""))
     return trainer, state
 
 
@@ -168,10 +207,16 @@ def train_step(trainer: Trainer, state: dict, batch: Mapping[str, jax.Array]) ->
     """One optimiser step. Non-finite gradients skip the update (params and optimiser unchanged)
     and are counted; with float16 the DynamicScale backs off."""
 
+    params = state["params"]
+    # Frozen parameters enter through stop_gradient: autodiff then skips their gradients and the
+    # backward pass below the first trainable layer altogether.
+    mask = trainable_mask(params, trainer.trainable) if trainer.trainable else None
+
     def loss_of(params):
+        if mask is not None:
+            params = jax.tree.map(lambda m, p: p if m else jax.lax.stop_gradient(p), mask, params)
         return trainer.loss_fn(nnx.merge(trainer.graphdef, params), batch)
 
-    params = state["params"]
     if state["scale"] is not None:
         scale, finite, (loss, aux), grads = state["scale"].value_and_grad(loss_of, has_aux=True)(params)
     else:

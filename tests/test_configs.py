@@ -33,7 +33,7 @@ def test_every_family_has_a_config():
     for family in BASES:
         assert f"kan_{family}" in names or (family == "chebyshev2" and "kan_cheb2" in names), family
     for needed in ("base", "linear", "kan_cheb2", "kan_cheb2_parallel", "kan_cheb2_sequential",
-                   "kan_cheb2_nosilu", "full_last5_mlp"):
+                   "kan_cheb2_nosilu", "full_last5_mlp", "full_linear", "full_linear_reinit", "full_kan_reinit"):
         assert needed in names
 
 
@@ -60,3 +60,11 @@ def test_config_builds_its_model(path):
     assert out.shape == expected
     if spec.param_match == "width" and spec.targets:
         assert abs(count_params(model) / count_params(linear) - 1) <= 0.01
+    if config.train.trainable:  # the regex names parameters this model really has
+        from kanjax.train_lib import check_trainable
+
+        assert 0 < check_trainable(nnx.state(model, nnx.Param), config.train.trainable) < count_params(model)
+    if config.model.reinit:
+        from kanjax.train_lib import trainable_mask
+
+        assert any(jax.tree.leaves(trainable_mask(nnx.state(linear, nnx.Param), config.model.reinit)))

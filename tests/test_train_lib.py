@@ -85,3 +85,59 @@ def test_unknown_precision_and_mesh_errors_name_the_key():
     with pytest.raises(ValueError, match="unknown axes"):
         sharding.mesh_shape({"dp": 8}, 8)
     assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+
+
+def test_trainable_regex_updates_only_matching_parameters_exactly_as_full_training_would():
+    model = LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
+    before = nnx.state(model, nnx.Param)
+    paths = [train_lib.path_string(p) for p, _ in jax.tree_util.tree_leaves_with_path(before)]
+    start = [np.asarray(x) for x in jax.tree.leaves(before)]
+    batches = [_batch(4), _batch(4, seed=1)]  # the warmup schedule's first step has lr 0
+    full = _run(model, _train_cfg(), batches)
+    part = _run(model, _train_cfg(trainable="layers/1/mlp/"), batches)
+    hits = [i for i, p in enumerate(paths) if "layers/1/mlp/" in p]
+    assert {paths[i] for i in hits} == {f"model/layers/1/mlp/{n}_proj/kernel" for n in ("gate", "up", "down")}
+    for i in range(len(paths)):
+        if i in hits:  # the same Adam steps as when everything trains (no clipping: grads are per-leaf)
+            np.testing.assert_allclose(part[i], full[i], atol=1e-6)
+            assert not np.array_equal(part[i], start[i])
+        else:
+            np.testing.assert_array_equal(part[i], start[i])
+
+
+def test_trainable_keeps_no_optimizer_moments_for_frozen_parameters():
+    model = LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    _, full = train_lib.create_trainer(model, _train_cfg(), "causal_lm", mesh, seed=0)
+    _, part = train_lib.create_trainer(model, _train_cfg(trainable="layers/1/mlp/"), "causal_lm", mesh, seed=0)
+    size = lambda tree: sum(int(np.size(x)) for x in jax.tree.leaves(tree))  # noqa: E731
+    mlp = 3 * TINY.hidden_size * TINY.intermediate_size
+    assert size(part["opt"]) < 2 * mlp + 16 < size(full["opt"])
+
+
+def test_trainable_errors_name_the_key():
+    model = LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    with pytest.raises(ValueError, match=r"train.trainable: 'layers/9/' matches no parameter .*model/"):
+        train_lib.create_trainer(model, _train_cfg(trainable="layers/9/"), "causal_lm", mesh, seed=0)
+    with pytest.raises(ValueError, match="train.trainable: .* is not a regular expression"):
+        train_lib.create_trainer(model, _train_cfg(trainable="layers/(1"), "causal_lm", mesh, seed=0)
+
+
+def test_reinitialise_redraws_only_matching_parameters():
+    from kanjax.experiment import reinitialise
+
+    model = LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
+    start = {train_lib.path_string(p): np.asarray(x)
+             for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+    fresh = {train_lib.path_string(p): np.asarray(x)
+             for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(LlamaForCausalLM(TINY, rngs=nnx.Rngs(8)),
+                                                                         nnx.Param))}
+    n = reinitialise(model, "layers/1/mlp/", seed=7)
+    assert n == 3 * TINY.hidden_size * TINY.intermediate_size
+    after = {train_lib.path_string(p): np.asarray(x)
+             for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+    for path, value in after.items():
+        np.testing.assert_array_equal(value, fresh[path] if "layers/1/mlp/" in path else start[path])
+    with pytest.raises(ValueError, match="model.reinit: 'nothing' matches no parameter"):
+        reinitialise(model, "nothing", seed=0)

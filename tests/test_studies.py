@@ -1,0 +1,47 @@
+"""The study scripts end to end on the real shared data (slow): their records and reports."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(script, *args):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_converted_full_smollm2_scores_like_the_pretrained_one(tmp_path, shared_data, smollm2_gguf):
+    """Arm (d) of the full-model study before fine-tuning: all 30 blocks, last-5 MLPs converted to
+    KAN with from_linear; the same answers as the pretrained model on the first 20 questions of
+    every shared benchmark, and the same held-out chat perplexity."""
+    _run("full_model_study.py", "--only", "reference|d_before", "--limit", "20", "--records", str(tmp_path / "rec"),
+         "--workdirs", str(tmp_path / "work"), "--data_dir", str(shared_data))
+    ref = json.loads((tmp_path / "rec" / "reference__seed0.json").read_text())
+    conv = json.loads((tmp_path / "rec" / "d_before_finetuning__seed0.json").read_text())
+    assert conv["trainable_params"] == 3 * ref["trainable_params"]  # full-width degree-2 KAN: 3 coefficients/edge
+    for task, r in ref["tasks"].items():
+        assert r["n"] == 20 or task == "copa"
+        assert abs(conv["tasks"][task]["acc_norm"] - r["acc_norm"]) <= 0.005, task
+    assert abs(conv["chat_perplexity"] / ref["chat_perplexity"] - 1) < 1e-3
+    assert 1.0 < ref["chat_perplexity"] < 50.0  # the pretrained chat model predicts held-out chats
+
+
+@pytest.mark.slow
+def test_agnews_study_quick_writes_records_and_report(tmp_path, shared_data):
+    stdout = _run("agnews_study.py", "--quick", "--only", "^linear$|^kan_chebyshev2$", "--records",
+                  str(tmp_path / "rec"), "--workdirs", str(tmp_path / "work"), "--data_dir", str(shared_data))
+    assert "linear seed 0: ok" in stdout and "kan_chebyshev2 seed 0: ok" in stdout
+    rec = json.loads((tmp_path / "rec" / "kan_chebyshev2__seed0.json").read_text())
+    assert rec["params"] > 0 and rec["steps"] == 6 and not rec["nonfinite"] and 0 <= rec["test_accuracy"] <= 1
+    # A finished run is not redone.
+    assert "0 run(s) to do" in _run("agnews_study.py", "--quick", "--only", "^linear$", "--records",
+                                    str(tmp_path / "rec"), "--workdirs", str(tmp_path / "work"),
+                                    "--data_dir", str(shared_data), "--no_report")
