@@ -53,16 +53,6 @@ QUICK = {"data.seq_len": 16, "data.batch_size": 8, "train.steps": 6, "train.warm
          "eval.test_limit": 256, "checkpoint.every": 0, "model.num_layers": 1, "model.vocab_size": 512}
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_overrides(name: str, seed: int, args) -> dict:
     module, extra, _ = STUDY[name]
     flags = dict(QUICK if args.quick else BUDGET)
@@ -74,18 +64,6 @@ def run_overrides(name: str, seed: int, args) -> dict:
                   "data.tokenizer": str(Path(args.data_dir) / "smollm2_tokenizer"),
                   "data.cache_dir": str(Path(args.workdirs) / "cache" / module / str(flags.get("model.vocab_size", "")))})
     return flags
-
-
-def apply_overrides(config, flags: dict):
-    for key, value in flags.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"unknown config key {key!r}")
-        node[leaf] = value
-    return config
 
 
 def _params_finite(state) -> bool:
@@ -122,12 +100,13 @@ def run_one(name: str, seed: int, args) -> dict:
 
     import jax
 
+    from kanjax import experiment
     from kanjax import metrics as metrics_lib
     from kanjax.train_loop import run
 
     module, extra, _ = STUDY[name]
     flags = run_overrides(name, seed, args)
-    config = apply_overrides(importlib.import_module(f"configs.{module}").get_config(), flags)
+    config = experiment.apply_overrides(importlib.import_module(f"configs.{module}").get_config(), flags)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     summary = run(config)
@@ -143,7 +122,7 @@ def run_one(name: str, seed: int, args) -> dict:
         _plot_learned_functions(summary, Path(args.records).parent / "agnews_learned_functions.png")
     return {
         "name": name, "seed": seed, "config": f"configs/{module}.py", "overrides": flags,
-        "commit": git_commit(), "quick": bool(args.quick),
+        "commit": experiment.git_commit(REPO), "quick": bool(args.quick),
         "test_accuracy": summary.get("test_accuracy"), "test_loss": summary.get("test_loss"),
         "best_val_accuracy": max(val) if val else None, "final_val_accuracy": summary.get("val_accuracy"),
         "params": int(summary["params"]), "steps": int(summary["steps"]),

@@ -43,16 +43,6 @@ QUICK = {"train.steps": 3, "train.warmup": 1, "data.batch_size": 2, "data.seq_le
 QUICK_REINIT = r"^model/layers/(4|5)/mlp/"
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def overrides(row: str, seed: int, args) -> dict:
     flags = dict(QUICK if args.quick else BUDGET)
     if args.steps:
@@ -71,14 +61,9 @@ def _config(row: str, flags: dict):
     import importlib
 
     module = ARMS.get(row) or BEFORE[row]
-    config = importlib.import_module(f"configs.{module}").get_config()
-    for key, value in flags.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    from kanjax.experiment import apply_overrides
+
+    return apply_overrides(importlib.import_module(f"configs.{module}").get_config(), flags)
 
 
 def chat_perplexity(model, config, tokenizer) -> dict:
@@ -119,7 +104,7 @@ def run_row(row: str, seed: int, args) -> dict:
     experiment.validate(config)
     tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
     record = {"row": row, "seed": seed, "config": f"configs/{ARMS.get(row) or BEFORE[row]}.py", "overrides": flags,
-              "commit": git_commit(), "quick": bool(args.quick), "finetuned": row in ARMS, "lr": config.train.lr,
+              "commit": experiment.git_commit(REPO), "quick": bool(args.quick), "finetuned": row in ARMS, "lr": config.train.lr,
               "device": jax.devices()[0].device_kind, "cpus": os.cpu_count(), "jax": jax.__version__}
     t0 = time.perf_counter()
     if row in ARMS:

@@ -149,9 +149,39 @@ def save_id_map(path: Path, id_map: Optional[np.ndarray]) -> None:
         np.save(path, id_map)
 
 
+def apply_overrides(config: ml_collections.ConfigDict, flags: dict) -> ml_collections.ConfigDict:
+    """Set flat "section.key" values in place; an unknown key fails naming it (ml_collections'
+    update_from_flattened_dict would add it silently)."""
+    for key, value in flags.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for i, p in enumerate(parents):
+            if p not in node:
+                raise KeyError(f"unknown config key {key!r} (no section {'.'.join(parents[:i + 1])!r})")
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"unknown config key {key!r}")
+        node[leaf] = value
+    return config
+
+
+def git_commit(repo: str | Path) -> str:
+    """HEAD of the checkout at `repo`, suffixed -dirty when tracked files have changes: the
+    provenance study records carry."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def config_to_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-__all__ = ["validate", "kan_spec", "reinitialise", "load_source_model", "model_from_config", "check_tokenizer_fits",
+__all__ = ["validate", "kan_spec", "reinitialise", "apply_overrides", "git_commit", "load_source_model", "model_from_config", "check_tokenizer_fits",
            "config_to_json"]

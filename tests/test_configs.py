@@ -68,3 +68,14 @@ def test_config_builds_its_model(path):
         from kanjax.train_lib import trainable_mask
 
         assert any(jax.tree.leaves(trainable_mask(nnx.state(linear, nnx.Param), config.model.reinit)))
+
+
+def test_apply_overrides_rejects_unknown_keys_by_name():
+    from configs import base
+
+    config = experiment.apply_overrides(base.get_config(), {"train.steps": 7, "kan.targets": ("mlp",)})
+    assert config.train.steps == 7 and config.kan.targets == ("mlp",)
+    with pytest.raises(KeyError, match="unknown config key 'train.stepz'"):
+        experiment.apply_overrides(base.get_config(), {"train.stepz": 7})
+    with pytest.raises(KeyError, match="no section 'trian'"):
+        experiment.apply_overrides(base.get_config(), {"trian.steps": 7})

@@ -33,13 +33,9 @@ def tiny_overrides(tmp_path: Path, shared_data: Path, **extra) -> dict:
 
 
 def apply_overrides(config, flags: dict):
-    for key, value in flags.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    from kanjax.experiment import apply_overrides as apply
+
+    return apply(config, flags)
 
 
 def train_cli(config_file: str, flags: dict, env_extra=None, timeout=900, extra_args=()) -> subprocess.CompletedProcess:
