@@ -292,7 +292,7 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
         out += [f"### {title}: **{verdict}**", "", text, ""]
     if (results / "agnews_learned_functions.png").exists() and not quick:
         out += ["## What the chebyshev2 KAN learned", "",
-                "Nine edges (inputs 0–2 → outputs 0–2) of the first KAN layer of `kan_chebyshev2` seed 0 after "
+                "Nine edges (inputs 0–2 → outputs 0–2) of one KAN layer (named in the title) of `kan_chebyshev2` seed 0 after "
                 "training, drawn with `kanjax.viz.plot_functions` (x is the layer input before the tanh domain "
                 "map; the bias is left out).", "", "![learned functions](agnews_learned_functions.png)", ""]
     path = results / f"{stem}.md"
