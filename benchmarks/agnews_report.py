@@ -260,6 +260,7 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
     S = {n: stats_of(runs) for n, runs in groups.items()}
     o = next(iter(groups.values()))[0]["overrides"]
     stem = "agnews_quick" if quick else "agnews"
+    results.mkdir(parents=True, exist_ok=True)
     scatter(S, results / f"{stem}_scatter.png")
     out = [f"# AGNews study{' (--quick: tiny budgets, not results)' if quick else ''}", "",
            "Command (resumable; records in `benchmarks/results/agnews_runs/`, one JSON per run and seed):", "",

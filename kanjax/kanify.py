@@ -203,7 +203,8 @@ class KANProjections(Projections):
                                rank=self.ranks.get(kind), use_bias=use_bias, axes=axes, dtype=dtype,
                                param_dtype=param_dtype, rngs=rngs)
         src = self.source.get((kind, layer))
-        if src is not None and src[0].shape == (in_features, out_features):
+        # A rank-r bottleneck (param-matched attention) has no stage the full (in, out) map fits.
+        if src is not None and module.proj is None and src[0].shape == (in_features, out_features):
             _initialise_from_source(module, self.spec, *src)
         return module
 

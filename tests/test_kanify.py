@@ -49,6 +49,18 @@ def test_every_strategy_and_target_trains(tiny_lm, strategy, targets):
 
 
 @pytest.mark.parametrize("strategy", ["replace", "parallel", "sequential"])
+@pytest.mark.parametrize("init", ["random"])  # from_linear + width is refused by name
+def test_param_matched_strategies_build_on_a_concrete_model(tiny_lm, strategy, init):
+    """Parameter matching gives attention a rank bottleneck: the linear branch of parallel /
+    sequential is then (in, r), which the pretrained (in, out) kernel must not be copied into."""
+    model = kanify(tiny_lm, dict(targets=["all"], strategy=strategy, param_match="width", init=init))
+    q = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q, KANProjection) and q.proj is not None
+    assert np.all(np.isfinite(np.asarray(model(IDS, MASK))))
+    assert abs(count_params(model) / count_params(tiny_lm) - 1) < 0.05
+
+
+@pytest.mark.parametrize("strategy", ["replace", "parallel", "sequential"])
 @pytest.mark.parametrize("family", ["chebyshev2", "legendre", "jacobi", "hermite"])
 def test_from_linear_keeps_the_function(tiny_lm, strategy, family):
     spec = dict(targets=["all"], strategy=strategy, basis=family, init="from_linear", domain="none")
