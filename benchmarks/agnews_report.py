@@ -33,6 +33,11 @@ def _t975(dof: float) -> float:
     return float(stats.t.ppf(0.975, dof))
 
 
+def _busy(r: dict) -> bool:
+    """Whether other work shared the machine during the run (1-minute load above the core count)."""
+    return max(r.get("load_before", 0.0), r.get("load_after", 0.0)) > r["cpus"] + 0.5
+
+
 def stats_of(runs: list[dict]) -> dict:
     """Mean / std / 95% t-interval (n ≥ 3) of test accuracy in points, and the run costs."""
     acc = [100.0 * r["test_accuracy"] for r in runs if r["test_accuracy"] is not None]
@@ -45,6 +50,7 @@ def stats_of(runs: list[dict]) -> dict:
             "val": statistics.fmean(val) if val else float("nan"),
             # Fastest seed: other work on the machine only ever slows a run down.
             "params": runs[0]["params"], "step_s": min(r["step_seconds_median"] for r in runs),
+            "step_busy": _busy(min(runs, key=lambda r: r["step_seconds_median"])),
             "train_s": min(r["train_seconds"] for r in runs),
             "rss": max(r["peak_rss_mb"] for r in runs), "skipped": sum(r["skipped_steps"] for r in runs),
             "nonfinite": sum(bool(r["nonfinite"]) for r in runs)}
@@ -97,7 +103,7 @@ def table(S: dict[str, dict]) -> str:
         ci = f"{s['ci'][0]:.1f}–{s['ci'][1]:.1f}" if s["n"] >= 3 else "–"
         ratio = f"{s['step_s'] / base['step_s']:.2f}" if base else "–"
         lines.append(f"| {name} | {s['n']} | {s['params']:,} | {s['mean']:.1f}{std} | {ci} | {s['val']:.1f} | "
-                     f"{s['step_s']:.3f} | {ratio} | {s['train_s']:.0f} | {s['rss']:.0f} | {s['skipped']} | "
+                     f"{s['step_s']:.3f}{'*' if s['step_busy'] else ''} | {ratio} | {s['train_s']:.0f} | {s['rss']:.0f} | {s['skipped']} | "
                      f"{s['nonfinite']} |")
     return "\n".join(lines)
 
@@ -274,11 +280,12 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
            differences(o), "", "## Results", "", table(S), "",
            f"![accuracy vs time]({stem}_scatter.png)", ""]
     missing_all = []
-    busy = sorted(f"{r['name']} seed {r['seed']}" for runs in groups.values() for r in runs
-                  if max(r.get("load_before", 0), r.get("load_after", 0)) > r["cpus"] + 0.5)
+    busy = sorted(f"{r['name']} seed {r['seed']}" for runs in groups.values() for r in runs if _busy(r))
     if busy:
         out += [f"Timing caveat: other work shared the machine during {len(busy)} run(s) (1-minute load above the "
-                f"core count): {', '.join(busy)}. Their times are inflated; accuracies are unaffected.", ""]
+                f"core count): {', '.join(busy)}. Their times are inflated (a `*` in the table marks a step time "
+                "that comes from such a run); accuracies are unaffected. `benchmarks/results/train_step.md` and "
+                "`kan_layer.md` time linear against KAN on an idle machine.", ""]
     out += ["## The six claims", "",
             "Intervals: Student-t 95% over seeds (Welch for differences; a single-seed row is compared using the "
             f"other row's seed spread). 'Close' = within ±{CLOSE:.0f} "
