@@ -179,7 +179,7 @@ def sample_generations(model, tokenizer, prompts: Sequence[str], *, max_new_toke
 
 
 def table(results: dict) -> str:
-    lines = [f"{'task':<24}{'n':>6}{'acc':>9}{'acc_norm':>10}{'seconds':>9}"]
+    lines = [f"{'task':<24}{'n':>6}{'acc':>9}{'acc_norm':>10}{'seconds':>9}"] if results["tasks"] else []
     for name, m in results["tasks"].items():
         lines.append(f"{name:<24}{m['n']:>6}{m['acc']:>9.4f}{m['acc_norm']:>10.4f}{m['seconds']:>9.1f}")
     if "perplexity" in results:
