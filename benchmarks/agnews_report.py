@@ -143,23 +143,22 @@ def _verdict(parts: list[str]) -> str:
 def claim_best_tradeoff(S: dict[str, dict]) -> tuple[str, str]:
     """1: chebyshev2 degree 2 is Pareto-optimal (step time, accuracy) among families and degrees."""
     ref = S["kan_chebyshev2"]
-    noise = ref["half"] if ref["n"] >= 3 else CLOSE
     rivals = {n: s for n, s in S.items() if n.startswith("kan_") and n != "kan_chebyshev2"
               and not any(t in n for t in ("fp16", "parallel", "sequential", "nosilu"))}
-    fast = {n: s for n, s in rivals.items() if s["step_s"] <= 1.03 * ref["step_s"]}
-    beyond = sorted(n for n, s in fast.items() if s["mean"] > ref["mean"] + noise)
-    within = sorted(n for n, s in fast.items() if ref["mean"] < s["mean"] <= ref["mean"] + noise)
+    fast = {n: diff_ci(s, ref) for n, s in rivals.items() if s["step_s"] <= 1.03 * ref["step_s"]}
+    beyond = sorted(n for n, d in fast.items() if d[1] > 0)
+    within = sorted(n for n, d in fast.items() if d[0] > 0 and not d[1] > 0)
     best = max(rivals.items(), key=lambda kv: kv[1]["mean"]) if rivals else None
     text = (f"chebyshev2 deg 2: {ref['mean']:.1f}% at {ref['step_s']:.3f} s/step. Rule: refuted if a family or "
-            f"degree at most 3% slower is more accurate by more than chebyshev2's 95% half-interval "
-            f"({noise:.1f} pt); confirmed if none at most 3% slower is more accurate at all. ")
+            "degree at most 3% slower is more accurate with a 95% interval of the difference above 0; "
+            "confirmed if none at most 3% slower is more accurate at all. ")
     if best:
         text += f"Most accurate rival: {best[0]} {best[1]['mean']:.1f}% at {best[1]['step_s']:.3f} s/step. "
     if beyond:
-        return "refuted", text + "Dominated by: " + ", ".join(f"{n} ({S[n]['mean']:.1f}%)" for n in beyond) + "."
+        return "refuted", text + "Dominated by: " + ", ".join(f"{n} ({_fmt_diff(fast[n])})" for n in beyond) + "."
     if within:
-        return "inconclusive", text + "More accurate within noise and as fast: " + ", ".join(
-            f"{n} ({S[n]['mean']:.1f}%)" for n in within) + "."
+        return "inconclusive", text + "As fast and more accurate, but within noise: " + ", ".join(
+            f"{n} ({_fmt_diff(fast[n])})" for n in within) + "."
     return "confirmed", text + "No rival as fast is more accurate."
 
 
