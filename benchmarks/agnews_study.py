@@ -168,12 +168,12 @@ def main(argv=None) -> None:
     p.add_argument("--one", nargs=2, metavar=("NAME", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick_dir = REPO / "runs" / "agnews_quick"
+    # Records given on the command line: the report goes beside them (tests never touch results/).
+    # Quick runs are a smoke test of the pipeline, never results: their report stays out of git.
+    results = (Path(args.records).parent if args.records else
+               quick_dir if args.quick else REPO / "benchmarks" / "results")
     args.records = args.records or str(quick_dir / "records" if args.quick else REPO / "benchmarks" / "results" / "agnews_runs")
     records = Path(args.records)
-    # Quick runs are a smoke test of the pipeline, never results: their report stays out of git.
-    results = quick_dir if args.quick else REPO / "benchmarks" / "results"
-    if args.records != str(quick_dir / "records") and args.records != str(REPO / "benchmarks" / "results" / "agnews_runs"):
-        results = records.parent  # records given on the command line: the report goes beside them
 
     if args.one:
         name, seed = args.one[0], int(args.one[1])
