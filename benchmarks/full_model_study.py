@@ -88,6 +88,14 @@ def chat_perplexity(model, config, tokenizer) -> dict:
     return {"chat_loss": loss_sum / count, "chat_perplexity": math.exp(loss_sum / count), "chat_tokens": count}
 
 
+def per_question(metrics: dict) -> dict:
+    """Which questions a row got right, in task order, as "0"/"1" strings: the report pairs rows
+    question by question (all rows score the same questions), which a bare accuracy cannot."""
+    preds = metrics["predictions"]
+    return {"correct": "".join(str(int(p["pred"] == p["gold"])) for p in preds),
+            "correct_norm": "".join(str(int(p["pred_norm"] == p["gold"])) for p in preds)}
+
+
 def run_row(row: str, seed: int, args) -> dict:
     import jax
     import jax.numpy as jnp
@@ -125,7 +133,7 @@ def run_row(row: str, seed: int, args) -> dict:
     t1 = time.perf_counter()
     results = eval_models.run(model, tokenizer, TASKS, data_dir=Path(args.data_dir) / "mc_benchmarks",
                               limit=args.limit or None, batch_size=args.batch_size, progress=False)
-    record["tasks"] = {k: {m: v[m] for m in ("n", "acc", "acc_norm", "acc_stderr")}
+    record["tasks"] = {k: {**{m: v[m] for m in ("n", "acc", "acc_norm", "acc_stderr")}, **per_question(v)}
                        for k, v in results["tasks"].items()}
     record.update(chat_perplexity(model, config, tokenizer))
     record["eval_seconds"] = time.perf_counter() - t1
