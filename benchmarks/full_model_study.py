@@ -1,7 +1,8 @@
 """The full-model study: SmolLM2-135M-Instruct with KAN MLPs in its last 5 blocks vs linear.
 
     python benchmarks/full_model_study.py                   # one seed of every arm (~2 h on a 2-core CPU)
-    python benchmarks/full_model_study.py --seeds 0,1,2 --steps 1000 --limit 0   # accelerator-sized
+    python benchmarks/full_model_study.py --seeds 0,1,2 --steps 1000 --limit 0 \
+        --set train.precision=bf16 --set data.batch_size=32 --set data.seq_len=512   # accelerator-sized
     python benchmarks/full_model_study.py --quick           # minutes: 6 blocks, a few steps, records apart
     python benchmarks/full_model_study.py --report_only
 
@@ -13,6 +14,12 @@ evaluated before any training: the pretrained model (reference) and arm (d) righ
 conversion. Scores: ARC-Easy/Challenge, OpenBookQA, COPA, WinoGrande (shared sets, first --limit
 questions of each) and perplexity on held-out chat conversations. Each row runs in its own
 subprocess and writes one JSON record; existing records are not redone.
+
+The chat data: the shared FastChat file is 500 conversations built from 28 distinct assistant
+replies ("I am Vicuna…"), so a random carve of it is no held-out set: every arm would predict it
+almost perfectly after a few steps. The held-out conversations are therefore HELDOUT of the 30
+MT-Bench ones (GPT-4 answers, a fixed draw independent of the training seed), scored untruncated;
+training sees the FastChat file and the other MT-Bench conversations (`chat_split`).
 """
 
 from __future__ import annotations
@@ -34,26 +41,75 @@ ARMS = {"a_linear": "full_linear", "b_linear_reinit": "full_linear_reinit", "c_k
         "d_kan_from_linear": "full_last5_mlp"}
 BEFORE = {"reference": "full_linear", "d_before_finetuning": "full_last5_mlp"}
 TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "copa", "winogrande")
-# CPU-sized: 60 steps × 8 rows × 256 tokens ≈ 123k chat tokens per arm.
-BUDGET = {"train.steps": 60, "train.warmup": 6, "train.lr": 2e-4, "data.batch_size": 8, "data.seq_len": 256,
+# CPU-sized: 60 steps × 4 rows × 512 tokens ≈ 123k chat tokens per arm (most MT-Bench conversations fit
+# a 512-token row whole).
+BUDGET = {"train.steps": 60, "train.warmup": 6, "train.lr": 2e-4, "data.batch_size": 4, "data.seq_len": 512,
           "train.log_every": 5, "eval.every": 0, "checkpoint.every": 0}
 QUICK = {"train.steps": 3, "train.warmup": 1, "data.batch_size": 2, "data.seq_len": 64, "train.log_every": 1,
          "eval.every": 0, "checkpoint.every": 0, "model.num_layers": 6, "kan.layers": "last:2",
          "train.trainable": r"^model/layers/(4|5)/mlp/"}
 QUICK_REINIT = r"^model/layers/(4|5)/mlp/"
+CHAT_FILES = {"fastchat": "fastchat_dummy_conversation_messages.jsonl",
+              "mt_bench": "mt_bench_with_gpt4_reference_messages.jsonl"}
+HELDOUT = 10  # MT-Bench conversations kept out of training
+HELDOUT_SEQ_LEN = 2048  # no held-out conversation is truncated (the longest MT-Bench one: 1,165 tokens)
+
+
+def chat_split(chat_dir: Path, out_dir: Path, heldout: int = HELDOUT, seed: int = 0) -> Path:
+    """A data folder with train.jsonl (FastChat + the MT-Bench conversations not held out) and
+    validation.jsonl (`heldout` MT-Bench conversations, drawn with `seed`); rewritten only when
+    its content would change, so the tokenisation cache stays valid."""
+    import numpy as np
+
+    lines = {k: [l for l in (Path(chat_dir) / f).read_text().splitlines() if l.strip()] for k, f in CHAT_FILES.items()}
+    mt = lines["mt_bench"]
+    if not 0 < heldout < len(mt):
+        raise ValueError(f"heldout={heldout}: {chat_dir / CHAT_FILES['mt_bench']} has {len(mt)} conversations")
+    held = set(np.random.default_rng(seed).permutation(len(mt))[:heldout].tolist())
+    files = {"train.jsonl": lines["fastchat"] + [l for i, l in enumerate(mt) if i not in held],
+             "validation.jsonl": [l for i, l in enumerate(mt) if i in held]}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in files.items():
+        text = "\n".join(rows) + "\n"
+        path = out_dir / name
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    return out_dir
 
 
 def overrides(row: str, seed: int, args) -> dict:
     flags = dict(QUICK if args.quick else BUDGET)
     if args.steps:
         flags["train.steps"] = args.steps
+    flags.update(parse_sets(args.set))
     module = ARMS.get(row) or BEFORE[row]
     if args.quick and module == "full_linear_reinit":
         flags["model.reinit"] = QUICK_REINIT
     flags.update({"seed": seed, "workdir": str(Path(args.workdirs) / f"{row}__seed{seed}"),
-                  "model.source": args.source, "data.path": str(Path(args.data_dir) / "chat"),
+                  "model.source": args.source, "data.path": str(Path(args.workdirs) / "chat_split"),
                   "data.tokenizer": str(Path(args.data_dir) / "smollm2_tokenizer"),
                   "data.cache_dir": str(Path(args.workdirs) / "cache" / str(flags.get("data.seq_len")))})
+    return flags
+
+
+def parse_sets(items: list[str]) -> dict:
+    """["train.precision=bf16", "data.batch_size=32"] -> {"train.precision": "bf16", "data.batch_size": 32}.
+
+    Values are Python literals where they parse as one (numbers, booleans, tuples), else strings."""
+    import ast
+
+    flags = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.precision=bf16")
+        try:
+            flags[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            flags[key] = text
     return flags
 
 
@@ -67,25 +123,31 @@ def _config(row: str, flags: dict):
 
 
 def chat_perplexity(model, config, tokenizer) -> dict:
-    """Token perplexity of the assistant turns of the held-out chat conversations (validation split)."""
+    """Token perplexity of the assistant turns of the held-out chat conversations (validation
+    split), each scored whole: rows of HELDOUT_SEQ_LEN tokens, so none is truncated."""
     import jax
     from flax import nnx
 
     from kanjax import data as data_lib
     from kanjax import train_lib
 
-    arrays, _ = data_lib.build(config.data, "validation", seed=config.seed, tokenizer=tokenizer)
+    data_cfg = config.data.copy_and_resolve_references()
+    data_cfg.seq_len, data_cfg.batch_size = HELDOUT_SEQ_LEN, 2
+    arrays, info = data_lib.build(data_cfg, "validation", seed=config.seed, tokenizer=tokenizer)
+    if info["conversations_truncated"]:
+        raise ValueError(f"{info['conversations_truncated']} held-out conversations exceed {HELDOUT_SEQ_LEN} tokens")
 
     @nnx.jit
     def sums(model, batch):
         return train_lib.causal_lm_loss(model, batch)[1]
 
     loss_sum = count = 0.0
-    for batch in data_lib.eval_batches(arrays, config.data.batch_size):
+    for batch in data_lib.eval_batches(arrays, data_cfg.batch_size):
         batch.pop("weight")
         out = jax.device_get(sums(model, batch))
         loss_sum, count = loss_sum + float(out["loss_sum"]), count + float(out["count"])
-    return {"chat_loss": loss_sum / count, "chat_perplexity": math.exp(loss_sum / count), "chat_tokens": count}
+    return {"chat_loss": loss_sum / count, "chat_perplexity": math.exp(loss_sum / count), "chat_tokens": count,
+            "chat_conversations": info["conversations_kept"]}
 
 
 def per_question(metrics: dict) -> dict:
@@ -94,6 +156,12 @@ def per_question(metrics: dict) -> dict:
     preds = metrics["predictions"]
     return {"correct": "".join(str(int(p["pred"] == p["gold"])) for p in preds),
             "correct_norm": "".join(str(int(p["pred_norm"] == p["gold"])) for p in preds)}
+
+
+def train_losses(metrics_file: Path) -> list[float]:
+    """The logged training losses, in step order (one per train.log_every window)."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
 
 
 def run_row(row: str, seed: int, args) -> dict:
@@ -108,6 +176,7 @@ def run_row(row: str, seed: int, args) -> dict:
     from kanjax.train_lib import check_trainable
 
     flags = overrides(row, seed, args)
+    chat_split(Path(args.data_dir) / "chat", flags["data.path"])
     config = _config(row, flags)
     experiment.validate(config)
     tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
@@ -122,7 +191,8 @@ def run_row(row: str, seed: int, args) -> dict:
         model = nnx.merge(summary["trainer"].graphdef, summary["state"]["params"])
         record.update({"steps": summary["steps"], "train_seconds": summary["train_seconds"],
                        "skipped_steps": summary["skipped_steps"],
-                       "tokens": summary["steps"] * config.data.batch_size * config.data.seq_len})
+                       "tokens": summary["steps"] * config.data.batch_size * config.data.seq_len,
+                       "train_loss": train_losses(Path(config.workdir) / "metrics.jsonl")})
     else:
         model, _ = experiment.model_from_config(config, tokenizer, None, dtype=jnp.float32)
         record.update({"steps": 0, "train_seconds": 0.0, "skipped_steps": 0, "tokens": 0})
@@ -159,6 +229,8 @@ def main(argv=None) -> None:
     p.add_argument("--only", default="", help="regex over the row names to run")
     p.add_argument("--records", default="")
     p.add_argument("--workdirs", default="/tmp/kanjax_full_model_study")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every row, after the budget (repeatable): larger budgets")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--one", nargs=2, metavar=("ROW", "SEED"), help=argparse.SUPPRESS)
@@ -186,6 +258,7 @@ def main(argv=None) -> None:
                    args.workdirs, "--data_dir", args.data_dir, "--source", args.source, "--limit", str(args.limit),
                    "--batch_size", str(args.batch_size)] + ["--quick"] * args.quick
             cmd += ["--steps", str(args.steps)] if args.steps else []
+            cmd += [f"--set={item}" for item in args.set]
             log = Path(args.workdirs) / f"{row}__seed{seed}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "w") as f:
