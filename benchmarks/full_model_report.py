@@ -226,13 +226,17 @@ def plot(S, path: Path) -> None:
         xs = [i + k * width for i in range(len(TASKS))]
         ax.bar(xs, [S[n]["tasks"][t]["mean"] for t in TASKS], width,
                yerr=[S[n]["tasks"][t]["se"] for t in TASKS], capsize=2, label=n, color=f"C{k}")
-        ax_ppl.bar(k, S[n]["chat_perplexity"], color=f"C{k}")
+        ppl = S[n]["chat_perplexity"]
+        ax_ppl.bar(k, ppl, color=f"C{k}")
+        ax_ppl.annotate(f"{ppl:.2f}", (k, ppl), ha="center", va="bottom", fontsize=7)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(TASKS))], [f"{t}\n({METRIC[t]})" for t in TASKS])
     ax.set_ylabel("score, % (± 1 SE)")
     ax.legend(fontsize=8, ncol=3)
     ax.set_title("SmolLM2-135M-Instruct: last-5 MLPs linear vs KAN")
     ax_ppl.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ax_ppl.set_yscale("log")
+    ppls = [S[n]["chat_perplexity"] for n in names]
+    if max(ppls) > 10 * min(ppls):
+        ax_ppl.set_yscale("log")
     ax_ppl.set_title("held-out chat perplexity")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
