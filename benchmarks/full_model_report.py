@@ -83,6 +83,9 @@ def summarise(runs: list[dict]) -> dict:
     out["avg"] = statistics.fmean(avgs)
     out["avg_seed_std"] = statistics.stdev(avgs) if len(avgs) >= 2 else None
     out["chat_perplexity"] = statistics.fmean(r["chat_perplexity"] for r in ok)
+    losses = [r["train_loss"] for r in ok if r.get("train_loss")]
+    out["train_loss"] = (statistics.fmean(l[0] for l in losses), statistics.fmean(l[-1] for l in losses)) \
+        if losses else None
     return out
 
 
@@ -136,9 +139,9 @@ def _ppl_change(kan: list[dict], lin: list[dict]) -> str:
 
 
 def table(S: dict[str, dict]) -> str:
-    head = ("| row | seeds | params | trainable | chat tokens | train s | eval s | " +
+    head = ("| row | seeds | params | trainable | chat tokens | train loss | train s | eval s | " +
             " | ".join(f"{t} ({METRIC[t]})" for t in TASKS) + " | mean | chat ppl | non-finite |")
-    lines = [head, "|" + "---|" * (len(TASKS) + 10)]
+    lines = [head, "|" + "---|" * (len(TASKS) + 11)]
     for name in [n for n in ORDER if n in S]:
         s = S[name]
         if s["tasks"]:
@@ -146,8 +149,9 @@ def table(S: dict[str, dict]) -> str:
             tail = f"{s['avg']:.1f} | {s['chat_perplexity']:.2f}"
         else:
             cells, tail = " | ".join("non-finite" for _ in TASKS), "– | –"
+        loss = f"{s['train_loss'][0]:.2f} → {s['train_loss'][1]:.2f}" if s.get("train_loss") else "–"
         lines.append(f"| {name} | {s['n_seeds']} | {s['params']:,.0f} | {s['trainable_params']:,.0f} | "
-                     f"{s['tokens']:,.0f} | {s['train_seconds']:.0f} | {s['eval_seconds']:.0f} | {cells} | {tail} | "
+                     f"{s['tokens']:,.0f} | {loss} | {s['train_seconds']:.0f} | {s['eval_seconds']:.0f} | {cells} | {tail} | "
                      f"{s['nonfinite']} runs, {s['skipped_steps']:.0f} skipped steps |")
     return "\n".join(lines)
 
@@ -183,7 +187,8 @@ def verdict(rows, S) -> str:
             spread = (f"seeds {n_k} vs {n_l}: the interval covers question sampling only, not seed-to-seed "
                       "variation")
         parts.append(f"- {what}: mean benchmark difference **{d['d']:+.1f} pt** (95% paired bootstrap "
-                     f"{d['lo']:+.1f} to {d['hi']:+.1f}; {spread}; per task {per_task}; the same answer on "
+                     f"{d['lo']:+.1f} to {d['hi']:+.1f}, so a gap beyond {max(abs(d['lo']), abs(d['hi'])):.1f} pt "
+                     f"either way is ruled out; {spread}; per task {per_task}; the same answer on "
                      f"{100 * d['same_answers']:.0f}% of questions); held-out chat perplexity "
                      f"{_ppl_change(rows[kan], rows[lin])} → **{rule(d)}** (rule: the interval inside "
                      f"±{MATCH:.0f} pt matches, entirely outside does not, else inconclusive).")
