@@ -1,6 +1,6 @@
 """The full-model study: SmolLM2-135M-Instruct with KAN MLPs in its last 5 blocks vs linear.
 
-    python benchmarks/full_model_study.py                   # one seed of every arm (~2 h on a 2-core CPU)
+    python benchmarks/full_model_study.py                   # one seed of every arm (~2–2.5 h on a 2-core CPU)
     python benchmarks/full_model_study.py --seeds 0,1,2 --steps 1000 --limit 0 \
         --set train.precision=bf16 --set data.batch_size=32 --set data.seq_len=512   # accelerator-sized
     python benchmarks/full_model_study.py --quick           # minutes: 6 blocks, a few steps, records apart
