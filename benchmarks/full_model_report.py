@@ -141,7 +141,7 @@ def _ppl_change(kan: list[dict], lin: list[dict]) -> str:
 def table(S: dict[str, dict]) -> str:
     head = ("| row | seeds | params | trainable | chat tokens | train loss | train s | eval s | " +
             " | ".join(f"{t} ({METRIC[t]})" for t in TASKS) + " | mean | chat ppl | non-finite |")
-    lines = [head, "|" + "---|" * (len(TASKS) + 11)]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name in [n for n in ORDER if n in S]:
         s = S[name]
         if s["tasks"]:
