@@ -1,9 +1,19 @@
-"""benchmarks/results/agnews.md and the scatter plot, from the AGNews study's run records only.
+"""benchmarks/results/agnews.md and its plots, from the AGNews study's records only.
 
     python benchmarks/agnews_report.py [--records benchmarks/results/agnews_runs]
 
-Every verdict is computed here from the records by the rules stated in the report, so rerunning
-the study rewrites the conclusions with the numbers.
+Reads records/study (every arm over paired seeds), records/tune (the learning-rate grid) and
+benchmarks/results/kan_layer.json (the idle-machine layer benchmark, for the speed claims). Every
+verdict is computed here by the rule printed beside it, so rerunning the study rewrites the
+conclusions with the numbers.
+
+Statistics. Seed k of every arm sees the same data order, so arms are compared by paired
+differences over their common seeds: d_k = acc_A,k − acc_B,k (test accuracy on the same 7,600
+texts). The 95% interval of the mean difference adds the seed variance and the test-set sampling
+variance: d̄ ± t_{n−1} · sqrt(s_d² / n + var_j(e_j) / N), e_j the seed-mean difference on test text j
+(1/0 correctness). Fewer than 2 common seeds: no interval. Runs that end at chance (test accuracy
+< 30%; 4 balanced classes) are listed apart and left out of an arm's mean, but stay in every paired
+difference, so a verdict never hides them.
 """
 
 from __future__ import annotations
@@ -14,17 +24,36 @@ import math
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 CLOSE = 1.0  # accuracy points: a difference whose 95% interval lies inside ±CLOSE is "close"
-SLOWER = 1.10  # step-time ratio that counts as "slower"
+CHANCE_ACC = 0.30
+SLOWER = 1.05  # forward+backward time ratio above which a layer counts as slower
+BASE = "kan_chebyshev2"
 
 
-def load_records(records: Path) -> dict[str, list[dict]]:
+# ----------------------------------------------------------------------------- records
+
+
+def load_records(folder: Path) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
-    for path in sorted(records.glob("*.json")):
+    for path in sorted(Path(folder).glob("*.json")):
         r = json.loads(path.read_text())
         groups.setdefault(r["name"], []).append(r)
+    for runs in groups.values():
+        runs.sort(key=lambda r: r["seed"])
     return groups
+
+
+def correct_bits(r: dict) -> np.ndarray:
+    """(N,) bool: per test text, whether the run classified it right."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(r["test_correct_hex"]), np.uint8))
+    return bits[: r["test_n"]].astype(bool)
+
+
+def at_chance(r: dict) -> bool:
+    return r["test_accuracy"] < CHANCE_ACC
 
 
 def _t975(dof: float) -> float:
@@ -33,284 +62,477 @@ def _t975(dof: float) -> float:
     return float(stats.t.ppf(0.975, dof))
 
 
-def _busy(r: dict) -> bool:
-    """Whether other work shared the machine during the run (1-minute load above the core count)."""
-    return max(r.get("load_before", 0.0), r.get("load_after", 0.0)) > r["cpus"] + 0.5
-
-
-def stats_of(runs: list[dict]) -> dict:
-    """Mean / std / 95% t-interval (n ≥ 3) of test accuracy in points, and the run costs."""
-    acc = [100.0 * r["test_accuracy"] for r in runs if r["test_accuracy"] is not None]
+def arm_stats(runs: list[dict]) -> dict:
+    """Test accuracy in points over the runs that learned (not at chance), and the costs."""
+    ok = [r for r in runs if not at_chance(r)]
+    acc = [100.0 * r["test_accuracy"] for r in ok]
     n = len(acc)
-    mean = statistics.fmean(acc) if acc else float("nan")
-    std = statistics.stdev(acc) if n >= 2 else float("nan")
-    half = _t975(n - 1) * std / math.sqrt(n) if n >= 3 else float("nan")
-    val = [100.0 * r["best_val_accuracy"] for r in runs if r["best_val_accuracy"] is not None]
-    return {"n": n, "acc": acc, "mean": mean, "std": std, "ci": (mean - half, mean + half), "half": half,
-            "val": statistics.fmean(val) if val else float("nan"),
-            # Fastest seed: other work on the machine only ever slows a run down.
-            "params": runs[0]["params"], "step_s": min(r["step_seconds_median"] for r in runs),
-            "step_busy": _busy(min(runs, key=lambda r: r["step_seconds_median"])),
-            "train_s": min(r["train_seconds"] for r in runs),
-            "rss": max(r["peak_rss_mb"] for r in runs), "skipped": sum(r["skipped_steps"] for r in runs),
-            "nonfinite": sum(bool(r["nonfinite"]) for r in runs)}
+    mean = statistics.fmean(acc) if acc else math.nan
+    std = statistics.stdev(acc) if n >= 2 else math.nan
+    return {"n": len(runs), "n_ok": n, "acc": acc, "mean": mean, "std": std,
+            "chance": [(r["seed"], 100.0 * r["test_accuracy"]) for r in runs if at_chance(r)],
+            "params": runs[0]["params"], "val": statistics.fmean(100.0 * r["final_val_accuracy"] for r in runs),
+            "step_s": min(r["step_seconds_median"] for r in runs), "lr": runs[0]["lr"],
+            "skipped": sum(r["skipped_steps"] for r in runs), "nonfinite": sum(bool(r["nonfinite"]) for r in runs)}
 
 
-def diff_ci(a: dict, b: dict) -> tuple[float, float, float]:
-    """a − b in points with a 95% interval: Welch when both sides have ≥ 2 seeds; when one side has
-    a single run, that run is taken to vary like the other side's seeds (pooled variance,
-    n − 1 degrees of freedom); nan bounds when neither side has a spread."""
-    d = a["mean"] - b["mean"]
-    if a["n"] >= 2 and b["n"] >= 2:
-        va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
-        se = math.sqrt(va + vb)
-        if se == 0:
-            return d, d, d
-        dof = (va + vb) ** 2 / (va ** 2 / (a["n"] - 1) + vb ** 2 / (b["n"] - 1))
-    elif min(a["n"], b["n"]) == 1 and max(a["n"], b["n"]) >= 2:
-        many = a if a["n"] >= 2 else b
-        se, dof = many["std"] * math.sqrt(1.0 + 1.0 / many["n"]), many["n"] - 1
+def paired_diff(a_runs: list[dict], b_runs: list[dict]) -> dict:
+    """A − B in accuracy points over the common seeds, with the interval of the module docstring."""
+    b_by_seed = {r["seed"]: r for r in b_runs}
+    pairs = [(r, b_by_seed[r["seed"]]) for r in a_runs if r["seed"] in b_by_seed]
+    n = len(pairs)
+    if n == 0:
+        return {"n": 0, "d": math.nan, "lo": math.nan, "hi": math.nan, "per_seed": []}
+    per_seed = [100.0 * (a["test_accuracy"] - b["test_accuracy"]) for a, b in pairs]
+    d = statistics.fmean(per_seed)
+    if n < 2:
+        return {"n": n, "d": d, "lo": math.nan, "hi": math.nan, "per_seed": per_seed}
+    e = np.mean([correct_bits(a).astype(float) - correct_bits(b) for a, b in pairs], axis=0) * 100.0
+    var = statistics.variance(per_seed) / n + float(np.var(e, ddof=1)) / e.size
+    half = _t975(n - 1) * math.sqrt(var)
+    return {"n": n, "d": d, "lo": d - half, "hi": d + half, "per_seed": per_seed}
+
+
+def fmt(d: dict) -> str:
+    if d["n"] == 0:
+        return "no common seeds"
+    if math.isnan(d["lo"]):
+        return f"{d['d']:+.1f} pt (one seed: no interval)"
+    return f"{d['d']:+.1f} pt (95% CI {d['lo']:+.1f} to {d['hi']:+.1f}, {d['n']} paired seeds)"
+
+
+def closeness(d: dict) -> str:
+    """within (interval inside ±CLOSE) | below | above (interval beyond −CLOSE / +CLOSE) | unclear."""
+    if math.isnan(d["lo"]):
+        return "unclear"
+    if -CLOSE <= d["lo"] and d["hi"] <= CLOSE:
+        return "within"
+    if d["hi"] < -CLOSE:
+        return "below"
+    if d["lo"] > CLOSE:
+        return "above"
+    return "unclear"
+
+
+def _verdict(parts: list[str]) -> str:
+    if "refuted" in parts:
+        return "refuted"
+    return "confirmed" if parts and all(p == "confirmed" for p in parts) else "inconclusive"
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def load_speed(path: Path) -> dict:
+    """{layer name: {"ratio", "lo", "hi"}}: forward+backward time against the Chebyshev-2 degree-2
+    layer, from the layer benchmark's repeated interleaved measurements (kan_layer.json)."""
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get("ratios_to_chebyshev2", {})
+
+
+def speed_of(speed: dict, arm: str) -> dict | None:
+    return speed.get(arm[len("kan_"):] if arm.startswith("kan_") else arm)
+
+
+def fmt_speed(s: dict | None) -> str:
+    if s is None:
+        return "no layer-benchmark timing"
+    return f"time ×{s['ratio']:.2f} (95% CI ×{s['lo']:.2f}–×{s['hi']:.2f})"
+
+
+# ----------------------------------------------------------------------------- the eight claims
+
+RIVALS = ["kan_jacobi", "kan_gegenbauer"] + [f"kan_chebyshev2_deg{d}" for d in (1, 3, 4, 5)] + [
+    f"kan_{f}" for f in ("chebyshev", "legendre", "hermite", "laguerre", "bessel", "fibonacci", "lucas", "bspline",
+                         "rbf", "rational")]
+
+
+def claim_best_tradeoff(G: dict, speed: dict) -> tuple[str, str]:
+    """1. Chebyshev-2 degree 2 is a best speed/accuracy trade-off among families and degrees."""
+    dominated_by, unsettled, settled = [], [], []
+    for name in (n for n in RIVALS if n in G):
+        d, s = paired_diff(G[name], G[BASE]), speed_of(speed, name)
+        more_acc = not math.isnan(d["lo"]) and d["lo"] > 0
+        less_acc = not math.isnan(d["hi"]) and d["hi"] < 0
+        slower = s is not None and s["lo"] > 1.0
+        line = f"{name}: {fmt(d)}, {fmt_speed(s)}"
+        if more_acc and not slower:
+            dominated_by.append(line)
+        elif less_acc or slower:
+            settled.append(line)
+        else:
+            unsettled.append(line)
+    rule = ("Rule: refuted if a rival is more accurate (interval of the paired difference above 0) without being "
+            "slower (time-ratio interval above 1); confirmed if every rival is less accurate (interval below 0) or "
+            "slower without being more accurate; inconclusive otherwise.")
+    text = [rule]
+    if dominated_by:
+        text.append("More accurate and not slower: " + "; ".join(dominated_by) + ".")
+    if unsettled:
+        text.append("Not separated from Chebyshev-2 degree 2 on either axis: " + "; ".join(unsettled) + ".")
+    if settled:
+        text.append("Worse on accuracy or slower: " + "; ".join(settled) + ".")
+    verdict = "refuted" if dominated_by else ("confirmed" if not unsettled and settled else "inconclusive")
+    return verdict, "\n\n".join(text)
+
+
+def claim_jacobi_gegenbauer(G: dict, speed: dict) -> tuple[str, str]:
+    """2. Jacobi and Gegenbauer are slightly more accurate than Chebyshev-2 but train more slowly."""
+    parts, text = [], []
+    for name in ("kan_jacobi", "kan_gegenbauer"):
+        d, s = paired_diff(G[name], G[BASE]), speed_of(speed, name)
+        acc = "confirmed" if d["lo"] > 0 else "refuted" if d["hi"] < 0 else "inconclusive"
+        if s is None:
+            slow = "inconclusive"
+        else:
+            slow = "confirmed" if s["lo"] > SLOWER else "refuted" if s["hi"] < SLOWER else "inconclusive"
+        parts += [acc, slow]
+        text.append(f"{name[4:]} − chebyshev2: {fmt(d)} (more accurate: {acc}); {fmt_speed(s)} "
+                    f"(slower, ≥ ×{SLOWER}: {slow})")
+    return _verdict(parts), "; ".join(text) + (
+        f". Rule: 'more accurate' confirmed if the interval lies above 0, refuted if below; 'slower' confirmed if "
+        f"the layer's forward+backward time ratio interval lies above ×{SLOWER}, refuted if below.")
+
+
+def claim_close_to_linear(G: dict, speed: dict) -> tuple[str, str]:
+    """3. A parameter-matched KAN in place of every linear layer comes close to linear."""
+    d = paired_diff(G[BASE], G["linear"])
+    c = closeness(d)
+    verdict = {"within": "confirmed", "below": "refuted", "above": "refuted"}.get(c, "inconclusive")
+    return verdict, (f"chebyshev2 (param-matched, every projection) − linear: {fmt(d)}; the original: −0.5 pt. "
+                     f"Rule: confirmed if the interval lies within ±{CLOSE:.0f} pt, refuted if it lies wholly beyond "
+                     f"−{CLOSE:.0f} or +{CLOSE:.0f} pt (a clear loss or a clear gain), inconclusive otherwise.")
+
+
+def claim_parallel_sequential(G: dict, speed: dict) -> tuple[str, str]:
+    """4. KAN beside (parallel) or after (sequential) the full linear layer adds little."""
+    parts, text = [], []
+    for name in ("kan_chebyshev2_parallel", "kan_chebyshev2_sequential"):
+        d = paired_diff(G[name], G["linear"])
+        c = closeness(d)
+        parts.append({"within": "confirmed", "below": "refuted", "above": "refuted"}.get(c, "inconclusive"))
+        what = {"below": " (it costs accuracy)", "above": " (it adds a lot)"}.get(c, "")
+        text.append(f"{name[len('kan_chebyshev2_'):]} ({G[name][0]['params']:,} params vs linear's "
+                    f"{G['linear'][0]['params']:,}) − linear: {fmt(d)}{what}")
+    return _verdict(parts), "; ".join(text) + (
+        f". Rule: 'adds little' confirmed if the interval lies within ±{CLOSE:.0f} pt; refuted if it lies wholly "
+        f"above +{CLOSE:.0f} pt (it adds a lot) or wholly below −{CLOSE:.0f} pt (it costs accuracy).")
+
+
+def claim_fp16(G: dict, speed: dict) -> tuple[str, str]:
+    """5. KANs train stably in float16."""
+    fp16 = G["kan_chebyshev2_fp16"]
+    s = arm_stats(fp16)
+    d = paired_diff(fp16, G[BASE])
+    broken = s["nonfinite"] + len(s["chance"])
+    if broken:
+        verdict = "refuted"
     else:
-        return d, float("nan"), float("nan")
-    h = _t975(dof) * se
-    return d, d - h, d + h
+        verdict = "confirmed" if d["lo"] > -CLOSE else "refuted" if d["hi"] < -CLOSE else "inconclusive"
+    lin = paired_diff(G["linear_fp16"], G["linear"]) if "linear_fp16" in G else None
+    return verdict, (f"KAN fp16 − fp32: {fmt(d)}; {s['nonfinite']} run(s) with NaN/inf in parameters or loss, "
+                     f"{len(s['chance'])} at chance, {s['skipped']} skipped (overflowing) steps over {s['n']} runs"
+                     + (f"; linear fp16 − fp32 for reference: {fmt(lin)}" if lin else "") +
+                     f". Rule: refuted by any non-finite or at-chance fp16 run or an interval wholly below −{CLOSE:.0f} pt;"
+                     f" confirmed if the interval lies above −{CLOSE:.0f} pt.")
 
 
-def _fmt_diff(d: tuple[float, float, float]) -> str:
-    if math.isnan(d[1]):
-        return f"{d[0]:+.1f} pt (one seed each: no interval)"
-    return f"{d[0]:+.1f} pt (95% CI {d[1]:+.1f} to {d[2]:+.1f})"
+def claim_no_silu(G: dict, speed: dict) -> tuple[str, str]:
+    """6. KANs learn well without SiLU."""
+    d = paired_diff(G["kan_chebyshev2_nosilu"], G[BASE])
+    lin = paired_diff(G["kan_chebyshev2_nosilu"], G["linear"])
+    verdict = "confirmed" if d["lo"] > -CLOSE else "refuted" if d["hi"] < -CLOSE else "inconclusive"
+    return verdict, (f"KAN MLPs without SiLU − with SiLU: {fmt(d)}; − linear: {fmt(lin)}. Rule: confirmed if the "
+                     f"interval against the SiLU KAN lies above −{CLOSE:.0f} pt, refuted if wholly below it.")
 
 
-def _closeness(d: tuple[float, float, float]) -> str:
-    """confirmed-close / different / inconclusive for a difference and its interval."""
-    if math.isnan(d[1]):
-        return "inconclusive"
-    if -CLOSE <= d[1] and d[2] <= CLOSE:
-        return "close"
-    if d[1] > CLOSE or d[2] < -CLOSE:
-        return "different"
-    return "inconclusive"
+def tune_grid(T: dict) -> dict[str, dict[float, list[dict]]]:
+    """{arm: {lr: runs}} from the tune records (names <arm>_lr<lr>)."""
+    grid: dict[str, dict[float, list[dict]]] = {}
+    for name, runs in T.items():
+        grid.setdefault(name.rsplit("_lr", 1)[0], {})[runs[0]["lr"]] = runs
+    return grid
 
 
-def table(S: dict[str, dict]) -> str:
-    base = S.get("linear")
-    lines = ["| run | seeds | params | test acc % (mean ± std) | 95% CI | best val % | step s (fastest seed) | × linear "
-             "| train s (fastest) | peak RSS MB | skipped steps | non-finite runs |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s in sorted(S.items(), key=lambda kv: -kv[1]["mean"]):
-        std = f" ± {s['std']:.1f}" if s["n"] >= 2 else ""
-        ci = f"{s['ci'][0]:.1f}–{s['ci'][1]:.1f}" if s["n"] >= 3 else "–"
-        ratio = f"{s['step_s'] / base['step_s']:.2f}" if base else "–"
-        lines.append(f"| {name} | {s['n']} | {s['params']:,} | {s['mean']:.1f}{std} | {ci} | {s['val']:.1f} | "
-                     f"{s['step_s']:.3f}{'*' if s['step_busy'] else ''} | {ratio} | {s['train_s']:.0f} | {s['rss']:.0f} | {s['skipped']} | "
-                     f"{s['nonfinite']} |")
+def best_lr(by_lr: dict[float, list[dict]]) -> float:
+    """The rate with the highest mean final validation accuracy (ties: the smaller rate)."""
+    return max(by_lr, key=lambda lr: (statistics.fmean(r["final_val_accuracy"] for r in by_lr[lr]), -lr))
+
+
+def grid_drop(by_lr: dict[float, list[dict]]) -> list[dict]:
+    """Pseudo-runs whose test accuracy is, per seed, the mean over the grid minus the best rate's:
+    how much an arm loses on average when its learning rate is not tuned."""
+    best = {r["seed"]: r for r in by_lr[best_lr(by_lr)]}
+    out = []
+    for seed, top in best.items():
+        others = [r for runs in by_lr.values() for r in runs if r["seed"] == seed]
+        mean_acc = statistics.fmean(r["test_accuracy"] for r in others)
+        bits = np.mean([correct_bits(r) for r in others], axis=0) - correct_bits(top)
+        out.append({"seed": seed, "test_accuracy": mean_acc - top["test_accuracy"], "test_n": top["test_n"],
+                    "_bits": bits})
+    return out
+
+
+def _diff_of_drops(a: list[dict], b: list[dict]) -> dict:
+    """Paired difference of two grid_drop lists (their `_bits` are real-valued per-text drops)."""
+    b_by = {r["seed"]: r for r in b}
+    pairs = [(x, b_by[x["seed"]]) for x in a if x["seed"] in b_by]
+    per_seed = [100.0 * (x["test_accuracy"] - y["test_accuracy"]) for x, y in pairs]
+    n = len(per_seed)
+    if n < 2:
+        return {"n": n, "d": statistics.fmean(per_seed) if per_seed else math.nan, "lo": math.nan, "hi": math.nan,
+                "per_seed": per_seed}
+    e = np.mean([x["_bits"] - y["_bits"] for x, y in pairs], axis=0) * 100.0
+    d = statistics.fmean(per_seed)
+    half = _t975(n - 1) * math.sqrt(statistics.variance(per_seed) / n + float(np.var(e, ddof=1)) / e.size)
+    return {"n": n, "d": d, "lo": d - half, "hi": d + half, "per_seed": per_seed}
+
+
+def claim_less_tuning(T: dict) -> tuple[str, str]:
+    """7. KANs adapt well to existing hyperparameters: less fine-tuning needed."""
+    grid = tune_grid(T)
+    if "linear" not in grid or BASE not in grid:
+        return "inconclusive", "The learning-rate grid has not run."
+    lin, kan = grid["linear"], grid[BASE]
+    lr_l, lr_k = best_lr(lin), best_lr(kan)
+    at_lin = paired_diff(kan[lr_l], kan[lr_k])  # KAN at linear's rate − KAN at its own (≤ 0 expected)
+    lin_at_kan = paired_diff(lin[lr_k], lin[lr_l])
+    drop = _diff_of_drops(grid_drop(kan), grid_drop(lin))  # KAN's mean loss off its best − linear's
+    part1 = "confirmed" if at_lin["lo"] > -CLOSE else "refuted" if at_lin["hi"] < -CLOSE else "inconclusive"
+    # drop: (mean over grid − best) per arm, ≤ 0; KAN − linear > 0 means the KAN loses less off its best rate.
+    part2 = "confirmed" if drop["lo"] > -CLOSE else "refuted" if drop["hi"] < -CLOSE else "inconclusive"
+    text = (f"Best rates on validation: linear {lr_l:g}, KAN {lr_k:g}. KAN at linear's best rate − at its own: "
+            f"{fmt(at_lin)} (test accuracy; linear at the KAN's rate − its own: {fmt(lin_at_kan)}). Mean over the "
+            f"grid minus the best rate, KAN − linear: {fmt(drop)} (positive: the KAN loses less away from its best "
+            f"rate). Rule: confirmed if the KAN at linear's rate stays within −{CLOSE:.0f} pt of its best (interval) "
+            f"and its loss away from the best rate is not larger than linear's by more than {CLOSE:.0f} pt "
+            f"(interval above −{CLOSE:.0f}); refuted if either interval lies wholly below −{CLOSE:.0f} pt.")
+    return _verdict([part1, part2]), text
+
+
+def claim_fewer_params(G: dict, speed: dict) -> tuple[str, str]:
+    """8. KANs do well with fewer or similarly sized layers."""
+    half, full = G["kan_chebyshev2_half"], G[BASE]
+    d = paired_diff(half, G["linear"])
+    d_full = paired_diff(half, full)
+    verdict = "confirmed" if d["lo"] > -CLOSE else "refuted" if d["hi"] < -CLOSE else "inconclusive"
+    return verdict, (f"half-size KAN ({half[0]['params']:,} params; the matched KAN {full[0]['params']:,}, linear "
+                     f"{G['linear'][0]['params']:,}; the embedding is not halved) − linear: {fmt(d)}; − the matched "
+                     f"KAN: {fmt(d_full)}. Rule: confirmed if the interval against linear lies above −{CLOSE:.0f} pt, "
+                     f"refuted if wholly below.")
+
+
+CLAIMS = [
+    ("1. Chebyshev 2nd kind at degree 2 gives the best speed/accuracy trade-off", claim_best_tradeoff, [BASE]),
+    ("2. Jacobi and Gegenbauer are slightly more accurate but train more slowly", claim_jacobi_gegenbauer,
+     [BASE, "kan_jacobi", "kan_gegenbauer"]),
+    ("3. A parameter-matched KAN everywhere comes close to linear (linear slightly better)", claim_close_to_linear,
+     ["linear", BASE]),
+    ("4. KAN beside (parallel) or after (sequential) the linear layer adds little", claim_parallel_sequential,
+     ["linear", "kan_chebyshev2_parallel", "kan_chebyshev2_sequential"]),
+    ("5. KANs train stably in fp16", claim_fp16, [BASE, "kan_chebyshev2_fp16"]),
+    ("6. KANs learn well without SiLU", claim_no_silu, ["linear", BASE, "kan_chebyshev2_nosilu"]),
+    ("7. KANs adapt well to existing hyperparameters: less fine-tuning needed", None, []),
+    ("8. KANs do well with fewer or similarly sized layers", claim_fewer_params,
+     ["linear", BASE, "kan_chebyshev2_half"]),
+]
+
+
+def verdicts(G: dict, T: dict, speed: dict) -> list[tuple[str, str, str]]:
+    """[(title, verdict or 'not yet measured', text)] for the eight claims."""
+    out = []
+    for title, fn, needs in CLAIMS:
+        if fn is None:
+            out.append((title, *claim_less_tuning(T)))
+            continue
+        missing = [n for n in needs if n not in G]
+        if missing:
+            out.append((title, "not yet measured", f"Missing arms: {', '.join(missing)}."))
+            continue
+        out.append((title, *fn(G, speed)))
+    return out
+
+
+# ----------------------------------------------------------------------------- tables and plots
+
+
+def results_table(G: dict, speed: dict) -> str:
+    lines = ["| arm | seeds | params | lr | test % (mean ± std, runs that learned) | per seed | at chance "
+             "| − linear (paired) | layer time × cheb2 | step s | skipped / non-finite |",
+             "|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|"]
+    order = sorted(G, key=lambda n: -arm_stats(G[n])["mean"] if not math.isnan(arm_stats(G[n])["mean"]) else 1e9)
+    for name in order:
+        s = arm_stats(G[name])
+        std = f" ± {s['std']:.1f}" if s["n_ok"] >= 2 else ""
+        chance = ", ".join(f"seed {k}: {a:.1f}" for k, a in s["chance"]) or "0"
+        vs = fmt(paired_diff(G[name], G["linear"])) if "linear" in G and name != "linear" else "–"
+        sp = speed_of(speed, name)
+        sp_s = f"{sp['ratio']:.2f}" if sp else "–"
+        per_seed = ", ".join(f"{100 * r['test_accuracy']:.1f}" for r in G[name])
+        lines.append(f"| {name} | {s['n']} | {s['params']:,} | {s['lr']:g} | {s['mean']:.1f}{std} | {per_seed} | "
+                     f"{chance} | {vs} | {sp_s} | {s['step_s']:.2f} | {s['skipped']} / {s['nonfinite']} |")
     return "\n".join(lines)
 
 
-def family_of(name: str) -> str:
-    return "linear" if name.startswith("linear") else name[len("kan_"):]
+def mean_val_curve(runs: list[dict]) -> tuple[list[int], list[float]]:
+    steps = sorted({s for r in runs for s, _, _ in r["val_curve"]})
+    curve = []
+    for step in steps:
+        vals = [a for r in runs for s, a, _ in r["val_curve"] if s == step]
+        curve.append(100.0 * statistics.fmean(vals))
+    return steps, curve
 
 
-def scatter(S: dict[str, dict], path: Path) -> None:
+def convergence(G: dict) -> str:
+    """Linear's gain in mean validation accuracy over the last quarter of the budget."""
+    if "linear" not in G:
+        return "Linear has not run yet."
+    steps, curve = mean_val_curve(G["linear"])
+    end = steps[-1]
+    q = min(range(len(steps)), key=lambda i: abs(steps[i] - 0.75 * end))
+    gain = curve[-1] - curve[q]
+    ok = gain < 0.5
+    return (f"Budget check: linear's mean validation accuracy (over {len(G['linear'])} seeds) goes from "
+            f"{curve[q]:.1f}% at step {steps[q]} to {curve[-1]:.1f}% at step {end}: {gain:+.1f} pt over the last "
+            f"quarter ({'under' if ok else 'NOT under'} the 0.5-point convergence criterion).")
+
+
+def plot_curves(G: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, colour in (("linear", "k"), (BASE, "C3")):
+        if name not in G:
+            continue
+        for r in G[name]:
+            s, a, _ = zip(*r["val_curve"])
+            ax.plot(s, [100 * v for v in a], color=colour, alpha=0.25, lw=0.8)
+        steps, curve = mean_val_curve(G[name])
+        ax.plot(steps, curve, color=colour, lw=2, label=f"{name} (mean of {len(G[name])} seeds)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation accuracy %")
+    ax.set_title("AGNews: validation accuracy against steps (thin: single seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_scatter(G: dict, speed: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, s in S.items():
-        colour = "k" if name.startswith("linear") else ("C3" if "chebyshev2" in name else "C0")
-        ax.errorbar(s["train_s"], s["mean"], yerr=0 if s["n"] < 2 else s["std"], fmt="o", color=colour,
-                    capsize=3, ms=5)
-        ax.annotate(family_of(name), (s["train_s"], s["mean"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
-    ax.set_xlabel("training time per run, s (2-core CPU)")
-    ax.set_ylabel("AGNews test accuracy, % (mean ± std over seeds)")
-    ax.set_title("AGNews study: accuracy vs training time")
+    for name in G:
+        s, sp = arm_stats(G[name]), speed_of(speed, name)
+        if sp is None or math.isnan(s["mean"]):
+            continue
+        colour = "C3" if name.startswith("kan_chebyshev2") else "C0"
+        ax.errorbar(sp["ratio"], s["mean"], yerr=0 if s["n_ok"] < 2 else s["std"],
+                    xerr=[[sp["ratio"] - sp["lo"]], [sp["hi"] - sp["ratio"]]], fmt="o", color=colour, capsize=3, ms=5)
+        ax.annotate(name[4:], (sp["ratio"], s["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("KAN layer forward+backward time ÷ Chebyshev-2 degree 2 (idle machine, 95% CI)")
+    ax.set_ylabel("AGNews test accuracy % (mean ± std over seeds)")
+    ax.set_title("AGNews study: accuracy against layer speed")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _verdict(parts: list[str]) -> str:
-    if "refuted" in parts:
-        return "refuted"
-    return "confirmed" if all(p == "confirmed" for p in parts) else "inconclusive"
+# ----------------------------------------------------------------------------- the report
 
 
-def claim_best_tradeoff(S: dict[str, dict]) -> tuple[str, str]:
-    """1: chebyshev2 degree 2 is Pareto-optimal (step time, accuracy) among families and degrees."""
-    ref = S["kan_chebyshev2"]
-    rivals = {n: s for n, s in S.items() if n.startswith("kan_") and n != "kan_chebyshev2"
-              and not any(t in n for t in ("fp16", "parallel", "sequential", "nosilu"))}
-    fast = {n: diff_ci(s, ref) for n, s in rivals.items() if s["step_s"] <= 1.03 * ref["step_s"]}
-    beyond = sorted(n for n, d in fast.items() if d[1] > 0)
-    within = sorted(n for n, d in fast.items() if d[0] > 0 and not d[1] > 0)
-    best = max(rivals.items(), key=lambda kv: kv[1]["mean"]) if rivals else None
-    text = (f"chebyshev2 deg 2: {ref['mean']:.1f}% at {ref['step_s']:.3f} s/step. Rule: refuted if a family or "
-            "degree at most 3% slower is more accurate with a 95% interval of the difference above 0; "
-            "confirmed if none at most 3% slower is more accurate at all. ")
-    if best:
-        text += f"Most accurate rival: {best[0]} {best[1]['mean']:.1f}% at {best[1]['step_s']:.3f} s/step. "
-    if beyond:
-        return "refuted", text + "Dominated by: " + ", ".join(f"{n} ({_fmt_diff(fast[n])})" for n in beyond) + "."
-    if within:
-        return "inconclusive", text + "As fast and more accurate, but within noise: " + ", ".join(
-            f"{n} ({_fmt_diff(fast[n])})" for n in within) + "."
-    return "confirmed", text + "No rival as fast is more accurate."
-
-
-def claim_jacobi_gegenbauer(S):
-    ref, parts, text = S["kan_chebyshev2"], [], []
-    for n in ("kan_jacobi", "kan_gegenbauer"):
-        d, r = diff_ci(S[n], ref), S[n]["step_s"] / ref["step_s"]
-        acc = "confirmed" if d[1] > 0 else "refuted" if d[2] < 0 else "inconclusive"
-        speed = "confirmed" if r >= SLOWER else "refuted" if r < 1.05 else "inconclusive"
-        parts += [acc, speed]
-        text.append(f"{n[4:]} − chebyshev2: {_fmt_diff(d)} (more accurate: {acc}); step time ×{r:.2f} "
-                    f"(slower, ≥×{SLOWER}: {speed})")
-    return _verdict(parts), "; ".join(text) + "."
-
-
-def claim_close_to_linear(S):
-    d = diff_ci(S["linear"], S["kan_chebyshev2"])
-    c = _closeness(d)
-    verdict = {"close": "confirmed", "different": "refuted"}.get(c, "inconclusive")
-    return verdict, (f"linear − chebyshev2 (param-matched, every projection): {_fmt_diff(d)}; the original "
-                     f"gap was +0.5 pt. Rule: confirmed if the interval lies within ±{CLOSE:.0f} pt, refuted "
-                     f"if it excludes ±{CLOSE:.0f} pt entirely.")
-
-
-def claim_parallel_sequential(S):
-    parts, text = [], []
-    for n in ("kan_chebyshev2_parallel", "kan_chebyshev2_sequential"):
-        g = diff_ci(S[n], S["linear"])
-        part = "confirmed" if g[2] < CLOSE else "refuted" if g[1] > CLOSE else "inconclusive"
-        parts.append(part)
-        text.append(f"{n[len('kan_chebyshev2_'):]} − linear: {_fmt_diff(g)}; − replace: "
-                    f"{_fmt_diff(diff_ci(S[n], S['kan_chebyshev2']))}")
-    return _verdict(parts), ("; ".join(text) + f". Rule: 'adds little' is confirmed if the gain over linear is "
-                             f"below +{CLOSE:.0f} pt at the top of its interval, refuted if above it at the bottom.")
-
-
-def claim_fp16(S):
-    parts, text = [], []
-    for n, ref in (("kan_chebyshev2_fp16", "kan_chebyshev2"), ("linear_fp16", "linear")):
-        d, s = diff_ci(S[n], S[ref]), S[n]
-        part = "refuted" if s["nonfinite"] or d[2] < -CLOSE else "confirmed" if d[1] > -CLOSE else "inconclusive"
-        if n.startswith("kan"):
-            parts.append(part)
-        text.append(f"{n} − fp32: {_fmt_diff(d)}, {s['nonfinite']} run(s) with NaN/inf in params or loss, "
-                    f"{s['skipped']} skipped (overflowing, loss-scale back-off) steps over {s['n']} runs")
-    return _verdict(parts), ("; ".join(text) + f". Rule (KAN): refuted by any non-finite run or an fp16 loss "
-                             f"beyond −{CLOSE:.0f} pt; confirmed if the interval stays above −{CLOSE:.0f} pt.")
-
-
-def claim_no_silu(S):
-    d = diff_ci(S["kan_chebyshev2_nosilu"], S["kan_chebyshev2"])
-    verdict = "confirmed" if d[1] > -CLOSE else "refuted" if d[2] < -CLOSE else "inconclusive"
-    return verdict, (f"no-SiLU − SiLU MLPs: {_fmt_diff(d)}; no-SiLU {S['kan_chebyshev2_nosilu']['mean']:.1f}% vs "
-                     f"chance 25%. Rule: confirmed if the interval stays above −{CLOSE:.0f} pt, refuted if below.")
-
-
-CLAIMS = [
-    ("1. Chebyshev 2nd kind at degree 2 gives the best speed/accuracy trade-off", claim_best_tradeoff,
-     ["kan_chebyshev2", "kan_jacobi", "kan_gegenbauer"] + [f"kan_chebyshev2_deg{d}" for d in (1, 3, 4, 5)]
-     + [f"kan_{f}" for f in ("chebyshev", "legendre", "hermite", "laguerre", "bessel", "fibonacci", "lucas",
-                             "bspline", "rbf", "rational")]),
-    ("2. Jacobi and Gegenbauer are slightly more accurate but train more slowly", claim_jacobi_gegenbauer,
-     ["kan_chebyshev2", "kan_jacobi", "kan_gegenbauer"]),
-    ("3. A parameter-matched KAN everywhere comes close to linear (linear slightly better)",
-     claim_close_to_linear, ["linear", "kan_chebyshev2"]),
-    ("4. KAN in parallel with, or after, the linear layer adds little", claim_parallel_sequential,
-     ["linear", "kan_chebyshev2", "kan_chebyshev2_parallel", "kan_chebyshev2_sequential"]),
-    ("5. KANs train stably in fp16", claim_fp16,
-     ["linear", "linear_fp16", "kan_chebyshev2", "kan_chebyshev2_fp16"]),
-    ("6. KANs learn well without SiLU", claim_no_silu, ["kan_chebyshev2", "kan_chebyshev2_nosilu"]),
-]
-
-
-def _setting(groups: dict[str, list[dict]]) -> str:
-    o = next(iter(groups.values()))[0]["overrides"]
-    commits = sorted({x["commit"] for runs in groups.values() for x in runs})
-    devices = sorted({f"{x['device']} ({x['cpus']} CPUs), jax {x['jax']}" for runs in groups.values() for x in runs})
-    return (f"Budget per run: {o['train.steps']} steps × batch {o['data.batch_size']} × {o['data.seq_len']} tokens "
-            f"(AdamW, lr from configs/base.py, warmup {o['train.warmup']}), validation every "
-            f"{o['eval.every']} steps on {o.get('eval.limit') or 'the 500'} rows held out of train, test accuracy on the "
-            f"{'first ' + str(o['eval.test_limit']) + ' rows of the ' if o.get('eval.test_limit') else 'full '}"
-            f"official 7,600-row test split at the end.\n\nCommit(s) of the records: "
-            f"{', '.join('`' + c + '`' for c in commits)}. Machine(s): {'; '.join(devices)}.")
-
-
-def differences(o: dict) -> str:
+def differences(o: dict, G: dict) -> str:
     steps, batch, seq = o["train.steps"], o["data.batch_size"], o["data.seq_len"]
-    epochs = steps * batch / 4500
     return (f"The original trained its 3-block SmolLM2 on AGNews and reports 60.8% (linear) vs 60.3% (KAN) test "
             f"accuracy; its number of training rows, steps and vocabulary size are not given in the material we "
-            f"have. Here: the shared AGNews sample (5,000 training rows, of which 500 are held out for "
-            f"validation, vs 120,000 in the full release), {steps} steps of {batch} examples ≈ {epochs:.2f} "
-            f"epochs, texts cut to {seq} tokens (median AGNews length: 53), vocabulary trimmed to "
-            f"{o.get('model.vocab_size', 8192):,} tokens, one fixed learning rate for every run (no per-family "
-            f"tuning), float32 unless a row says fp16, CPU. At this budget the ranking measures how fast each "
-            f"variant learns as much as where it would converge.")
+            f"have. Here: the shared AGNews sample (5,000 training rows, of which 500 are held out for validation, "
+            f"vs 120,000 in the full release), {steps} steps of {batch} examples ≈ {steps * batch / 4500:.1f} epochs, "
+            f"texts cut to {seq} tokens (93% of the training texts and 94% of the test texts fit whole), "
+            f"vocabulary trimmed to {o.get('model.vocab_size', 8192):,} tokens, float32 unless a row says fp16, "
+            f"CPU. The KAN layers use this project's recipe (kan_recipe.md): coefficients start as a random "
+            f"linear map of the squashed input, and rank bottlenecks start at the replaced layer's output scale.")
+
+
+def family_note() -> str:
+    return ("Function classes: every polynomial family of degree d spans the same space on its interval (all "
+            "polynomials of degree ≤ d), so the polynomial arms at one degree differ in how that space is "
+            "parametrised (which columns the coefficients multiply: their init and the optimisation geometry), "
+            "not in what an edge can compute. Arms whose layers are identical even in that sense are not run "
+            "twice: Jacobi(α=β=1) equals Gegenbauer(λ=3/2) after the per-column normalisation, so the Gegenbauer "
+            "arm uses λ=2 (Gegenbauer λ=1 is Chebyshev-2 and λ=1/2 is Legendre); Fibonacci of degree 2 equals "
+            "Chebyshev-2 of degree 1, so its arm uses degree 3. tests/test_agnews_study.py checks that every "
+            "pair of study arms computes different functions from the same initial random numbers.")
 
 
 def write_report(records: Path, results: Path, quick: bool = False) -> Path | None:
-    groups = load_records(records)
-    if not groups:
-        print(f"no records in {records}")
+    G, T = load_records(records / "study"), load_records(records / "tune")
+    if not G:
+        print(f"no study records in {records / 'study'}")
         return None
-    S = {n: stats_of(runs) for n, runs in groups.items()}
-    o = next(iter(groups.values()))[0]["overrides"]
+    speed = load_speed(REPO / "benchmarks" / "results" / "kan_layer.json")
+    o = next(iter(G.values()))[0]["overrides"]
     stem = "agnews_quick" if quick else "agnews"
     results.mkdir(parents=True, exist_ok=True)
-    scatter(S, results / f"{stem}_scatter.png")
-    out = [f"# AGNews study{' (--quick: tiny budgets, not results)' if quick else ''}", "",
-           "Command (resumable; records in `benchmarks/results/agnews_runs/`, one JSON per run and seed):", "",
-           "```", f"python benchmarks/agnews_study.py{' --quick' if quick else ''}", "```", "",
-           _setting(groups), "",
-           f"Model: configs/base.py's mini SmolLM2 ({o.get('model.num_layers', 3)} blocks of SmolLM2-135M's "
-           f"shape, vocabulary trimmed to the {o.get('model.vocab_size', 8192):,} most frequent train tokens + specials, trained from scratch, last-token classifier). "
-           "KAN runs replace every projection (attention and MLP) by a KAN parameter-matched to the linear "
-           "layer (narrower hidden widths; attention through a rank bottleneck), tanh domain, no base branch.",
-           "", "### How this differs from the original study", "",
-           differences(o), "", "## Results", "", table(S), "",
-           f"![accuracy vs time]({stem}_scatter.png)", ""]
-    missing_all = []
-    busy = sorted(f"{r['name']} seed {r['seed']}" for runs in groups.values() for r in runs if _busy(r))
-    if busy:
-        out += [f"Timing caveat: other work shared the machine during {len(busy)} run(s) (1-minute load above the "
-                f"core count): {', '.join(busy)}. Their times are inflated (a `*` in the table marks a step time "
-                "that comes from such a run); accuracies are unaffected. `benchmarks/results/train_step.md` and "
-                "`kan_layer.md` time linear against KAN on an idle machine.", ""]
-    out += ["## The six claims", "",
-            "Intervals: Student-t 95% over seeds (Welch for differences; a single-seed row is compared using the "
-            f"other row's seed spread). 'Close' = within ±{CLOSE:.0f} "
-            "accuracy point, the scale of the original 0.5-point gap.", ""]
-    for title, fn, needs in CLAIMS:
-        missing = [n for n in needs if n not in S]
-        if missing:
-            missing_all += missing
-            out += [f"### {title}: not yet measured", "", f"Missing runs: {', '.join(missing)}.", ""]
-            continue
-        verdict, text = fn(S)
+    plot_curves(G, results / f"{stem}_curves.png")
+    plot_scatter(G, speed, results / f"{stem}_scatter.png")
+    V = verdicts(G, T, speed)
+    commits = sorted({r["commit"][:12] for runs in G.values() for r in runs})
+    devices = sorted({f"{r['device']} ({r['cpus']} CPUs), jax {r['jax']}" for runs in G.values() for r in runs})
+    counts = {v: sum(x[1] == v for x in V) for v in ("confirmed", "refuted", "inconclusive", "not yet measured")}
+    chance = [(n, s, a) for n, runs in G.items() for s, a in arm_stats(runs)["chance"]]
+    out = [f"# AGNews study (v2){' (--quick: tiny budgets, not results)' if quick else ''}", "",
+           "Command (resumable; records in `benchmarks/results/agnews_runs/{recipe,tune,study}/`, one JSON per run):",
+           "", "```", f"python benchmarks/agnews_study.py{' --quick' if quick else ''}", "```", "",
+           summary_sentence(G, V, counts), "",
+           f"Budget per run: {o['train.steps']} steps × batch {o['data.batch_size']} × {o['data.seq_len']} tokens, "
+           f"AdamW (warmup {o['train.warmup']}, cosine decay), every arm at the tuned learning rate of its kind "
+           f"(kan_recipe.md), validation every {o['eval.every']} steps on the 500 texts held out of train, test "
+           f"accuracy on the official 7,600-text test split at the end. Records: commit(s) "
+           f"{', '.join('`' + c + '`' for c in commits)}; {'; '.join(devices)}.", "",
+           convergence(G), "", f"![validation accuracy against steps]({stem}_curves.png)", "",
+           "### How this differs from the original study", "", differences(o, G), "", family_note(), "",
+           "## Results", "", __doc__.split("Statistics. ", 1)[1].strip(), "", results_table(G, speed), "",
+           f"Runs at chance ({len(chance)}): " + (", ".join(f"{n} seed {s} ({a:.1f}%)" for n, s, a in chance)
+                                                   if chance else "none") + ".", "",
+           "Layer time: forward + backward of one KAN layer at the study's MLP shape, relative to Chebyshev-2 degree "
+           "2, from `benchmarks/kan_layer.py` on an idle machine (`kan_layer.md`); step s: the fastest seed's median "
+           "train step inside the study (other work may have shared the machine).", "",
+           f"![accuracy vs layer speed]({stem}_scatter.png)", "", "## The claims of the original research", ""]
+    for title, verdict, text in V:
         out += [f"### {title}: **{verdict}**", "", text, ""]
     if (results / "agnews_learned_functions.png").exists() and not quick:
-        out += ["## What the chebyshev2 KAN learned", "",
-                "Nine edges (inputs 0–2 → outputs 0–2) of one KAN layer (named in the title) of `kan_chebyshev2` seed 0 after "
-                "training, drawn with `kanjax.viz.plot_functions` (x is the layer input before the tanh domain "
-                "map; the bias is left out).", "", "![learned functions](agnews_learned_functions.png)", ""]
+        out += ["## What the Chebyshev-2 KAN learned", "",
+                "Nine edges (inputs 0–2 → outputs 0–2) of one KAN layer (named in the title) of `kan_chebyshev2` seed "
+                "0 after training, drawn with `kanjax.viz.plot_functions` (x is the layer input before the tanh; the "
+                "bias is left out).", "", "![learned functions](agnews_learned_functions.png)", ""]
     path = results / f"{stem}.md"
     path.write_text("\n".join(out))
-    print(f"wrote {path} ({sum(s['n'] for s in S.values())} runs in {len(S)} groups"
-          f"{'; missing ' + ', '.join(sorted(set(missing_all))) if missing_all else ''})")
+    print(f"wrote {path} ({sum(len(r) for r in G.values())} study runs in {len(G)} arms; "
+          f"{', '.join(f'{k}: {v}' for k, v in counts.items() if v)})")
     return path
 
 
+def summary_sentence(G: dict, V: list, counts: dict) -> str:
+    if "linear" not in G or BASE not in G:
+        return "**Summary:** the study has not run its linear and Chebyshev-2 arms yet."
+    lin, kan = arm_stats(G["linear"]), arm_stats(G[BASE])
+    d = paired_diff(G[BASE], G["linear"])
+    return (f"**Summary:** at a budget where linear has converged, the parameter-matched Chebyshev-2 KAN reaches "
+            f"{kan['mean']:.1f}% (seed std {kan['std']:.1f}) against linear's {lin['mean']:.1f}% (std {lin['std']:.1f}): "
+            f"{fmt(d)}. Of the eight claims: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", default=str(REPO / "benchmarks" / "results" / "agnews_runs"))
     p.add_argument("--out_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--quick", action="store_true")

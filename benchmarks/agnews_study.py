@@ -1,20 +1,32 @@
-"""The AGNews study: every basis family and KAN variant against the linear baseline, over seeds.
+"""The AGNews study (v2): does a KAN pay off in the mini SmolLM2, at a budget where linear has converged?
 
-    python benchmarks/agnews_study.py                 # the whole study (~2 h on a 2-core CPU), then the report
-    python benchmarks/agnews_study.py --quick         # minutes: tiny budgets, separate records
-    python benchmarks/agnews_study.py --only 'linear|kan_chebyshev2$' --seeds 0   # a subset
-    python benchmarks/agnews_study.py --report_only   # rebuild agnews.md / PNGs from the records
+    python benchmarks/agnews_study.py                    # every phase (many hours on a 2-core CPU), then both reports
+    python benchmarks/agnews_study.py --phase recipe     # one phase: recipe | tune | study
+    python benchmarks/agnews_study.py --only '^linear$' --seeds 0,1
+    python benchmarks/agnews_study.py --quick            # minutes: tiny budgets, records kept apart
+    python benchmarks/agnews_study.py --report_only      # agnews.md and kan_recipe.md from the records
 
-Each (run, seed) trains the mini model (configs/base.py: 3 blocks of SmolLM2-135M's shape,
-trimmed vocabulary, from scratch) in its own subprocess, so its peak memory is its own, and
-writes one JSON record to --records. A run whose record exists is not redone: the study is
-resumable, also across machines if the records are committed. Records remember the git commit
-and every setting; the report (benchmarks/agnews_report.py) only reads them.
+Three phases, each a list of arms (name, config file, overrides, seeds):
+
+* recipe: the diagnosis. Linear and KAN variants (the old defaults, then one fix at a time) with
+  `train.diagnostics_every` on: per-projection statistics and loss curves for kan_recipe.md.
+* tune: the same learning-rate grid for the linear baseline and the Chebyshev-2 KAN, three seeds,
+  judged on validation accuracy only. The study then trains every arm at the tuned rate of its kind
+  (linear arms: linear's; KAN arms: the KAN's).
+* study: every basis family and KAN variant against linear, seed k of every arm seeing the same
+  data order (paired), with the claims of the original research judged in agnews.md.
+
+Each (arm, seed) trains in its own subprocess (its peak memory is its own) and writes one JSON
+record; a run whose record exists is not redone, so the study resumes where it stopped, also
+across machines when the records are committed. Records carry the commit, the full overrides
+(steps, sequence length, batch, learning rate, ...), the curves and the per-example test results;
+the reports (agnews_report.py, kan_recipe_report.py) read nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -26,44 +38,130 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# name: (config module, overrides, number of seeds). Three seeds where the claims compare
-# small differences (linear, chebyshev2 and its variants, jacobi, gegenbauer), one elsewhere.
-FAMILIES = ["chebyshev", "legendre", "hermite", "laguerre", "bessel", "fibonacci", "lucas",
-            "bspline", "rbf", "rational"]
-STUDY: dict[str, tuple[str, dict, int]] = {
-    "linear": ("linear", {}, 3),
-    "linear_fp16": ("linear", {"train.precision": "fp16"}, 3),
-    "kan_chebyshev2": ("kan_cheb2", {}, 3),
-    "kan_chebyshev2_fp16": ("kan_cheb2", {"train.precision": "fp16"}, 3),
-    **{f"kan_chebyshev2_deg{d}": ("kan_cheb2", {"kan.degree": d}, 3) for d in (1, 3, 4, 5)},
-    "kan_jacobi": ("kan_jacobi", {}, 3),
-    "kan_gegenbauer": ("kan_gegenbauer", {}, 3),
-    "kan_chebyshev2_parallel": ("kan_cheb2_parallel", {}, 3),
-    "kan_chebyshev2_sequential": ("kan_cheb2_sequential", {}, 3),
-    "kan_chebyshev2_nosilu": ("kan_cheb2_nosilu", {}, 3),
-    **{f"kan_{f}": (f"kan_{f}", {}, 1) for f in FAMILIES},
-}
-
-# The budget every run gets. Sized so the 49 runs fit about two hours on 2 CPU cores: AGNews
-# items are short (median 53 tokens), and 32 tokens keep the title and the first clause.
-BUDGET = {"data.seq_len": 32, "data.batch_size": 32, "train.steps": 120, "train.warmup": 20,
-          "train.log_every": 10, "eval.every": 40, "eval.batch_size": 256, "checkpoint.every": 0}
+# The budget every run gets. 80 tokens hold 93% of the shared AGNews training texts whole (the
+# SmolLM2 tokenizer: median 53, 90th percentile 75 tokens; 94% of the test texts).
+SEQ_LEN = 80
+BUDGET = {"data.seq_len": SEQ_LEN, "data.batch_size": 32, "train.steps": 600, "train.warmup": 30,
+          "train.log_every": 10, "eval.every": 50, "eval.batch_size": 200, "checkpoint.every": 0}
 QUICK = {"data.seq_len": 16, "data.batch_size": 8, "train.steps": 6, "train.warmup": 2,
          "train.log_every": 2, "eval.every": 3, "eval.batch_size": 64, "eval.limit": 64,
          "eval.test_limit": 256, "checkpoint.every": 0, "model.num_layers": 1, "model.vocab_size": 512}
+DIAGNOSTICS_EVERY = 10
+LEARNING_RATES = (3e-4, 1e-3, 3e-3)
+TUNED_KINDS = {"linear": "linear", "kan": "kan_chebyshev2"}  # kind -> the arm whose tuned LR it uses
 
 
-def run_overrides(name: str, seed: int, args) -> dict:
-    module, extra, _ = STUDY[name]
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    config: str  # configs/<config>.py
+    overrides: dict
+    seeds: int
+    lr_of: str | None = None  # "linear" | "kan": train at that kind's tuned rate (study phase)
+
+
+# The KAN layer's defaults before the diagnosis, and one fix at a time. The recipe itself (today's
+# defaults) and linear at lr 1e-3 are the tune phase's runs at that rate (same seeds, same settings).
+OLD_KAN = {"kan.coef_init": "random", "kan.bottleneck_init": "layerwise"}
+RECIPE = [
+    Arm("kan_v1_defaults", "kan_cheb2", OLD_KAN, 3),
+    Arm("kan_coef_linear_only", "kan_cheb2", {**OLD_KAN, "kan.coef_init": "linear"}, 3),
+    Arm("kan_bottleneck_only", "kan_cheb2", {**OLD_KAN, "kan.bottleneck_init": "output"}, 3),
+    Arm("kan_recipe_layernorm", "kan_cheb2", {"kan.domain": "layernorm"}, 3),
+]
+TUNE = [Arm(f"{arm}_lr{lr:g}", cfg, {"train.lr": lr}, 3)
+        for arm, cfg in (("linear", "linear"), ("kan_chebyshev2", "kan_cheb2")) for lr in LEARNING_RATES]
+FAMILIES = ["chebyshev", "legendre", "hermite", "laguerre", "bessel", "fibonacci", "lucas", "bspline", "rbf",
+            "rational"]
+FULL_WIDTH = {"kan.param_match": "none"}
+STUDY = [
+    Arm("linear", "linear", {}, 5, "linear"),
+    Arm("linear_fp16", "linear", {"train.precision": "fp16"}, 5, "linear"),
+    Arm("kan_chebyshev2", "kan_cheb2", {}, 5, "kan"),
+    Arm("kan_chebyshev2_fp16", "kan_cheb2", {"train.precision": "fp16"}, 5, "kan"),
+    Arm("kan_chebyshev2_nosilu", "kan_cheb2_nosilu", {}, 5, "kan"),
+    Arm("kan_jacobi", "kan_jacobi", {}, 5, "kan"),
+    Arm("kan_gegenbauer", "kan_gegenbauer", {}, 5, "kan"),
+    # As the original: the full-width linear layer plus a KAN branch beside it or after it.
+    Arm("kan_chebyshev2_parallel", "kan_cheb2_parallel", FULL_WIDTH, 5, "kan"),
+    Arm("kan_chebyshev2_sequential", "kan_cheb2_sequential", FULL_WIDTH, 5, "kan"),
+    Arm("kan_chebyshev2_parallel_matched", "kan_cheb2_parallel", {}, 3, "kan"),
+    Arm("kan_chebyshev2_sequential_matched", "kan_cheb2_sequential", {}, 3, "kan"),
+    Arm("kan_chebyshev2_half", "kan_cheb2", {"kan.param_ratio": 0.5}, 3, "kan"),
+    *[Arm(f"kan_chebyshev2_deg{d}", "kan_cheb2", {"kan.degree": d}, 3, "kan") for d in (1, 3, 4, 5)],
+    *[Arm(f"kan_{f}", f"kan_{f}", {}, 3, "kan") for f in FAMILIES],
+]
+PHASES = {"recipe": RECIPE, "tune": TUNE, "study": STUDY}
+
+
+def records_dir(args, phase: str) -> Path:
+    return Path(args.records) / phase
+
+
+def record_path(args, phase: str, name: str, seed: int) -> Path:
+    return records_dir(args, phase) / f"{name}__seed{seed}.json"
+
+
+def read_records(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+
+
+def tuned_rates(tune_records: list[dict]) -> dict[str, float]:
+    """{kind: learning rate} with the highest mean final validation accuracy over the seeds run,
+    per kind of TUNED_KINDS; a kind whose grid has no record yet is absent."""
+    import statistics
+
+    out = {}
+    for kind, arm in TUNED_KINDS.items():
+        by_lr: dict[float, list[float]] = {}
+        for r in tune_records:
+            if r["name"].startswith(f"{arm}_lr"):
+                by_lr.setdefault(r["overrides"]["train.lr"], []).append(r["final_val_accuracy"])
+        if len(by_lr) == len(LEARNING_RATES) and len({len(v) for v in by_lr.values()}) == 1:
+            out[kind] = max(by_lr, key=lambda lr: (statistics.fmean(by_lr[lr]), -lr))
+    return out
+
+
+def run_overrides(phase: str, arm: Arm, seed: int, args, rates: dict[str, float]) -> dict | None:
+    """Every override of one run, or None when it waits for the tuning phase (arm.lr_of not tuned yet)."""
     flags = dict(QUICK if args.quick else BUDGET)
     if args.steps:
         flags["train.steps"] = args.steps
-    flags.update(extra)
-    flags.update({"seed": seed, "workdir": str(Path(args.workdirs) / f"{name}__seed{seed}"),
+    if phase in ("recipe", "tune"):  # the diagnosis reads both (kan_recipe.md)
+        flags["train.diagnostics_every"] = 2 if args.quick else DIAGNOSTICS_EVERY
+    if arm.lr_of is not None:
+        if arm.lr_of not in rates:
+            return None
+        flags["train.lr"] = rates[arm.lr_of]
+    flags.update(arm.overrides)
+    work = Path(args.workdirs) / phase / f"{arm.name}__seed{seed}"
+    flags.update({"seed": seed, "workdir": str(work),
                   "data.path": str(Path(args.data_dir) / "ag_news"),
                   "data.tokenizer": str(Path(args.data_dir) / "smollm2_tokenizer"),
-                  "data.cache_dir": str(Path(args.workdirs) / "cache" / module / str(flags.get("model.vocab_size", "")))})
+                  # One tokenisation cache for every run of the same data settings.
+                  "data.cache_dir": str(Path(args.workdirs) / "cache" / f"L{flags['data.seq_len']}"
+                                        f"_V{flags.get('model.vocab_size', 'default')}")})
     return flags
+
+
+def planned_runs(args, rates: dict[str, float]) -> list[tuple[str, Arm, int, dict | None]]:
+    """(phase, arm, seed, overrides) in order: phase by phase, seed 0 of every arm first, so a study
+    cut short still has every row."""
+    pattern = re.compile(args.only) if args.only else None
+    out = []
+    for phase in args.phase.split(","):
+        arms = [a for a in PHASES[phase] if not pattern or pattern.search(a.name)]
+        seeds = {a.name: ([int(s) for s in args.seeds.split(",")] if args.seeds else
+                          list(range(1 if args.quick else a.seeds))) for a in arms}
+        for k in range(max((len(s) for s in seeds.values()), default=0)):
+            for a in arms:
+                if k < len(seeds[a.name]):
+                    out.append((phase, a, seeds[a.name][k], run_overrides(phase, a, seeds[a.name][k], args, rates)))
+    return out
+
+
+def _finite(values) -> bool:
+    return all(v == v and abs(v) != float("inf") for v in values)
 
 
 def _params_finite(state) -> bool:
@@ -80,135 +178,178 @@ def _plot_learned_functions(summary, path: Path) -> None:
     from kanjax import viz
     from kanjax.kan import KANLinear
 
-    trainer = summary["trainer"]
-    model = nnx.merge(trainer.graphdef, summary["state"]["params"])
+    model = nnx.merge(summary["trainer"].graphdef, summary["state"]["params"])
     layers = [(p, m) for p, m in nnx.iter_graph(model) if isinstance(m, KANLinear)]
-    if not layers:
-        return
-    where, layer = layers[0]
-    edges = [(i, o) for i in (0, 1, 2) for o in (0, 1, 2)]
-    viz.plot_functions(layer, path, edges,
-                       title=f"trained {layer.basis} deg {layer.basis_params.get('degree')}: "
-                             f"{'/'.join(map(str, where))}")
+    if layers:
+        where, layer = layers[0]
+        viz.plot_functions(layer, path, [(i, o) for i in (0, 1, 2) for o in (0, 1, 2)],
+                           title=f"trained {layer.basis} deg {layer.basis_params.get('degree')}: "
+                                 f"{'/'.join(map(str, where))}")
 
 
-def run_one(name: str, seed: int, args) -> dict:
-    """Train one (run, seed) in this process and return its record."""
+def run_one(phase: str, name: str, seed: int, flags: dict, args) -> dict:
+    """Train one (arm, seed) in this process and return its record."""
     import importlib
     import resource
     import statistics
 
     import jax
+    import numpy as np
 
     from kanjax import experiment
     from kanjax import metrics as metrics_lib
     from kanjax.train_loop import run
 
-    module, extra, _ = STUDY[name]
-    flags = run_overrides(name, seed, args)
-    config = experiment.apply_overrides(importlib.import_module(f"configs.{module}").get_config(), flags)
+    arm = next(a for a in PHASES[phase] if a.name == name)
+    config = experiment.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(), flags)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    summary = run(config)
+    summary = run(config, per_example_test=True)
     wall = time.perf_counter() - t0
     rows = metrics_lib.read_metrics(Path(config.workdir) / "metrics.jsonl")
-    train_rows = [r for r in rows if r["split"] == "train"]
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "validation"]
     # The first logging window holds the compilation; the step time is the median of the rest.
-    step_times = [r["step_time"] for r in train_rows[1:]] or [r["step_time"] for r in train_rows]
-    losses = [r["loss"] for r in train_rows]
-    val = [r["accuracy"] for r in rows if r["split"] == "validation"]
-    finite = _params_finite(summary["state"]) and all(map(lambda v: v == v and abs(v) != float("inf"), losses))
-    if name == "kan_chebyshev2" and seed == 0 and not args.quick:
+    step_times = [r["step_time"] for r in train[1:]] or [r["step_time"] for r in train]
+    losses = [r["loss"] for r in train]
+    if phase == "study" and name == "kan_chebyshev2" and seed == 0 and not args.quick:
         _plot_learned_functions(summary, Path(args.records).parent / "agnews_learned_functions.png")
+    correct = np.asarray(summary["test_correct"], bool)
     return {
-        "name": name, "seed": seed, "config": f"configs/{module}.py", "overrides": flags,
+        "phase": phase, "name": name, "seed": seed, "config": f"configs/{arm.config}.py", "overrides": flags,
         "commit": experiment.git_commit(REPO), "quick": bool(args.quick),
-        "test_accuracy": summary.get("test_accuracy"), "test_loss": summary.get("test_loss"),
-        "best_val_accuracy": max(val) if val else None, "final_val_accuracy": summary.get("val_accuracy"),
-        "params": int(summary["params"]), "steps": int(summary["steps"]),
+        "steps": int(summary["steps"]), "seq_len": config.data.seq_len, "batch_size": config.data.batch_size,
+        "lr": config.train.lr, "precision": config.train.precision, "params": int(summary["params"]),
+        "test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
+        "test_n": int(correct.size), "test_correct_hex": np.packbits(correct).tobytes().hex(),
+        "final_val_accuracy": summary["val_accuracy"], "final_val_loss": summary["val_loss"],
+        "best_val_accuracy": max(r["accuracy"] for r in val),
+        "val_curve": [[r["step"], r["accuracy"], r["loss"]] for r in val],
+        "train_curve": [[r["step"], r["loss"], r["grad_norm"]] for r in train],
+        "diagnostics": [r for r in rows if r["split"] == "diagnostics"],
         "step_seconds_median": statistics.median(step_times), "train_seconds": summary["train_seconds"],
         "wall_seconds": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # Skipped steps are the non-finite gradients the train step dropped (fp16 loss-scale back-off
-        # included); nonfinite means a NaN/inf reached the parameters or the logged loss.
-        "skipped_steps": int(summary["skipped_steps"]), "nonfinite": not finite,
-        "final_train_loss": losses[-1] if losses else None,
-        "precision": config.train.precision, "device": jax.devices()[0].device_kind,
-        "jax": jax.__version__, "cpus": os.cpu_count(),
+        # Skipped steps: the non-finite gradients the train step dropped (fp16 loss-scale back-off
+        # included); nonfinite: a NaN/inf reached the parameters or the logged loss.
+        "skipped_steps": int(summary["skipped_steps"]),
+        "nonfinite": not (_params_finite(summary["state"]) and _finite(losses)),
+        "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpus": os.cpu_count(),
         # 1-minute load averages before and after: other work on the machine inflates the times.
         "load_before": load_before, "load_after": os.getloadavg()[0],
     }
 
 
-def record_path(records: Path, name: str, seed: int) -> Path:
-    return records / f"{name}__seed{seed}.json"
+def training_key(flags: dict) -> str:
+    """What decides a run's training, whatever its phase: every override but the folders and the
+    diagnostics (which read the model, never change it)."""
+    skip = {"workdir", "data.cache_dir", "train.diagnostics_every"}
+    return json.dumps({k: v for k, v in flags.items() if k not in skip}, sort_keys=True)
 
 
-def planned_runs(args) -> list[tuple[str, int]]:
-    """Seed 0 of every run first, then seed 1, …: a study cut short still has every row."""
-    pattern = re.compile(args.only) if args.only else None
-    names = [n for n in STUDY if not pattern or pattern.search(n)]
-    if args.seeds:
-        return [(n, int(s)) for s in args.seeds.split(",") for n in names]
-    counts = {n: 1 if args.quick else STUDY[n][2] for n in names}
-    return [(n, s) for s in range(max(counts.values(), default=0)) for n in names if s < counts[n]]
+def same_run(args, phase: str, arm: Arm, seed: int, flags: dict) -> Path | None:
+    """A record of another phase whose arm uses the same config file and the same training key."""
+    key = training_key(flags)
+    for other in PHASES:
+        if other == phase:
+            continue
+        for path in records_dir(args, other).glob(f"*__seed{seed}.json"):
+            rec = json.loads(path.read_text())
+            if rec.get("config") == f"configs/{arm.config}.py" and training_key(rec["overrides"]) == key \
+                    and "reused_from" not in rec:
+                return path
+    return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a killed run leaves no half-written record
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--records", default="", help="one JSON per run (default benchmarks/results/agnews_runs; "
-                                                  "--quick: runs/agnews_quick/records, report beside it)")
-    p.add_argument("--workdirs", default="/tmp/kanjax_agnews_study", help="run folders (checkpoints, metrics)")
-    p.add_argument("--only", default="", help="regex over run names")
-    p.add_argument("--seeds", default="", help="comma-separated seeds instead of each run's default count")
+    p.add_argument("--records", default="", help="records root, one folder per phase (default "
+                                                  "benchmarks/results/agnews_runs; --quick: runs/agnews_quick/records)")
+    p.add_argument("--workdirs", default="/tmp/kanjax_agnews_study", help="run folders (metrics, logs)")
+    p.add_argument("--phase", default="recipe,tune,study", help="comma-separated, from recipe, tune, study")
+    p.add_argument("--only", default="", help="regex over arm names")
+    p.add_argument("--seeds", default="", help="comma-separated seeds instead of each arm's count")
     p.add_argument("--steps", type=int, default=0, help="override the training steps of every run")
     p.add_argument("--quick", action="store_true", help="tiny budgets (minutes), records kept apart")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--no_report", action="store_true")
-    p.add_argument("--one", nargs=2, metavar=("NAME", "SEED"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=4, metavar=("PHASE", "NAME", "SEED", "FLAGS_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    unknown = set(args.phase.split(",")) - set(PHASES)
+    if unknown:
+        p.error(f"--phase: unknown {sorted(unknown)}; use {', '.join(PHASES)}")
     quick_dir = REPO / "runs" / "agnews_quick"
-    # Records given on the command line: the report goes beside them (tests never touch results/).
-    # Quick runs are a smoke test of the pipeline, never results: their report stays out of git.
+    # Records given on the command line: the reports go beside them (tests never touch results/).
+    # Quick runs are a smoke test of the pipeline, never results: their reports stay out of git.
     results = (Path(args.records).parent if args.records else
                quick_dir if args.quick else REPO / "benchmarks" / "results")
-    args.records = args.records or str(quick_dir / "records" if args.quick else REPO / "benchmarks" / "results" / "agnews_runs")
-    records = Path(args.records)
+    args.records = args.records or str(quick_dir / "records" if args.quick else
+                                       REPO / "benchmarks" / "results" / "agnews_runs")
 
     if args.one:
-        name, seed = args.one[0], int(args.one[1])
-        record = run_one(name, seed, args)
-        path = record_path(records, name, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)  # a killed run leaves no half-written record
+        phase, name, seed, flags = args.one[0], args.one[1], int(args.one[2]), json.loads(args.one[3])
+        record = run_one(phase, name, seed, flags, args)
+        write_atomic(record_path(args, phase, name, seed), json.dumps(record, indent=1))
         return
 
     if not args.report_only:
         if not Path(args.data_dir, "ag_news").exists():
             sys.exit(f"no AGNews data under {args.data_dir}/ag_news: pass --data_dir")
-        todo = [(n, s) for n, s in planned_runs(args) if not record_path(records, n, s).exists()]
-        print(f"{len(todo)} run(s) to do; records in {records}", flush=True)
-        for k, (name, seed) in enumerate(todo, 1):
+        done, failed = 0, set()
+        while True:  # the study phase's learning rates appear once the tuning records are complete
+            rates = tuned_rates(read_records(records_dir(args, "tune")))
+            plan = planned_runs(args, rates)
+            todo = [(ph, a, s, f) for ph, a, s, f in plan if not record_path(args, ph, a.name, s).exists()]
+            ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed]
+            if not ready:
+                break
+            print(f"{len(todo)} run(s) to do ({len(todo) - len(ready)} waiting for tuned learning rates); "
+                  f"records in {args.records}", flush=True)
+            phase, arm, seed, flags = ready[0]
+            done += 1
+            twin = same_run(args, phase, arm, seed, flags)
+            if twin is not None:  # this exact training already ran in another phase: reuse its record
+                rec = json.loads(twin.read_text())
+                write_atomic(record_path(args, phase, arm.name, seed),
+                             json.dumps({**rec, "phase": phase, "name": arm.name, "reused_from": str(twin.name)}, indent=1))
+                print(f"[{done}] {phase} {arm.name} seed {seed}: the same run as {twin.parent.name}/{twin.name}",
+                      flush=True)
+                continue
             t0 = time.perf_counter()
-            cmd = [sys.executable, __file__, "--one", name, str(seed), "--records", str(records),
-                   "--workdirs", args.workdirs, "--data_dir", args.data_dir]
-            cmd += ["--quick"] * args.quick + (["--steps", str(args.steps)] if args.steps else [])
-            log = Path(args.workdirs) / f"{name}__seed{seed}.log"
+            cmd = [sys.executable, __file__, "--one", phase, arm.name, str(seed), json.dumps(flags),
+                   "--records", args.records, "--workdirs", args.workdirs, "--data_dir", args.data_dir]
+            cmd += ["--quick"] * args.quick
+            log = Path(args.workdirs) / phase / f"{arm.name}__seed{seed}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "w") as f:
                 rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
-            status = "ok" if rc == 0 else f"FAILED (exit {rc}, log {log})"
-            done = record_path(records, name, seed)
-            acc = json.loads(done.read_text())["test_accuracy"] if done.exists() else None
-            print(f"[{k}/{len(todo)}] {name} seed {seed}: {status}, test acc {acc}, "
+            rec = record_path(args, phase, arm.name, seed)
+            acc = json.loads(rec.read_text())["test_accuracy"] if rec.exists() else None
+            status = "ok" if rc == 0 and rec.exists() else f"FAILED (exit {rc}, log {log})"
+            print(f"[{done}] {phase} {arm.name} seed {seed}: {status}, test acc {acc}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
+            if not rec.exists():
+                failed.add((phase, arm.name, seed))
+        waiting = [t for t in planned_runs(args, tuned_rates(read_records(records_dir(args, "tune"))))
+                   if t[3] is None]
+        if waiting:
+            print(f"{len(waiting)} study run(s) wait for the tuning phase (--phase tune)", flush=True)
+        if failed:
+            print(f"{len(failed)} run(s) failed: {sorted(failed)}", flush=True)
     if not args.no_report:
         sys.path.insert(0, str(Path(__file__).parent))
         import agnews_report
+        import kan_recipe_report
 
-        agnews_report.write_report(records, results, quick=args.quick)
+        kan_recipe_report.write_report(Path(args.records), results, quick=args.quick)
+        agnews_report.write_report(Path(args.records), results, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.kan.basis_params = ml_collections.ConfigDict()  # e.g. grid, order, alpha, beta
     c.kan.mlp_activation = "silu"
     c.kan.param_match = "width"
+    c.kan.param_ratio = 1.0  # share of the linear parameters to match (0.5: a half-size KAN)
     c.kan.init = "random"
+    c.kan.coef_init = "linear"  # "linear" (start as a random linear map of the squashed input) | "random"
+    c.kan.bottleneck_init = "output"  # rank-r bottlenecks start at the replaced layer's scale | "layerwise"
 
     c.data = ml_collections.ConfigDict()
     c.data.task = "classify"  # "classify" | "chat" | "text"
@@ -67,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.remat = False
     c.train.trainable = ""  # regex over parameter paths (e.g. "layers/(2[5-9])/mlp/"); "" = train everything
     c.train.log_every = 10
+    c.train.diagnostics_every = 0  # per-projection statistics (kanjax.diagnostics) every N steps; 0 = off
     c.train.peak_flops = 0.0  # per device, for MFU; 0 = known accelerator table or not reported
 
     c.mesh = ml_collections.ConfigDict()

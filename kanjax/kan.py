@@ -24,9 +24,11 @@ import numpy as np
 from flax import nnx
 
 from kanjax import basis as basis_lib
+from kanjax.matmul import dense
 
 DOMAINS = ("tanh", "layernorm", "clip", "none")
 BASES_BRANCHES = (None, "silu", "linear")
+COEF_INITS = ("random", "linear")
 
 # Gauss-Hermite (probabilists') nodes: E[f(X)] for X ~ N(0, 1) without sampling noise.
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(96)
@@ -91,6 +93,11 @@ class KANLinear(nnx.Module):
         one set of n coefficients per input feature (parameter `den_coef`, shape (in, n)).
       init_scale: multiplies the variance-preserving init (1: output std of a default
         nnx.Linear for N(0, 1) inputs; kanify matches the init scale of the layer it replaces).
+      coef_init: "random" draws every coefficient i.i.d., so most of the output at init is the
+        constant column and the even terms, the same for every token. "linear" starts the layer
+        as a random linear map of the squashed input, coef[i, :, o] = a · W[i, o] with
+        Σ_k a_k s_k B_k(t(u)) = u: the function a linear layer starts from, with the higher-order
+        coefficients at zero for gradients to grow (benchmarks/results/kan_recipe.md).
       axes: logical axis names (in_axis, out_axis) for sharding; the basis axis is "basis".
       dtype: compute dtype of the contraction (None: the input's); parameters stay param_dtype.
       basis_dtype: dtype the basis is evaluated in (float32 by default, see module docstring).
@@ -115,6 +122,7 @@ class KANLinear(nnx.Module):
         basis_dtype: Any = jnp.float32,
         den_degree: int = 2,
         init_scale: float = 1.0,
+        coef_init: str = "linear",
         axes: Sequence[Optional[str]] = (None, None),
         rngs: nnx.Rngs,
         **basis_params,
@@ -123,6 +131,8 @@ class KANLinear(nnx.Module):
             raise ValueError(f"KANLinear: domain={domain!r} is not one of {DOMAINS}")
         if base not in BASES_BRANCHES:
             raise ValueError(f"KANLinear: base={base!r} is not one of {BASES_BRANCHES}")
+        if coef_init not in COEF_INITS:
+            raise ValueError(f"KANLinear: coef_init={coef_init!r} is not one of {COEF_INITS}")
         if basis not in basis_lib.BASES:
             raise ValueError(f"KANLinear: unknown basis {basis!r}; known: {sorted(basis_lib.BASES)}")
         if "den_coef" in basis_params:
@@ -146,12 +156,9 @@ class KANLinear(nnx.Module):
         def param(value, names):
             return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
-        second_moment = self._basis_second_moment()  # Σ_k E[(s_k B_k)²] for N(0,1) input
         kan_share = 0.5 if base else 1.0
-        coef_std = init_scale * math.sqrt(kan_share / (in_features * second_moment))
-        self.coef = param(
-            coef_std * jax.random.normal(rngs.params(), (in_features, n_cols, out_features), param_dtype),
-            (in_axis, "basis", out_axis))
+        self.coef = param(self._init_coef(rngs.params(), kan_share * init_scale ** 2, coef_init),
+                          (in_axis, "basis", out_axis))
         if base:
             act = _silu_numpy if base == "silu" else (lambda v: v)
             base_std = init_scale * math.sqrt(0.5 / (in_features * float(_GH_WEIGHTS @ act(_GH_NODES) ** 2)))
@@ -201,23 +208,30 @@ class KANLinear(nnx.Module):
         coef = self.coef[...].astype(dtype)
         n_in, n_cols, n_out = coef.shape
         # One matmul over the flattened (input, basis) axis; never a vmap of the contraction.
-        y = phi.reshape(lead + (n_in * n_cols,)) @ coef.reshape(n_in * n_cols, n_out)
+        y = dense(phi.reshape(lead + (n_in * n_cols,)), coef.reshape(n_in * n_cols, n_out))
         if self.base:
             xb = x.astype(dtype)
             xb = jax.nn.silu(xb) if self.base == "silu" else xb
-            y = y + xb @ self.base_kernel[...].astype(dtype)
+            y = y + dense(xb, self.base_kernel[...].astype(dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
 
     # ----------------------------------------------------------------- helpers
 
-    def _basis_second_moment(self) -> float:
-        """Σ_k E[(s_k B_k(t(X)))²] for X ~ N(0, 1): the variance-preserving init's denominator."""
+    def _init_coef(self, key, out_var: float, how: str) -> jax.Array:
+        """(in, K, out) coefficients whose output variance is `out_var` for N(0, 1) inputs."""
         lo, hi = self.interval
-        t = _affine_to_interval(_squash_numpy(_GH_NODES, self.domain), lo, hi, self.domain)
-        phi = self._features_numpy(t)
-        return float(_GH_WEIGHTS @ np.sum(phi ** 2, axis=-1))
+        phi = self._features_numpy(  # (nodes, K) at Gauss-Hermite nodes of N(0, 1)
+            _affine_to_interval(_squash_numpy(_GH_NODES, self.domain), lo, hi, self.domain))
+        n_in, n_cols, n_out = self.in_features, len(self.active), self.out_features
+        if how == "random":  # Var = in · std² · Σ_k E[(s_k B_k)²]
+            std = math.sqrt(out_var / (n_in * float(_GH_WEIGHTS @ np.sum(phi ** 2, axis=-1))))
+            return std * jax.random.normal(key, (n_in, n_cols, n_out), self.param_dtype)
+        a = _identity_coefficients(self, exact=False)  # Var = in · std² · E[(Σ_k a_k s_k B_k)²]
+        std = math.sqrt(out_var / (n_in * float(_GH_WEIGHTS @ (phi @ a) ** 2)))
+        w = std * jax.random.normal(key, (n_in, 1, n_out), self.param_dtype)
+        return w * jnp.asarray(a, self.param_dtype)[None, :, None]
 
     def _features_numpy(self, t: np.ndarray) -> np.ndarray:
         """(n,) points already in the basis' coordinates → (n, K) normalised columns, float64.
@@ -266,13 +280,16 @@ class KANLinear(nnx.Module):
         return layer
 
 
-def _identity_coefficients(layer: KANLinear) -> np.ndarray:
-    """a (K,) with Σ_k a_k s_k B_k(t) = u, u the squashed input; raises if not exact."""
+def _identity_coefficients(layer: KANLinear, exact: bool = True) -> np.ndarray:
+    """a (K,) with Σ_k a_k s_k B_k(t) = u, u the squashed input in [-1, 1]; with `exact`, raises
+    unless the fit is exact (else the least-squares fit, e.g. for Gaussian RBFs)."""
     u = np.linspace(-1.0, 1.0, 257)
     lo, hi = layer.interval
     t = _affine_to_interval(u, lo, hi, layer.domain)
     phi = layer._features_numpy(t)  # (n, K)
     a, *_ = np.linalg.lstsq(phi, u, rcond=None)
+    if not exact:
+        return a
     err = np.max(np.abs(phi @ a - u))
     # Exact on [-1, 1] is exact everywhere only for polynomials (B-splines vanish off their grid).
     unbounded = layer.domain == "none" and not basis_lib.BASES[layer.basis].polynomial

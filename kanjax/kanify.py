@@ -31,7 +31,8 @@ import numpy as np
 from flax import nnx
 
 from kanjax import basis as basis_lib
-from kanjax.kan import KANLinear, count_params
+from kanjax import matmul
+from kanjax.kan import COEF_INITS, KANLinear, count_params
 from kanjax.llama import LlamaConfig, Projections
 
 ATTN_KINDS = ("q", "k", "v", "o")
@@ -52,6 +53,8 @@ class KANSpec:
       (basis_params: other basis keywords such as grid, order, alpha, beta).
     mlp_activation: "silu" or "none" (GLU without SiLU) for the blocks whose MLP is KAN-ified.
     param_match: "none" or "width" (see the module docstring).
+    param_ratio: with param_match="width", the share of the linear block's parameters to match
+      (0.5: a KAN at about half the linear parameter count).
     init: "random" or "from_linear" (KAN layers start as the linear map they replace; exact
       with domain="none" and a polynomial basis; a parallel branch starts at zero).
     """
@@ -67,7 +70,10 @@ class KANSpec:
     basis_params: tuple[tuple[str, Any], ...] = ()
     mlp_activation: str = "silu"
     param_match: str = "none"
+    param_ratio: float = 1.0
     init: str = "random"
+    coef_init: str = "linear"
+    bottleneck_init: str = "output"
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -86,11 +92,15 @@ class KANSpec:
         bp = self.basis_params
         put("basis_params", tuple(sorted((dict(bp) if not isinstance(bp, dict) else bp).items())))
         for key, allowed in (("strategy", STRATEGIES), ("mlp_activation", ("silu", "none")),
-                             ("param_match", ("none", "width")), ("init", ("random", "from_linear"))):
+                             ("param_match", ("none", "width")), ("init", ("random", "from_linear")),
+                             ("coef_init", COEF_INITS), ("bottleneck_init", ("layerwise", "output"))):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"kan.{key}: {getattr(self, key)!r} is not one of {allowed}")
         if self.targets:  # validates basis name and its keywords, naming the bad one
             basis_lib.resolve_params(self.basis, **self.kan_kwargs(include_layer_args=False))
+        if not 0 < float(self.param_ratio) <= 1:
+            raise ValueError(f"kan.param_ratio: {self.param_ratio!r} is not in (0, 1]")
+        put("param_ratio", float(self.param_ratio))
         if self.init == "from_linear" and self.param_match != "none":
             raise ValueError("kan.init='from_linear' keeps full widths (it reproduces the pretrained "
                              "map); it cannot be combined with kan.param_match='width'")
@@ -119,7 +129,8 @@ class KANSpec:
         if "degree" in basis_lib.BASES.get(self.basis, basis_lib.BASES["chebyshev2"]).defaults:
             kw["degree"] = self.degree
         if include_layer_args:
-            kw.update(basis=self.basis, domain=self.domain, base=self.base, den_degree=self.den_degree)
+            kw.update(basis=self.basis, domain=self.domain, base=self.base, den_degree=self.den_degree,
+                      coef_init=self.coef_init)
         return kw
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:
@@ -145,17 +156,25 @@ class KANProjection(nnx.Module):
         width = rank or out_features  # output width of the KAN stage
         mid_axis = None if rank else axes[1]
         final_bias = use_bias and not rank
+        # The projection starts at the output scale of the linear layer it replaces: Llama's
+        # normal(0.02) init gives std 0.02·sqrt(in) for unit inputs (O(1) block outputs would swamp
+        # the residual stream of a fresh model). With a rank-r bottleneck ("output" init) the stages
+        # before `proj` keep unit scale and `proj` alone brings it to 0.02·sqrt(in); "layerwise" (the
+        # old init) gives every stage the 0.02-std scale, which shrinks the bottlenecked projection's
+        # output by a further 0.02·sqrt(r) (kan_recipe.md).
+        unit = bool(rank) and spec.bottleneck_init == "output"
 
-        def linear(n_in, n_out, bias, ax):
+        def linear(n_in, n_out, bias, ax, std=LINEAR_INIT_STD):
             return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              kernel_init=nnx.initializers.normal(LINEAR_INIT_STD),
+                              dot_general=matmul.dot_general,
+                              kernel_init=nnx.initializers.normal(std),
                               kernel_metadata=_meta(ax), bias_metadata=_meta(ax[1:]))
 
+        def stage_linear(n_in, n_out, bias, ax):
+            return linear(n_in, n_out, bias, ax, 1.0 / math.sqrt(n_in) if unit else LINEAR_INIT_STD)
+
         def kan(n_in, n_out, bias, ax):
-            # Start at the output scale of the linear layer being replaced (Llama's normal(0.02)
-            # init gives std 0.02·sqrt(in) for unit inputs), not at a variance-preserving one:
-            # O(1) block outputs would swamp the residual stream of a freshly initialised model.
-            scale = LINEAR_INIT_STD * math.sqrt(n_in)
+            scale = 1.0 if unit else LINEAR_INIT_STD * math.sqrt(n_in)
             return KANLinear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, axes=ax,
                              init_scale=scale, rngs=rngs, **spec.kan_kwargs())
 
@@ -164,12 +183,13 @@ class KANProjection(nnx.Module):
             self.linear = None
             self.kan = kan(in_features, width, final_bias, (axes[0], mid_axis))
         elif strategy == "parallel":
-            self.linear = linear(in_features, width, final_bias, (axes[0], mid_axis))
+            self.linear = stage_linear(in_features, width, final_bias, (axes[0], mid_axis))
             self.kan = kan(in_features, width, False, (axes[0], mid_axis))
         else:
-            self.linear = linear(in_features, width, False, (axes[0], mid_axis))
+            self.linear = stage_linear(in_features, width, False, (axes[0], mid_axis))
             self.kan = kan(width, width, final_bias, (mid_axis, mid_axis))
-        self.proj = linear(rank, out_features, use_bias, (None, axes[1])) if rank else None
+        proj_std = LINEAR_INIT_STD * math.sqrt(in_features / rank) if unit else LINEAR_INIT_STD
+        self.proj = linear(rank, out_features, use_bias, (None, axes[1]), proj_std) if rank else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.strategy == "replace":
@@ -270,7 +290,7 @@ def _closest(count, target: int, hi: int) -> int:
 def matched_mlp_width(config: LlamaConfig, spec: KANSpec) -> int:
     """Intermediate width at which a KAN MLP block has the linear block's parameters."""
     d, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-    target = 2 * _linear_count(d, m, bias) + _linear_count(m, d, bias)
+    target = round(spec.param_ratio * (2 * _linear_count(d, m, bias) + _linear_count(m, d, bias)))
 
     def block(w):
         return sum(_projection_count(spec, kind in spec.targets, n_in, n_out, None, bias)
@@ -281,7 +301,7 @@ def matched_mlp_width(config: LlamaConfig, spec: KANSpec) -> int:
 
 def matched_rank(spec: KANSpec, n_in: int, n_out: int, bias: bool) -> int:
     """Bottleneck rank r at which KAN(in → r) + linear(r → out) has the linear layer's parameters."""
-    target = _linear_count(n_in, n_out, bias)
+    target = round(spec.param_ratio * _linear_count(n_in, n_out, bias))
     return _closest(lambda r: _projection_count(spec, True, n_in, n_out, r, bias), target, min(n_in, n_out))
 
 

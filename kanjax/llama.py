@@ -24,6 +24,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from kanjax import matmul
+
 _INIT_STD = 0.02  # transformers' default initializer_range; only matters for fresh (untrained) models
 _ACTIVATIONS = ("silu", "none")
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -320,6 +322,7 @@ class Projections:
     def __call__(self, kind: str, layer: int, in_features: int, out_features: int, *, use_bias: bool,
                  axes: tuple[str, str], dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Module:
         return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                          dot_general=matmul.dot_general,
                           kernel_init=nnx.initializers.normal(_INIT_STD), rngs=rngs,
                           kernel_metadata=_axes_meta(axes), bias_metadata=_axes_meta(axes[1:]))
 
@@ -347,18 +350,25 @@ class LlamaAttention(nnx.Module):
         self.v_proj = make("v", in_features=d, out_features=self.num_kv_heads * e, axes=("embed", "kv"))
         self.o_proj = make("o", in_features=self.num_heads * e, out_features=d, axes=("heads", "embed"))
 
-    def __call__(self, x, cos, sin, mask, kv=None, offset=0):
-        """x (b,t,d); kv None or this layer's cache (k, v) each (b,s,k,e) -> (b,t,d), new kv or None."""
+    def __call__(self, x, cos, sin, mask, kv=None, offset=0, rows=None):
+        """x (b,t,d); kv None or this layer's cache (k, v) each (b,s,k,e) -> (b,t,d), new kv or None.
+
+        rows (b,r): only those query positions are computed (keys and values still cover all t)
+        -> (b,r,d); a sequence classifier needs its last block only at the pooled token."""
         b, t, _ = x.shape
-        q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
+        xq, cq, sq, mq = x, cos, sin, mask
+        if rows is not None:
+            xq, cq, sq = take_rows(x, rows), take_rows(cos, rows), take_rows(sin, rows)
+            mq = take_rows(jnp.broadcast_to(mask, (b,) + mask.shape[1:]), rows)
+        q = apply_rope(self.q_proj(xq).reshape(b, xq.shape[1], self.num_heads, self.head_dim), cq, sq)
         k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         if kv is not None:
             start = (0, offset, 0, 0)
             kv = tuple(lax.dynamic_update_slice(c, new.astype(c.dtype), start) for c, new in zip(kv, (k, v)))
             k, v = (c.astype(q.dtype) for c in kv)
-        attend = attention if kv is not None else blocked_causal_attention
-        return self.o_proj(attend(q, k, v, mask)), kv
+        attend = attention if kv is not None or rows is not None else blocked_causal_attention
+        return self.o_proj(attend(q, k, v, mq)), kv
 
 
 class LlamaMLP(nnx.Module):
@@ -388,14 +398,21 @@ class LlamaDecoderLayer(nnx.Module):
                                  param_dtype=param_dtype)
         self.input_layernorm, self.post_attention_layernorm = norm(), norm()
 
-    def __call__(self, x, cos, sin, mask, kv=None, offset=0):
-        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, offset)
-        x = x + attn
+    def __call__(self, x, cos, sin, mask, kv=None, offset=0, rows=None):
+        """x (b,t,d) -> (b,t,d), or (b,r,d) at the query positions `rows` (b,r) only."""
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, offset, rows)
+        x = (x if rows is None else take_rows(x, rows)) + attn
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
-def _call_block(layer, x, cos, sin, mask, kv, offset):
-    return layer(x, cos, sin, mask, kv, offset)
+def take_rows(a: jax.Array, rows: jax.Array) -> jax.Array:
+    """a (b,t,...) at positions rows (b,r) -> (b,r,...)."""
+    idx = rows.reshape(rows.shape + (1,) * (a.ndim - 2))
+    return jnp.take_along_axis(a, idx, axis=1)
+
+
+def _call_block(layer, x, cos, sin, mask, kv, offset, rows=None):
+    return layer(x, cos, sin, mask, kv, offset, rows)
 
 
 class LlamaModel(nnx.Module):
@@ -414,10 +431,12 @@ class LlamaModel(nnx.Module):
         self.remat = False
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None,
-                 cache: KVCache | None = None):
+                 cache: KVCache | None = None, last_rows: jax.Array | None = None):
         """input_ids (b,t) -> final-normed hidden (b,t,d), plus the new cache when one is given.
 
         attention_mask is (b,t) without a cache and (b,max_len) with one (1 = real token).
+        last_rows (b,r): the last block runs only at these positions -> (b,r,d); every earlier block
+        still runs everywhere, since the last block's keys and values need all of them.
         """
         b, t = input_ids.shape
         offset = 0 if cache is None else cache.index
@@ -434,7 +453,8 @@ class LlamaModel(nnx.Module):
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             run = nnx.remat(_call_block) if self.remat and cache is None else _call_block
-            x, kv = run(layer, x, cos, sin, mask, None if cache is None else (cache.k[i], cache.v[i]), offset)
+            rows = last_rows if i == len(self.layers) - 1 else None
+            x, kv = run(layer, x, cos, sin, mask, None if cache is None else (cache.k[i], cache.v[i]), offset, rows)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
@@ -449,6 +469,7 @@ class LlamaForCausalLM(nnx.Module):
         self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, projections=projections)
         self.lm_head = None if config.tie_word_embeddings else nnx.Linear(
             config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+            dot_general=matmul.dot_general,
             kernel_init=nnx.initializers.normal(_INIT_STD), rngs=rngs,
             kernel_metadata=_axes_meta(("embed", "vocab")))
 
@@ -488,14 +509,18 @@ class LlamaForSequenceClassification(nnx.Module):
         self.config, self.dtype, self.param_dtype = config, dtype, param_dtype
         self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, projections=projections)
         self.score = nnx.Linear(config.hidden_size, config.num_labels, use_bias=False, dtype=dtype,
+                                dot_general=matmul.dot_general,
                                 param_dtype=param_dtype, kernel_init=nnx.initializers.normal(_INIT_STD), rngs=rngs,
                                 kernel_metadata=_axes_meta(("embed", None)))
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None) -> jax.Array:
-        """-> (b, num_labels) float32 scores of the last real token of each row."""
-        hidden = self.model(input_ids, attention_mask, positions, segment_ids=segment_ids)
+        """-> (b, num_labels) float32 scores of the last real token of each row.
+
+        Only that token's row goes through the last block (its keys and values excepted), the final
+        norm and the head: the same scores at a third less work for the study's 3-block model."""
         idx = last_token_index(input_ids, attention_mask, self.config.pad_token_id)
-        return self.score(hidden[jnp.arange(input_ids.shape[0]), idx]).astype(jnp.float32)
+        hidden = self.model(input_ids, attention_mask, positions, segment_ids=segment_ids, last_rows=idx[:, None])
+        return self.score(hidden[:, 0]).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- surgery

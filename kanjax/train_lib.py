@@ -254,9 +254,21 @@ def jit_train_step(trainer: Trainer, example_batch: Mapping[str, Any]):
         donate_argnums=(0,))
 
 
-def jit_eval_step(trainer: Trainer, example_batch: Mapping[str, Any]):
+def correct_rows(trainer: Trainer, params, batch) -> jax.Array:
+    """(b,) bool: whether the classifier's top label is the row's label."""
+    scores = nnx.merge(trainer.graphdef, params)(batch["input_ids"], batch["attention_mask"])
+    return jnp.argmax(scores, -1) == batch["labels"]
+
+
+def jit_eval_step(trainer: Trainer, example_batch: Mapping[str, Any], per_example: bool = False):
+    """eval_step jitted; per_example (classifiers) adds `correct_rows` (b,) for paired comparisons
+    (the forward is shared: XLA computes the model once)."""
+    def step(params, batch):
+        aux = eval_step(trainer, params, batch)
+        return {**aux, "correct_rows": correct_rows(trainer, params, batch)} if per_example else aux
+
     return jax.jit(
-        lambda params, batch: eval_step(trainer, params, batch),
+        step,
         in_shardings=(trainer.state_sharding["params"], trainer.batch_sharding(example_batch)),
         out_shardings=shard_lib.replicated(trainer.mesh))
 

@@ -14,9 +14,10 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kanjax import data as data_lib
-from kanjax import experiment, metrics as metrics_lib
+from kanjax import diagnostics, experiment, metrics as metrics_lib
 from kanjax import sharding as shard_lib
 from kanjax import train_lib
 from kanjax.checkpoint import Checkpointer
@@ -42,21 +43,27 @@ def _check_batch(config, mesh) -> None:
                          f"mesh size ({shards}) and the number of processes ({jax.process_count()})")
 
 
-def evaluate(trainer, params, arrays, config, step_fn=None, limit: int = 0) -> dict:
-    """Loss / accuracy (and perplexity for LM tasks) over a whole split, each example once."""
+def evaluate(trainer, params, arrays, config, step_fn=None, limit: int = 0, per_example: bool = False) -> dict:
+    """Loss / accuracy (and perplexity for LM tasks) over a whole split, each example once;
+    per_example (classify) adds `correct` (n,) bool in row order."""
     if limit:
         arrays = {k: v[:limit] for k, v in arrays.items()}
     batch_size = config.eval.batch_size
     shards = (jax.process_index(), jax.process_count())
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    rows = []
     for batch in data_lib.eval_batches(arrays, batch_size, shard_index=shards[0], shard_count=shards[1]):
         batch = {k: v for k, v in batch.items() if k != "weight" or config.model.task == "classify"}
-        step_fn = step_fn or train_lib.jit_eval_step(trainer, batch)
+        step_fn = step_fn or train_lib.jit_eval_step(trainer, batch, per_example=per_example)
         out = jax.device_get(step_fn(params, shard_lib.host_batch_to_global(batch, trainer.mesh)))
         for k in totals:
             totals[k] += float(out[k])
+        if per_example:
+            rows.append(out["correct_rows"])
     count = max(totals["count"], 1.0)
     result = {"loss": totals["loss_sum"] / count, "accuracy": totals["correct"] / count, "count": totals["count"]}
+    if per_example:
+        result["correct"] = np.concatenate(rows)[: data_lib.num_rows(arrays)].astype(bool)
     if config.model.task == "causal_lm":
         result["perplexity"] = math.exp(min(result["loss"], 50.0))
     return result
@@ -73,9 +80,9 @@ def _startup_summary(config, mesh, model, info) -> str:
     ])
 
 
-def run(config, *, max_steps: Optional[int] = None) -> dict:
+def run(config, *, max_steps: Optional[int] = None, per_example_test: bool = False) -> dict:
     """Train per `config`; `max_steps` stops early (the schedule still follows train.steps): tests
-    use it to interrupt and resume."""
+    use it to interrupt and resume. per_example_test adds `test_correct` (n,) bool to the summary."""
     shard_lib.maybe_initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
                                            config.distributed.process_id)
     experiment.validate(config)
@@ -122,6 +129,8 @@ def run(config, *, max_steps: Optional[int] = None) -> dict:
     writer = metrics_lib.MetricWriter(workdir)
     first = next(train_iter)
     step_fn = train_lib.jit_train_step(trainer, first)
+    diag_every = config.train.get("diagnostics_every", 0)
+    diag_fn = diagnostics.jit_projection_stats(trainer, first) if diag_every else None
     cfg_json = experiment.config_to_json(config)
     tokens_per_step = config.data.batch_size * config.data.seq_len
     fpt = metrics_lib.flops_per_token(num_params, model_config.num_hidden_layers, config.data.seq_len,
@@ -139,7 +148,11 @@ def run(config, *, max_steps: Optional[int] = None) -> dict:
     for step in range(start, end):
         if step > start:
             batch = next(train_iter)
-        state, m = step_fn(state, shard_lib.host_batch_to_global(batch, mesh))
+        global_batch = shard_lib.host_batch_to_global(batch, mesh)
+        if diag_fn is not None and (step == 0 or (step + 1) % diag_every == 0):
+            # Measured on the batch about to be trained on, with the parameters before this step.
+            writer.write(step, "diagnostics", jax.device_get(diag_fn(state["params"], global_batch)))
+        state, m = step_fn(state, global_batch)
         window["acc"] = m if window["acc"] is None else jax.tree.map(jnp.add, window["acc"], m)
         window["steps"] += 1
         done = step + 1
@@ -182,7 +195,10 @@ def run(config, *, max_steps: Optional[int] = None) -> dict:
         best_val = val["accuracy"] if best_val is None else max(best_val, val["accuracy"])
         summary.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"], "best_val_accuracy": best_val})
         if test_arrays is not None:
-            test = evaluate(trainer, state["params"], test_arrays, config, limit=config.eval.test_limit)
+            test = evaluate(trainer, state["params"], test_arrays, config, limit=config.eval.test_limit,
+                            per_example=per_example_test)
+            if per_example_test:
+                summary["test_correct"] = test.pop("correct")
             writer.write(end, "test", test)
             summary.update({"test_loss": test["loss"], "test_accuracy": test["accuracy"]})
         if "perplexity" in val:

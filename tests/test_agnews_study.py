@@ -1,0 +1,93 @@
+"""benchmarks/agnews_study.py: its arms are distinct, its planning is paired and resumable."""
+
+import dataclasses
+import importlib
+import itertools
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import agnews_study as study  # noqa: E402
+
+
+def _arm_logits(arm: study.Arm) -> np.ndarray:
+    """The arm's model (one block of the study's shape, a 64-token vocabulary) at seed 0 on fixed input."""
+    from kanjax import experiment, train_lib
+    from kanjax.kanify import build_model
+    from kanjax.llama import LlamaConfig, LlamaForSequenceClassification
+
+    config = experiment.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(),
+                                        {k: v for k, v in arm.overrides.items() if not k.startswith("train.lr")})
+    dtype = train_lib.compute_dtype(config.train.precision)
+    shape = dataclasses.replace(LlamaConfig(), num_hidden_layers=1, vocab_size=64, num_labels=4)
+    model = build_model(LlamaForSequenceClassification, shape, experiment.kan_spec(config.kan), dtype=dtype, seed=0)
+    ids = np.random.default_rng(0).integers(0, 64, (2, 12)).astype(np.int32)
+    return np.asarray(model(ids, np.ones_like(ids)), np.float64)
+
+
+def test_every_pair_of_study_arms_computes_different_functions():
+    """Same seed, same input: two arms whose layers were the same parametrisation of the same
+    function class (Jacobi(1,1) = Gegenbauer(3/2) after normalisation; Fibonacci degree 2 =
+    Chebyshev-2 degree 1) would give identical logits. Every pair must differ."""
+    logits = {arm.name: _arm_logits(arm) for arm in study.STUDY}
+    same = [(a, b) for a, b in itertools.combinations(logits, 2)
+            if np.max(np.abs(logits[a] - logits[b])) < 1e-6 * (1 + np.max(np.abs(logits[a])))]
+    assert not same, f"arms computing the same function: {same}"
+
+
+def test_the_old_duplicate_arms_are_caught_by_that_check():
+    """The check above is able to fail: the v1 study's Jacobi/Gegenbauer and Fibonacci/Chebyshev-2 pairs."""
+    jacobi = _arm_logits(study.Arm("j", "kan_jacobi", {"kan.basis_params.alpha": 1.0, "kan.basis_params.beta": 1.0}, 1))
+    gegen = _arm_logits(study.Arm("g", "kan_gegenbauer", {"kan.basis_params.alpha": 1.5}, 1))
+    np.testing.assert_allclose(jacobi, gegen, atol=1e-5)
+    fib = _arm_logits(study.Arm("f", "kan_fibonacci", {"kan.degree": 2}, 1))
+    cheb1 = _arm_logits(study.Arm("c", "kan_cheb2", {"kan.degree": 1}, 1))
+    np.testing.assert_allclose(fib, cheb1, atol=1e-5)
+
+
+def _args(tmp_path, **kw):
+    base = dict(quick=False, steps=0, only="", seeds="", phase="recipe,tune,study", records=str(tmp_path / "rec"),
+                workdirs=str(tmp_path / "work"), data_dir=str(tmp_path / "data"))
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_plan_pairs_seeds_and_waits_for_tuning(tmp_path):
+    args = _args(tmp_path)
+    plan = study.planned_runs(args, rates={})
+    # Seed 0 of every arm of a phase before any seed 1.
+    recipe = [(a.name, s) for ph, a, s, _ in plan if ph == "recipe"]
+    assert recipe[: len(study.RECIPE)] == [(a.name, 0) for a in study.RECIPE]
+    # Study runs wait for the tuned rates; with them, each kind gets its own.
+    assert all(f is None for ph, a, s, f in plan if ph == "study")
+    plan = study.planned_runs(args, rates={"linear": 1e-3, "kan": 3e-3})
+    lrs = {a.name: f["train.lr"] for ph, a, s, f in plan if ph == "study"}
+    assert lrs["linear"] == 1e-3 and lrs["kan_chebyshev2"] == 3e-3 and lrs["kan_chebyshev2_parallel"] == 3e-3
+    # Paired: the data seed is the run's seed, whatever the arm.
+    seeds = {(a.name, s): f["seed"] for ph, a, s, f in plan if ph == "study"}
+    assert all(k[1] == v for k, v in seeds.items())
+    counts = {}
+    for ph, a, s, f in plan:
+        if ph == "study":
+            counts[a.name] = counts.get(a.name, 0) + 1
+    for name in ("linear", "kan_chebyshev2", "kan_jacobi", "kan_gegenbauer", "kan_chebyshev2_parallel",
+                 "kan_chebyshev2_sequential", "kan_chebyshev2_fp16", "kan_chebyshev2_nosilu"):
+        assert counts[name] >= 5, name
+    assert min(counts.values()) >= 3
+
+
+def _tune_record(arm, lr, seed, val):
+    return {"name": f"{arm}_lr{lr:g}", "overrides": {"train.lr": lr}, "seed": seed, "final_val_accuracy": val}
+
+
+def test_tuned_rates_pick_the_best_mean_validation_accuracy_once_the_grid_is_complete():
+    lrs = study.LEARNING_RATES
+    recs = [_tune_record("linear", lr, s, 0.8 + 0.01 * (lr == lrs[1]) + 0.001 * s) for lr in lrs for s in range(3)]
+    assert study.tuned_rates(recs) == {"linear": lrs[1]}
+    recs += [_tune_record("kan_chebyshev2", lr, s, 0.7 + 0.02 * (lr == lrs[-1])) for lr in lrs for s in range(3)]
+    assert study.tuned_rates(recs) == {"linear": lrs[1], "kan": lrs[-1]}
+    assert "kan" not in study.tuned_rates(recs[:-1])  # a missing run: no choice yet
