@@ -46,7 +46,7 @@ BUDGET = {"data.seq_len": SEQ_LEN, "data.batch_size": 32, "train.steps": 600, "t
 QUICK = {"data.seq_len": 16, "data.batch_size": 8, "train.steps": 6, "train.warmup": 2,
          "train.log_every": 2, "eval.every": 3, "eval.batch_size": 64, "eval.limit": 64,
          "eval.test_limit": 256, "checkpoint.every": 0, "model.num_layers": 1, "model.vocab_size": 512}
-DIAGNOSTICS_EVERY = 10
+DIAGNOSTICS_EVERY = 25
 LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 TUNED_KINDS = {"linear": "linear", "kan": "kan_chebyshev2"}  # kind -> the arm whose tuned LR it uses
 

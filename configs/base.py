@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.kan.param_ratio = 1.0  # share of the linear parameters to match (0.5: a half-size KAN)
     c.kan.init = "random"
     c.kan.coef_init = "linear"  # "linear" (start as a random linear map of the squashed input) | "random"
+    c.kan.center = "none"  # "none" | "zero" | "gauss": subtract each basis column's value at 0 / mean
     c.kan.bottleneck_init = "output"  # rank-r bottlenecks start at the replaced layer's scale | "layerwise"
 
     c.data = ml_collections.ConfigDict()

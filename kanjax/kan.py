@@ -29,6 +29,7 @@ from kanjax.matmul import dense
 DOMAINS = ("tanh", "layernorm", "clip", "none")
 BASES_BRANCHES = (None, "silu", "linear")
 COEF_INITS = ("random", "linear")
+CENTERS = ("none", "zero", "gauss")
 
 # Gauss-Hermite (probabilists') nodes: E[f(X)] for X ~ N(0, 1) without sampling noise.
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(96)
@@ -67,14 +68,24 @@ def _affine_to_interval(u, lo: float, hi: float, domain: str):
 
 
 @functools.lru_cache(maxsize=512)
-def _column_scales(name: str, items: tuple) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Columns that are not identically zero on the interval, and 1/max|B_k| for each."""
+def _column_layout(name: str, items: tuple, domain: str, center: str
+                   ) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+    """(active, offsets, scales): column k is s_k (B_k(t) − o_k) with o_k the centre (0 for "none",
+    B_k at input 0 for "zero", the mean of B_k for N(0, 1) inputs for "gauss"), s_k = 1 / max |B_k − o_k|
+    on the interval; columns that vanish there (F_0 = 0; P_0 once centred) are dropped."""
     params = dict(items)
     lo, hi = basis_lib.BASES[name].interval(**params)
-    grid = np.linspace(lo, hi, 4001)
-    peak = np.max(np.abs(basis_lib.expand_numpy(name, grid, **params)), axis=0)  # (K,)
-    active = tuple(int(k) for k in np.flatnonzero(peak > 0))
-    return active, tuple(float(1.0 / peak[k]) for k in active)
+    raw = basis_lib.expand_numpy(name, np.linspace(lo, hi, 4001), **params)  # (n, K)
+    if center == "zero":
+        offsets = basis_lib.expand_numpy(name, np.asarray([_affine_to_interval(0.0, lo, hi, domain)]), **params)[0]
+    elif center == "gauss":
+        t = _affine_to_interval(_squash_numpy(_GH_NODES, domain), lo, hi, domain)
+        offsets = _GH_WEIGHTS @ basis_lib.expand_numpy(name, t, **params)
+    else:
+        offsets = np.zeros(raw.shape[-1])
+    peak = np.max(np.abs(raw - offsets), axis=0)  # (K,)
+    active = tuple(int(k) for k in np.flatnonzero(peak > 1e-9 * max(1.0, float(np.max(np.abs(raw))))))
+    return active, tuple(float(offsets[k]) for k in active), tuple(float(1.0 / peak[k]) for k in active)
 
 
 class KANLinear(nnx.Module):
@@ -93,6 +104,11 @@ class KANLinear(nnx.Module):
         one set of n coefficients per input feature (parameter `den_coef`, shape (in, n)).
       init_scale: multiplies the variance-preserving init (1: output std of a default
         nnx.Linear for N(0, 1) inputs; kanify matches the init scale of the layer it replaces).
+      center: "none" (the basis as defined), "zero" (each column minus its value at input 0, so
+        every edge function vanishes at 0 and the constant column drops out) or "gauss" (minus its
+        mean for N(0, 1) inputs). A column with a non-zero mean gets the same gradient sign from
+        every input, and Adam's per-coefficient steps then move the layer's output for all tokens
+        alike, in·lr per step (kan_recipe.md).
       coef_init: "random" draws every coefficient i.i.d., so most of the output at init is the
         constant column and the even terms, the same for every token. "linear" starts the layer
         as a random linear map of the squashed input, coef[i, :, o] = a · W[i, o] with
@@ -123,6 +139,7 @@ class KANLinear(nnx.Module):
         den_degree: int = 2,
         init_scale: float = 1.0,
         coef_init: str = "linear",
+        center: str = "none",
         axes: Sequence[Optional[str]] = (None, None),
         rngs: nnx.Rngs,
         **basis_params,
@@ -131,6 +148,8 @@ class KANLinear(nnx.Module):
             raise ValueError(f"KANLinear: domain={domain!r} is not one of {DOMAINS}")
         if base not in BASES_BRANCHES:
             raise ValueError(f"KANLinear: base={base!r} is not one of {BASES_BRANCHES}")
+        if center not in CENTERS:
+            raise ValueError(f"KANLinear: center={center!r} is not one of {CENTERS}")
         if coef_init not in COEF_INITS:
             raise ValueError(f"KANLinear: coef_init={coef_init!r} is not one of {COEF_INITS}")
         if basis not in basis_lib.BASES:
@@ -149,7 +168,8 @@ class KANLinear(nnx.Module):
         self.den_degree = den_degree if basis == "rational" else 0
         self.axes = tuple(axes)
         self.interval = tuple(float(v) for v in basis_lib.BASES[basis].interval(**self.basis_params))
-        self.active, self.scales = _column_scales(basis, self.basis_items)
+        self.center = center
+        self.active, self.offsets, self.scales = _column_layout(basis, self.basis_items, domain, center)
         n_cols = len(self.active)
         in_axis, out_axis = self.axes
 
@@ -196,6 +216,8 @@ class KANLinear(nnx.Module):
         phi = basis_lib.expand(self.basis, t, **params)
         if len(self.active) != phi.shape[-1]:
             phi = phi[..., list(self.active)]
+        if self.center != "none":
+            phi = phi - jnp.asarray(self.offsets, self.basis_dtype)
         return phi * jnp.asarray(self.scales, self.basis_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -239,7 +261,7 @@ class KANLinear(nnx.Module):
         The rational denominator is left out (Q = 1): it is O(1) at init and this is only used
         for constants."""
         phi = basis_lib.expand_numpy(self.basis, t, **self.basis_params)[:, list(self.active)]
-        return phi * np.asarray(self.scales)
+        return (phi - np.asarray(self.offsets)) * np.asarray(self.scales)
 
     @classmethod
     def from_linear(

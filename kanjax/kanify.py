@@ -32,7 +32,7 @@ from flax import nnx
 
 from kanjax import basis as basis_lib
 from kanjax import matmul
-from kanjax.kan import COEF_INITS, KANLinear, count_params
+from kanjax.kan import CENTERS, COEF_INITS, KANLinear, count_params
 from kanjax.llama import LlamaConfig, Projections
 
 ATTN_KINDS = ("q", "k", "v", "o")
@@ -73,6 +73,7 @@ class KANSpec:
     param_ratio: float = 1.0
     init: str = "random"
     coef_init: str = "linear"
+    center: str = "none"
     bottleneck_init: str = "output"
 
     def __post_init__(self):
@@ -93,7 +94,8 @@ class KANSpec:
         put("basis_params", tuple(sorted((dict(bp) if not isinstance(bp, dict) else bp).items())))
         for key, allowed in (("strategy", STRATEGIES), ("mlp_activation", ("silu", "none")),
                              ("param_match", ("none", "width")), ("init", ("random", "from_linear")),
-                             ("coef_init", COEF_INITS), ("bottleneck_init", ("layerwise", "output"))):
+                             ("coef_init", COEF_INITS), ("center", CENTERS),
+                             ("bottleneck_init", ("layerwise", "output"))):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"kan.{key}: {getattr(self, key)!r} is not one of {allowed}")
         if self.targets:  # validates basis name and its keywords, naming the bad one
@@ -130,7 +132,7 @@ class KANSpec:
             kw["degree"] = self.degree
         if include_layer_args:
             kw.update(basis=self.basis, domain=self.domain, base=self.base, den_degree=self.den_degree,
-                      coef_init=self.coef_init)
+                      coef_init=self.coef_init, center=self.center)
         return kw
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:

@@ -65,12 +65,36 @@ def test_from_linear_with_tanh_domain_is_linear_in_tanh():
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("base", [None, "silu"])
-def test_init_output_std_matches_linear(family, base):
+@pytest.mark.parametrize("coef_init", ["linear", "random"])
+def test_init_output_std_matches_linear(family, base, coef_init):
     n_in, n_out = 256, 256
     x = _normal((2048, n_in), 6)
     ref = float(jnp.std(nnx.Linear(n_in, n_out, rngs=nnx.Rngs(1))(x)))
-    std = float(jnp.std(KANLinear(n_in, n_out, basis=family, base=base, rngs=nnx.Rngs(1))(x)))
-    assert 0.5 * ref <= std <= 2.0 * ref, (family, std, ref)
+    layer = KANLinear(n_in, n_out, basis=family, base=base, coef_init=coef_init, rngs=nnx.Rngs(1))
+    std = float(jnp.std(layer(x)))
+    assert 0.8 * ref <= std <= 1.25 * ref, (family, std, ref)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_linear_coef_init_starts_as_a_linear_map_of_the_squashed_input(family):
+    """coef_init="linear": y = tanh(x) @ W for one random W (exactly for families whose span holds
+    u on [-1, 1]: polynomials and B-splines; least squares for RBFs), and no token-independent part;
+    "random" puts most of the output into a constant (the same vector for every input)."""
+    x = _normal((512, 16), 8) * 1.5
+    u = np.asarray(jnp.tanh(x), np.float64)
+    layer = KANLinear(16, 12, basis=family, coef_init="linear", rngs=nnx.Rngs(3))
+    y = np.asarray(layer(x), np.float64)
+    w, *_ = np.linalg.lstsq(u, y, rcond=None)
+    rel = np.linalg.norm(u @ w - y) / np.linalg.norm(y)
+    exact = basis_lib.BASES[family].polynomial or family == "bspline"
+    assert rel < (1e-5 if exact else 0.1), (family, rel)
+
+    def constant_share(out):
+        return float(np.sum(out.mean(0) ** 2) / np.mean(np.sum(out ** 2, axis=1)))
+
+    assert constant_share(y) < 0.05
+    rand = np.asarray(KANLinear(16, 12, basis="chebyshev2", coef_init="random", rngs=nnx.Rngs(3))(x), np.float64)
+    assert constant_share(rand) > 0.3
 
 
 def _finite_tree(tree):
@@ -145,3 +169,27 @@ def test_bad_arguments_name_the_problem():
         KANLinear(3, 2, basis="wavelet", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
         KANLinear(3, 2, rngs=nnx.Rngs(0))(jnp.ones((2, 4)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_centred_columns(family):
+    """center="zero": every column vanishes at input 0, so the constant column drops out and an edge
+    function is 0 at 0; center="gauss": every column has mean 0 for N(0, 1) inputs. The columns keep
+    max |column| = 1 on the interval, and from_linear stays exact (domain "none")."""
+    from kanjax.kan import _GH_NODES, _GH_WEIGHTS
+
+    zero = KANLinear(5, 3, basis=family, center="zero", rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(zero.features(jnp.zeros((2, 5))), 0.0, atol=1e-6)
+    assert len(zero.active) <= len(KANLinear(5, 3, basis=family, rngs=nnx.Rngs(0)).active)
+    gauss = KANLinear(5, 3, basis=family, center="gauss", rngs=nnx.Rngs(0))
+    if family != "rational":  # its learned denominator is not in the static centre
+        nodes = jnp.asarray(np.repeat(_GH_NODES[:, None], 5, axis=1), jnp.float32)
+        phi = np.asarray(gauss.features(nodes))[:, 0, :]  # (nodes, K)
+        np.testing.assert_allclose(_GH_WEIGHTS @ phi, 0.0, atol=1e-5)
+    grid = jnp.repeat(jnp.linspace(-30.0, 30.0, 2001)[:, None], 5, axis=1)
+    assert np.max(np.abs(np.asarray(gauss.features(grid)))) <= 1.0 + 1e-5
+    if family in POLYNOMIALS:
+        w = np.asarray(_normal((6, 4), 1))
+        layer = KANLinear.from_linear(w, None, basis=family, degree=3, center="zero")
+        x = _normal((8, 6), 2)
+        np.testing.assert_allclose(layer(x), x @ w, atol=1e-4)

@@ -115,6 +115,38 @@ def test_param_report_totals(tiny_lm):
     assert "| up |" in report and "| embed_tokens |" in report
 
 
+@pytest.mark.parametrize("strategy", ["replace", "parallel", "sequential"])
+@pytest.mark.parametrize("bottleneck_init,lo,hi", [("output", 0.7, 1.5), ("layerwise", 0.0, 0.45)])
+def test_bottlenecked_projection_starts_at_the_linear_layers_output_scale(strategy, bottleneck_init, lo, hi):
+    """A parameter-matched attention projection (KAN in → r, linear r → out) at init: with
+    bottleneck_init="output" its output std for unit inputs is the replaced linear layer's,
+    0.02·sqrt(in); "layerwise" (every stage at the 0.02 scale) shrinks it by another 0.02·sqrt(r)."""
+    from kanjax.kanify import matched_rank
+
+    n_in, n_out = 576, 576
+    spec = KANSpec(targets=("q",), strategy=strategy, param_match="width", bottleneck_init=bottleneck_init)
+    rank = matched_rank(spec, n_in, n_out, False)
+    proj = KANProjection(n_in, n_out, strategy=strategy, spec=spec, rank=rank, use_bias=False,
+                         axes=(None, None), dtype=None, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (1024, n_in))
+    ratio = float(jnp.std(proj(x))) / (0.02 * np.sqrt(n_in))
+    assert lo <= ratio <= hi, (strategy, bottleneck_init, rank, ratio)
+
+
+def test_param_ratio_halves_the_projection_parameters():
+    full = build_model(LlamaForSequenceClassification, TINY, dict(targets=["all"], param_match="width"),
+                       abstract=True)
+    half = build_model(LlamaForSequenceClassification, TINY,
+                       dict(targets=["all"], param_match="width", param_ratio=0.5), abstract=True)
+    lin = build_model(LlamaForSequenceClassification, TINY, None, abstract=True)
+    emb = TINY.vocab_size * TINY.hidden_size + TINY.hidden_size * TINY.num_labels  # embedding and head stay
+    ratio = (count_params(half) - emb) / (count_params(lin) - emb)
+    assert 0.45 <= ratio <= 0.56, ratio
+    assert abs(count_params(full) - count_params(lin)) / count_params(lin) < 0.02
+    with pytest.raises(ValueError, match="param_ratio"):
+        KANSpec(targets=("all",), param_ratio=1.5)
+
+
 def test_spec_errors_name_the_field():
     with pytest.raises(ValueError, match="kan.targets: unknown target 'ffn'"):
         KANSpec(targets=("ffn",))
