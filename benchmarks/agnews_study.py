@@ -60,14 +60,18 @@ class Arm:
     lr_of: str | None = None  # "linear" | "kan": train at that kind's tuned rate (study phase)
 
 
-# The KAN layer's defaults before the diagnosis, and one fix at a time. The recipe itself (today's
-# defaults) and linear at lr 1e-3 are the tune phase's runs at that rate (same seeds, same settings).
-OLD_KAN = {"kan.coef_init": "random", "kan.bottleneck_init": "layerwise"}
+# The diagnosis: the KAN layer as it was before it (v1), each fix alone, both, and both with each of
+# the two candidate third steps. Every arm spells out all its settings, so it stays the same run
+# when the defaults move; linear at the same rate and seeds is the tune phase's linear_lr0.001.
+V1 = {"kan.coef_init": "random", "kan.bottleneck_init": "layerwise", "kan.center": "none", "kan.domain": "tanh"}
+FIXED = {**V1, "kan.coef_init": "linear", "kan.bottleneck_init": "output"}
 RECIPE = [
-    Arm("kan_v1_defaults", "kan_cheb2", OLD_KAN, 3),
-    Arm("kan_coef_linear_only", "kan_cheb2", {**OLD_KAN, "kan.coef_init": "linear"}, 3),
-    Arm("kan_bottleneck_only", "kan_cheb2", {**OLD_KAN, "kan.bottleneck_init": "output"}, 3),
-    Arm("kan_recipe_layernorm", "kan_cheb2", {"kan.domain": "layernorm"}, 3),
+    Arm("kan_v1_defaults", "kan_cheb2", V1, 3),
+    Arm("kan_coef_linear_only", "kan_cheb2", {**V1, "kan.coef_init": "linear"}, 2),
+    Arm("kan_bottleneck_only", "kan_cheb2", {**V1, "kan.bottleneck_init": "output"}, 2),
+    Arm("kan_linear_bottleneck", "kan_cheb2", FIXED, 3),
+    Arm("kan_linear_bottleneck_centred", "kan_cheb2", {**FIXED, "kan.center": "zero"}, 3),
+    Arm("kan_linear_bottleneck_layernorm", "kan_cheb2", {**FIXED, "kan.domain": "layernorm"}, 2),
 ]
 TUNE = [Arm(f"{arm}_lr{lr:g}", cfg, {"train.lr": lr}, 3)
         for arm, cfg in (("linear", "linear"), ("kan_chebyshev2", "kan_cheb2")) for lr in LEARNING_RATES]
@@ -116,7 +120,7 @@ def tuned_rates(tune_records: list[dict]) -> dict[str, float]:
         by_lr: dict[float, list[float]] = {}
         for r in tune_records:
             if r["name"].startswith(f"{arm}_lr"):
-                by_lr.setdefault(r["overrides"]["train.lr"], []).append(r["final_val_accuracy"])
+                by_lr.setdefault(r["lr"], []).append(r["final_val_accuracy"])
         if len(by_lr) == len(LEARNING_RATES) and len({len(v) for v in by_lr.values()}) == 1:
             out[kind] = max(by_lr, key=lambda lr: (statistics.fmean(by_lr[lr]), -lr))
     return out
@@ -217,6 +221,7 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args) -> dict:
     correct = np.asarray(summary["test_correct"], bool)
     return {
         "phase": phase, "name": name, "seed": seed, "config": f"configs/{arm.config}.py", "overrides": flags,
+        "resolved_config": experiment.config_to_json(config),
         "commit": experiment.git_commit(REPO), "quick": bool(args.quick),
         "steps": int(summary["steps"]), "seq_len": config.data.seq_len, "batch_size": config.data.batch_size,
         "lr": config.train.lr, "precision": config.train.precision, "params": int(summary["params"]),
@@ -239,23 +244,34 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args) -> dict:
     }
 
 
-def training_key(flags: dict) -> str:
-    """What decides a run's training, whatever its phase: every override but the folders and the
-    diagnostics (which read the model, never change it)."""
-    skip = {"workdir", "data.cache_dir", "train.diagnostics_every"}
-    return json.dumps({k: v for k, v in flags.items() if k not in skip}, sort_keys=True)
+def resolved_config(arm: Arm, flags: dict) -> dict:
+    """The run's whole config (the arm's config file with the overrides) as JSON-able dict."""
+    import importlib
+
+    from kanjax import experiment
+
+    config = experiment.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(), flags)
+    return experiment.config_to_json(config)
+
+
+def training_key(config: dict) -> str:
+    """What decides a run's training, whatever its phase or its arm's name: the whole resolved
+    config but the folders and the diagnostics (which read the model, never change it)."""
+    c = json.loads(json.dumps(config))
+    c.pop("workdir", None)
+    c["data"].pop("cache_dir", None)
+    c["train"].pop("diagnostics_every", None)
+    return json.dumps(c, sort_keys=True)
 
 
 def same_run(args, phase: str, arm: Arm, seed: int, flags: dict) -> Path | None:
-    """A record of another phase whose arm uses the same config file and the same training key."""
-    key = training_key(flags)
+    """A record (of any phase) that trained exactly this configuration: it is reused, not rerun."""
+    key = training_key(resolved_config(arm, flags))
     for other in PHASES:
-        if other == phase:
-            continue
         for path in records_dir(args, other).glob(f"*__seed{seed}.json"):
             rec = json.loads(path.read_text())
-            if rec.get("config") == f"configs/{arm.config}.py" and training_key(rec["overrides"]) == key \
-                    and "reused_from" not in rec:
+            if "resolved_config" in rec and "reused_from" not in rec and \
+                    training_key(rec["resolved_config"]) == key:
                 return path
     return None
 

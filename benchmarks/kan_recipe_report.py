@@ -13,22 +13,29 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 CHANCE_ACC = 0.30  # 4 balanced classes: 0.25; a run below 0.30 on 7,600 test texts learned nothing
 TAKEOFF_LOSS = 1.2  # train loss below ln 4 = 1.386 by a margin: the run has left the plateau
 
 
 def load(records: Path, phase: str) -> dict[str, list[dict]]:
+    """{arm: runs sorted by seed}, arms in the order the study runner defines them."""
+    import agnews_study
+
+    order = [a.name for a in agnews_study.PHASES[phase]]
     groups: dict[str, list[dict]] = {}
     for path in sorted((records / phase).glob("*.json")):
         r = json.loads(path.read_text())
         groups.setdefault(r["name"], []).append(r)
     for runs in groups.values():
         runs.sort(key=lambda r: r["seed"])
-    return groups
+    rank = {n: i for i, n in enumerate(order)}
+    return dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
 def at_chance(r: dict) -> bool:
@@ -191,18 +198,15 @@ BASE_LR = "0.001"  # the rate every recipe-phase arm trains at
 
 
 def diagnosis_groups(recipe: dict, tune: dict) -> dict[str, list[dict]]:
-    """The diagnosis arms in reading order: linear, the old KAN, one fix at a time, the recipe (today's
-    defaults: the tune phase's runs at the same rate and seeds), the recipe with the layernorm domain."""
+    """Linear (the tune phase's runs at the recipe phase's rate and seeds), then the KAN arms of the
+    recipe phase in the order they are defined; the arm the tune phase reused for the KAN at that
+    rate is today's default and is marked so."""
     groups = {}
     if f"linear_lr{BASE_LR}" in tune:
         groups["linear"] = tune[f"linear_lr{BASE_LR}"]
-    for name in ("kan_v1_defaults", "kan_coef_linear_only", "kan_bottleneck_only"):
-        if name in recipe:
-            groups[name] = recipe[name]
-    if f"kan_chebyshev2_lr{BASE_LR}" in tune:
-        groups["kan_recipe"] = tune[f"kan_chebyshev2_lr{BASE_LR}"]
+    default = {r.get("reused_from", "").split("__seed")[0] for r in tune.get(f"kan_chebyshev2_lr{BASE_LR}", [])}
     for name, runs in recipe.items():
-        groups.setdefault(name, runs)
+        groups[name + (" (default)" if name in default else "")] = runs
     return groups
 
 

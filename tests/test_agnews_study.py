@@ -99,7 +99,7 @@ def test_plan_pairs_seeds_and_waits_for_tuning(tmp_path):
 
 
 def _tune_record(arm, lr, seed, val):
-    return {"name": f"{arm}_lr{lr:g}", "overrides": {"train.lr": lr}, "seed": seed, "final_val_accuracy": val}
+    return {"name": f"{arm}_lr{lr:g}", "lr": lr, "seed": seed, "final_val_accuracy": val}
 
 
 def test_tuned_rates_pick_the_best_mean_validation_accuracy_once_the_grid_is_complete():
