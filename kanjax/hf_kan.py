@@ -24,12 +24,16 @@ from typing import Any, Mapping
 
 from flax import nnx
 
+from kanjax.basis import freeze
 from kanjax.kanify import ATTN_KINDS, KANProjection, KANProjections, KANSpec
 from kanjax.llama import LlamaConfig
 
 MODEL_TYPE = "kanjax_llama"
 REMOTE_CODE_DIR = Path(__file__).resolve().parent / "hf_remote"
 REMOTE_CODE_FILES = ("configuration_kanjax_llama.py", "modeling_kanjax_llama.py")
+# The bases travel with the export unchanged: the remote modelling code imports this copy.
+SHIPPED_BASIS = (Path(__file__).resolve().parent / "basis.py", "kanjax_basis.py")
+EXPORT_FILES = REMOTE_CODE_FILES + (SHIPPED_BASIS[1],)
 ARCHITECTURES = {"LlamaForCausalLM": "KanjaxLlamaForCausalLM",
                  "LlamaForSequenceClassification": "KanjaxLlamaForSequenceClassification"}
 AUTO_MAP = {
@@ -72,15 +76,18 @@ def export_config(model, hf_config: Mapping[str, Any]) -> dict:
     if name not in ARCHITECTURES:
         raise ValueError(f"cannot export a KAN-ified {name}: only {sorted(ARCHITECTURES)}")
     cfg = dict(hf_config)
+    spec = kan_spec_of(model)
     cfg.update(model_type=MODEL_TYPE, architectures=[ARCHITECTURES[name]], auto_map=dict(AUTO_MAP),
-               kan=kan_spec_of(model).to_dict(), kan_ranks=attention_ranks(model))
+               kan=spec.to_dict(), kan_layers=list(spec.layer_indices(model.config.num_hidden_layers)),
+               kan_ranks=attention_ranks(model))
     return cfg
 
 
 def write_remote_code(folder: str | Path) -> None:
-    """Copy the configuration and modelling files next to config.json."""
+    """Copy the configuration and modelling files, and kanjax's basis file, next to config.json."""
     for name in REMOTE_CODE_FILES:
         shutil.copyfile(REMOTE_CODE_DIR / name, Path(folder) / name)
+    shutil.copyfile(SHIPPED_BASIS[0], Path(folder) / SHIPPED_BASIS[1])
 
 
 # ----------------------------------------------------------------------------- import
@@ -91,17 +98,10 @@ def is_kan_config(hf_config: Mapping[str, Any]) -> bool:
     return bool((hf_config.get("kan") or {}).get("targets"))
 
 
-def _freeze(value):
-    # JSON turned tuples (grid_range, centers) into lists; KANSpec must stay hashable (it is
-    # static model metadata and an lru_cache key), so turn them back.
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
 def spec_from_config(hf_config: Mapping[str, Any]) -> KANSpec:
     kan = dict(hf_config["kan"])
-    kan["basis_params"] = {k: _freeze(v) for k, v in (kan.get("basis_params") or {}).items()}
+    # JSON turned tuples (grid_range, centers) into lists; KANSpec must stay hashable.
+    kan["basis_params"] = {k: freeze(v) for k, v in (kan.get("basis_params") or {}).items()}
     return KANSpec.from_dict(kan)
 
 

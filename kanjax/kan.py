@@ -14,7 +14,6 @@ single matmul of (…, in·K) by (in·K, out), as in efficient-kan.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Optional, Sequence
 
@@ -26,66 +25,10 @@ from flax import nnx
 from kanjax import basis as basis_lib
 from kanjax.matmul import dense
 
-DOMAINS = ("tanh", "layernorm", "clip", "none")
+DOMAINS, CENTERS = basis_lib.DOMAINS, basis_lib.CENTERS
 BASES_BRANCHES = (None, "silu", "linear")
 COEF_INITS = ("random", "linear")
-CENTERS = ("none", "zero", "gauss")
-
-# Gauss-Hermite (probabilists') nodes: E[f(X)] for X ~ N(0, 1) without sampling noise.
-_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(96)
-_GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
-
-
-def _squash(x: jax.Array, domain: str) -> jax.Array:
-    """(…, i) → (…, i) in [-1, 1] (or unchanged for "none"), float32."""
-    if domain == "tanh":
-        return jnp.tanh(x)
-    if domain == "clip":
-        return jnp.clip(x, -1.0, 1.0)
-    if domain == "layernorm":
-        # Standardise over features first, so the squashing sees the same scale whatever the
-        # magnitude of the activations (inputs of 1e4 still spread over the basis).
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        return jnp.tanh((x - mean) * jax.lax.rsqrt(var + 1e-5))
-    return x
-
-
-def _squash_numpy(x: np.ndarray, domain: str) -> np.ndarray:
-    # layernorm of N(0, 1) features is N(0, 1) features: same distribution as tanh's input.
-    if domain in ("tanh", "layernorm"):
-        return np.tanh(x)
-    if domain == "clip":
-        return np.clip(x, -1.0, 1.0)
-    return x
-
-
-def _affine_to_interval(u, lo: float, hi: float, domain: str):
-    """Map the squashed input u ∈ [-1, 1] onto the basis' interval [lo, hi]."""
-    if domain == "none" or (lo, hi) == (-1.0, 1.0):
-        return u
-    return lo + (u + 1.0) * (0.5 * (hi - lo))
-
-
-@functools.lru_cache(maxsize=512)
-def _column_layout(name: str, items: tuple, domain: str, center: str
-                   ) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
-    """(active, offsets, scales): column k is s_k (B_k(t) − o_k) with o_k the centre (0 for "none",
-    B_k at input 0 for "zero", the mean of B_k for N(0, 1) inputs for "gauss"), s_k = 1 / max |B_k − o_k|
-    on the interval; columns that vanish there (F_0 = 0; P_0 once centred) are dropped."""
-    params = dict(items)
-    lo, hi = basis_lib.BASES[name].interval(**params)
-    raw = basis_lib.expand_numpy(name, np.linspace(lo, hi, 4001), **params)  # (n, K)
-    if center == "zero":
-        offsets = basis_lib.expand_numpy(name, np.asarray([_affine_to_interval(0.0, lo, hi, domain)]), **params)[0]
-    elif center == "gauss":
-        t = _affine_to_interval(_squash_numpy(_GH_NODES, domain), lo, hi, domain)
-        offsets = _GH_WEIGHTS @ basis_lib.expand_numpy(name, t, **params)
-    else:
-        offsets = np.zeros(raw.shape[-1])
-    peak = np.max(np.abs(raw - offsets), axis=0)  # (K,)
-    active = tuple(int(k) for k in np.flatnonzero(peak > 1e-9 * max(1.0, float(np.max(np.abs(raw))))))
-    return active, tuple(float(offsets[k]) for k in active), tuple(float(1.0 / peak[k]) for k in active)
+_GH_NODES, _GH_WEIGHTS = basis_lib.GH_NODES, basis_lib.GH_WEIGHTS
 
 
 class KANLinear(nnx.Module):
@@ -161,7 +104,7 @@ class KANLinear(nnx.Module):
             basis_params["degree"] = degree
         # Stored as a hashable tuple: NNX graph definitions are hashed as jit cache keys.
         self.basis_items = tuple(sorted(
-            (k, _freeze(v)) for k, v in basis_lib.resolve_params(basis, **basis_params).items()))
+            (k, basis_lib.freeze(v)) for k, v in basis_lib.resolve_params(basis, **basis_params).items()))
         self.in_features, self.out_features = in_features, out_features
         self.basis, self.domain, self.base = basis, domain, base
         self.dtype, self.param_dtype, self.basis_dtype = dtype, param_dtype, basis_dtype
@@ -169,8 +112,7 @@ class KANLinear(nnx.Module):
         self.axes = tuple(axes)
         self.interval = tuple(float(v) for v in basis_lib.BASES[basis].interval(**self.basis_params))
         self.center = center
-        self.active, self.offsets, self.scales = _column_layout(basis, self.basis_items, domain, center)
-        n_cols = len(self.active)
+        self.active, self.offsets, self.scales = basis_lib.column_layout(basis, self.basis_items, domain, center)
         in_axis, out_axis = self.axes
 
         def param(value, names):
@@ -204,12 +146,12 @@ class KANLinear(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """(…, i) → (…, i, K) normalised basis values, in basis_dtype."""
-        return self.features_of_squashed(_squash(x.astype(self.basis_dtype), self.domain))
+        return self.features_of_squashed(basis_lib.squash(x.astype(self.basis_dtype), self.domain, jnp))
 
     def features_of_squashed(self, u: jax.Array) -> jax.Array:
         """Same as `features`, from the already squashed input u (…, i)."""
         lo, hi = self.interval
-        t = _affine_to_interval(u.astype(self.basis_dtype), lo, hi, self.domain)
+        t = basis_lib.to_interval(u.astype(self.basis_dtype), lo, hi, self.domain)
         params = dict(self.basis_params)
         if self.den_degree:
             params["den_coef"] = self.den_coef[...].astype(self.basis_dtype)
@@ -245,7 +187,7 @@ class KANLinear(nnx.Module):
         """(in, K, out) coefficients whose output variance is `out_var` for N(0, 1) inputs."""
         lo, hi = self.interval
         phi = self._features_numpy(  # (nodes, K) at Gauss-Hermite nodes of N(0, 1)
-            _affine_to_interval(_squash_numpy(_GH_NODES, self.domain), lo, hi, self.domain))
+            basis_lib.to_interval(basis_lib.squash_normal(_GH_NODES, self.domain), lo, hi, self.domain))
         n_in, n_cols, n_out = self.in_features, len(self.active), self.out_features
         if how == "random":  # Var = in · std² · Σ_k E[(s_k B_k)²]
             std = math.sqrt(out_var / (n_in * float(_GH_WEIGHTS @ np.sum(phi ** 2, axis=-1))))
@@ -307,7 +249,7 @@ def _identity_coefficients(layer: KANLinear, exact: bool = True) -> np.ndarray:
     unless the fit is exact (else the least-squares fit, e.g. for Gaussian RBFs)."""
     u = np.linspace(-1.0, 1.0, 257)
     lo, hi = layer.interval
-    t = _affine_to_interval(u, lo, hi, layer.domain)
+    t = basis_lib.to_interval(u, lo, hi, layer.domain)
     phi = layer._features_numpy(t)  # (n, K)
     a, *_ = np.linalg.lstsq(phi, u, rcond=None)
     if not exact:
@@ -321,14 +263,6 @@ def _identity_coefficients(layer: KANLinear, exact: bool = True) -> np.ndarray:
             f"identity exactly (max error {err:.2e}); use a polynomial family with a constant "
             "and a degree-1 term (degree >= 1; fibonacci needs degree >= 2)")
     return a
-
-
-def _freeze(value):
-    """Lists and arrays → nested tuples of Python scalars (hashable, JSON-friendly)."""
-    if isinstance(value, (list, tuple, np.ndarray, jax.Array)):
-        arr = np.asarray(value)
-        return arr.item() if arr.ndim == 0 else tuple(_freeze(v) for v in arr.tolist())
-    return value
 
 
 def _silu_numpy(v: np.ndarray) -> np.ndarray:

@@ -33,13 +33,12 @@ from flax import nnx
 from kanjax import basis as basis_lib
 from kanjax import matmul
 from kanjax.kan import CENTERS, COEF_INITS, KANLinear, count_params
-from kanjax.llama import LlamaConfig, Projections
+from kanjax.llama import INIT_STD, LlamaConfig, Projections, axes_meta
 
 ATTN_KINDS = ("q", "k", "v", "o")
 MLP_KINDS = ("gate", "up", "down")
 GROUPS = {"attn": ATTN_KINDS, "mlp": MLP_KINDS, "all": ATTN_KINDS + MLP_KINDS}
 STRATEGIES = ("replace", "parallel", "sequential")
-LINEAR_INIT_STD = 0.02  # transformers' initializer_range for Llama, used by kanjax.llama too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +90,8 @@ class KANSpec:
         else:
             put("layers", tuple(int(i) for i in self.layers))
         bp = self.basis_params
-        put("basis_params", tuple(sorted((dict(bp) if not isinstance(bp, dict) else bp).items())))
+        put("basis_params", tuple(sorted((k, basis_lib.freeze(v))
+                                         for k, v in (dict(bp) if not isinstance(bp, dict) else bp).items())))
         for key, allowed in (("strategy", STRATEGIES), ("mlp_activation", ("silu", "none")),
                              ("param_match", ("none", "width")), ("init", ("random", "from_linear")),
                              ("coef_init", COEF_INITS), ("center", CENTERS),
@@ -128,7 +128,9 @@ class KANSpec:
     def kan_kwargs(self, include_layer_args: bool = True) -> dict:
         """Keyword arguments for KANLinear (or, without layer args, for the basis alone)."""
         kw = dict(self.basis_params)
-        if "degree" in basis_lib.BASES.get(self.basis, basis_lib.BASES["chebyshev2"]).defaults:
+        if self.basis not in basis_lib.BASES:
+            raise ValueError(f"kan.basis: unknown basis {self.basis!r}; known: {', '.join(basis_lib.BASES)}")
+        if "degree" in basis_lib.BASES[self.basis].defaults:
             kw["degree"] = self.degree
         if include_layer_args:
             kw.update(basis=self.basis, domain=self.domain, base=self.base, den_degree=self.den_degree,
@@ -145,9 +147,6 @@ class KANSpec:
         if bad:
             raise ValueError(f"kan.layers: indices {bad} outside a {num_layers}-block model")
         return tuple(sorted({i % num_layers for i in self.layers}))
-
-    def __hash__(self):
-        return hash(tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)))
 
 
 class KANProjection(nnx.Module):
@@ -166,17 +165,17 @@ class KANProjection(nnx.Module):
         # output by a further 0.02·sqrt(r) (kan_recipe.md).
         unit = bool(rank) and spec.bottleneck_init == "output"
 
-        def linear(n_in, n_out, bias, ax, std=LINEAR_INIT_STD):
+        def linear(n_in, n_out, bias, ax, std=INIT_STD):
             return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                               dot_general=matmul.dot_general,
                               kernel_init=nnx.initializers.normal(std),
-                              kernel_metadata=_meta(ax), bias_metadata=_meta(ax[1:]))
+                              kernel_metadata=axes_meta(ax), bias_metadata=axes_meta(ax[1:]))
 
         def stage_linear(n_in, n_out, bias, ax):
-            return linear(n_in, n_out, bias, ax, 1.0 / math.sqrt(n_in) if unit else LINEAR_INIT_STD)
+            return linear(n_in, n_out, bias, ax, 1.0 / math.sqrt(n_in) if unit else INIT_STD)
 
         def kan(n_in, n_out, bias, ax):
-            scale = 1.0 if unit else LINEAR_INIT_STD * math.sqrt(n_in)
+            scale = 1.0 if unit else INIT_STD * math.sqrt(n_in)
             return KANLinear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, axes=ax,
                              init_scale=scale, rngs=rngs, **spec.kan_kwargs())
 
@@ -190,7 +189,7 @@ class KANProjection(nnx.Module):
         else:
             self.linear = stage_linear(in_features, width, False, (axes[0], mid_axis))
             self.kan = kan(width, width, final_bias, (mid_axis, mid_axis))
-        proj_std = LINEAR_INIT_STD * math.sqrt(in_features / rank) if unit else LINEAR_INIT_STD
+        proj_std = INIT_STD * math.sqrt(in_features / rank) if unit else INIT_STD
         self.proj = linear(rank, out_features, use_bias, (None, axes[1]), proj_std) if rank else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -201,10 +200,6 @@ class KANProjection(nnx.Module):
         else:
             h = self.kan(self.linear(x))
         return h if self.proj is None else self.proj(h)
-
-
-def _meta(axes) -> dict:
-    return {"out_sharding": tuple(axes), "eager_sharding": False}
 
 
 class KANProjections(Projections):

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import math
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,13 +24,15 @@ from flax import nnx
 from jax import lax
 
 from kanjax import matmul
+# Model surgery lives in kanjax.surgery; these two are part of this module's public names.
+from kanjax.surgery import trim_vocab, truncate_layers, with_config  # noqa: F401
 
-_INIT_STD = 0.02  # transformers' default initializer_range; only matters for fresh (untrained) models
+INIT_STD = 0.02  # transformers' default initializer_range; only matters for fresh (untrained) models
 _ACTIVATIONS = ("silu", "none")
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
-def _axes_meta(axes) -> dict:
+def axes_meta(axes) -> dict:
     # eager_sharding=False: record logical names for nnx.get_partition_spec without needing a mesh.
     return {"out_sharding": tuple(axes), "eager_sharding": False}
 
@@ -150,7 +151,7 @@ class LlamaConfig:
         return {
             "architectures": [architecture], "model_type": "llama", "hidden_act": "silu",
             **d,
-            "attention_dropout": 0.0, "initializer_range": _INIT_STD, "pretraining_tp": 1, "use_cache": True,
+            "attention_dropout": 0.0, "initializer_range": INIT_STD, "pretraining_tp": 1, "use_cache": True,
             "id2label": {str(i): f"LABEL_{i}" for i in range(self.num_labels)},
             "label2id": {f"LABEL_{i}": i for i in range(self.num_labels)},
             "torch_dtype": dtype, "dtype": dtype,
@@ -323,13 +324,13 @@ class Projections:
                  axes: tuple[str, str], dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Module:
         return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                           dot_general=matmul.dot_general,
-                          kernel_init=nnx.initializers.normal(_INIT_STD), rngs=rngs,
-                          kernel_metadata=_axes_meta(axes), bias_metadata=_axes_meta(axes[1:]))
+                          kernel_init=nnx.initializers.normal(INIT_STD), rngs=rngs,
+                          kernel_metadata=axes_meta(axes), bias_metadata=axes_meta(axes[1:]))
 
 
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float, dtype, param_dtype):
-        self.weight = nnx.Param(jnp.ones((dim,), param_dtype), **_axes_meta(("embed",)))
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype), **axes_meta(("embed",)))
         self.eps, self.dtype = eps, dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -420,8 +421,8 @@ class LlamaModel(nnx.Module):
                  projections: Projections = Projections()):
         self.config, self.dtype = config, dtype
         self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                                      embedding_init=nnx.initializers.normal(_INIT_STD), rngs=rngs,
-                                      embedding_metadata=_axes_meta(("vocab", "embed")))
+                                      embedding_init=nnx.initializers.normal(INIT_STD), rngs=rngs,
+                                      embedding_metadata=axes_meta(("vocab", "embed")))
         self.layers = nnx.List([
             LlamaDecoderLayer(config, i, projections=projections, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
             for i in range(config.num_hidden_layers)])
@@ -470,8 +471,8 @@ class LlamaForCausalLM(nnx.Module):
         self.lm_head = None if config.tie_word_embeddings else nnx.Linear(
             config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
             dot_general=matmul.dot_general,
-            kernel_init=nnx.initializers.normal(_INIT_STD), rngs=rngs,
-            kernel_metadata=_axes_meta(("embed", "vocab")))
+            kernel_init=nnx.initializers.normal(INIT_STD), rngs=rngs,
+            kernel_metadata=axes_meta(("embed", "vocab")))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """(b,t,d) -> (b,t,v) float32; tied models use the embedding matrix transposed."""
@@ -510,8 +511,8 @@ class LlamaForSequenceClassification(nnx.Module):
         self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, projections=projections)
         self.score = nnx.Linear(config.hidden_size, config.num_labels, use_bias=False, dtype=dtype,
                                 dot_general=matmul.dot_general,
-                                param_dtype=param_dtype, kernel_init=nnx.initializers.normal(_INIT_STD), rngs=rngs,
-                                kernel_metadata=_axes_meta(("embed", None)))
+                                param_dtype=param_dtype, kernel_init=nnx.initializers.normal(INIT_STD), rngs=rngs,
+                                kernel_metadata=axes_meta(("embed", None)))
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None) -> jax.Array:
         """-> (b, num_labels) float32 scores of the last real token of each row.
@@ -523,81 +524,3 @@ class LlamaForSequenceClassification(nnx.Module):
         return self.score(hidden[:, 0]).astype(jnp.float32)
 
 
-# ----------------------------------------------------------------------------- surgery
-
-
-def with_config(model, config: LlamaConfig):
-    """Set `config` on the model and its trunk in place (shapes must already agree)."""
-    model.config = config
-    model.model.config = config
-    return model
-
-
-def truncate_layers(model, n: int = 3):
-    """A copy of ``model`` keeping its first n decoder blocks (config updated); the input is untouched."""
-    cfg = model.config
-    if not 1 <= n <= cfg.num_hidden_layers:
-        raise ValueError(f"n must be in [1, {cfg.num_hidden_layers}], got {n}")
-    new = nnx.clone(model)
-    new.model.layers = nnx.List(list(new.model.layers)[:n])
-    return with_config(new, dataclasses.replace(
-        cfg, num_hidden_layers=n,
-        intermediate_sizes=None if cfg.intermediate_sizes is None else cfg.intermediate_sizes[:n],
-        mlp_activations=None if cfg.mlp_activations is None else cfg.mlp_activations[:n]))
-
-
-def _special_ids(tokenizer, vocab_size: int) -> list[int]:
-    ids = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    return sorted(i for i in ids if i is not None and 0 <= i < vocab_size)
-
-
-def trim_vocab(model, tokenizer, texts, size: int, *, unk_token_id: int | None = None,
-               return_inverse: bool = False):
-    """Keep the ``size`` most frequent token ids of ``tokenizer(texts)`` (ties: lower id first; ids never
-    seen are not kept) plus every special/added token; returns a copy with sliced embedding rows
-    (and lm_head columns when untied).
-
-    New ids follow the old order (kept ids sorted ascending), so for SmolLM2 the 17 special tokens
-    keep ids 0..16. Returns ``(new_model, id_map)`` where id_map (old vocab,) int32 maps old -> new;
-    old ids that were dropped map to the reserved id = new id of ``unk_token_id`` (default the
-    tokenizer's unk token, else its lowest special id; ``<|endoftext|>`` = 0 for SmolLM2).
-    With ``return_inverse=True`` also returns new -> old (new vocab,) int32 (map generations back).
-    """
-    cfg = model.config
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
-    specials = _special_ids(tokenizer, cfg.vocab_size)
-    special_set = set(specials)
-    frequent = sorted((i for i in counts if i not in special_set and i < cfg.vocab_size),
-                      key=lambda i: (-counts[i], i))[:size]
-    kept = np.array(sorted(set(specials) | set(frequent)), np.int32)
-    if unk_token_id is None:
-        unk_token_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else (specials or kept)[0]
-    if unk_token_id not in set(kept.tolist()):
-        raise ValueError(f"unk_token_id {unk_token_id} is not among the kept ids")
-    id_map = np.full(cfg.vocab_size, int(np.searchsorted(kept, unk_token_id)), np.int32)
-    id_map[kept] = np.arange(len(kept), dtype=np.int32)
-
-    new = nnx.clone(model)
-    emb = new.model.embed_tokens
-    emb.embedding.set_value(emb.embedding[...][kept])
-    emb.num_embeddings = len(kept)
-    head = getattr(new, "lm_head", None)
-    if head is not None:
-        head.kernel.set_value(head.kernel[...][:, kept])
-        if head.bias is not None:
-            head.bias.set_value(head.bias[...][kept])
-        head.out_features = len(kept)
-    remap = lambda i: None if i is None else int(id_map[i])  # noqa: E731
-    eos = tuple(remap(i) for i in cfg.eos_token_ids) if isinstance(cfg.eos_token_id, tuple) else remap(cfg.eos_token_id)
-    new_cfg = dataclasses.replace(cfg, vocab_size=len(kept), bos_token_id=remap(cfg.bos_token_id),
-                                  eos_token_id=eos, pad_token_id=remap(cfg.pad_token_id))
-    with_config(new, new_cfg)
-    return (new, id_map, kept) if return_inverse else (new, id_map)
-
-
-__all__ = [
-    "LlamaConfig", "Projections", "RMSNorm", "LlamaAttention", "LlamaMLP", "LlamaDecoderLayer", "LlamaModel",
-    "LlamaForCausalLM", "LlamaForSequenceClassification", "KVCache", "init_cache", "rope_inv_freq",
-    "truncate_layers", "trim_vocab", "last_token_index", "with_config",
-]

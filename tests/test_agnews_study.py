@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import jax
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import agnews_study as study  # noqa: E402
@@ -23,7 +22,6 @@ def _arm_logits(arm: study.Arm) -> np.ndarray:
     at the same random linear map.)"""
     import zlib
 
-    import jax
     from flax import nnx
 
     from kanjax import experiment, train_lib

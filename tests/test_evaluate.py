@@ -193,7 +193,7 @@ def test_errors(tmp_path):
 
 @pytest.mark.slow
 def test_loglikelihoods_match_torch_real_smollm2(smollm2_torch_model, smollm2_gguf, tokenizer):
-    from kanjax.hf_gguf import load_gguf
+    from kanjax.hf import load_gguf
 
     ours = load_gguf(smollm2_gguf)
     got = evaluate.loglikelihoods(ours, tokenizer, REQUESTS, batch_size=5)

@@ -23,7 +23,6 @@ from safetensors.numpy import load_file
 
 from kanjax import basis as basis_lib
 from kanjax import hf, hf_kan
-from kanjax.hf_remote import modeling_kanjax_llama as remote
 from kanjax.kan import DOMAINS, KANLinear
 from kanjax.kanify import kanify
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
@@ -133,6 +132,7 @@ CASES = {
     "no_silu": (dict(targets=["mlp"], layers="last:1", mlp_activation="none", basis="gegenbauer"), {}),
     "param_match": (dict(targets=["all"], param_match="width", basis="chebyshev2"), {}),
     "layernorm_silu": (dict(targets=["all"], domain="layernorm", base="silu", basis="laguerre"), {}),
+    "centred_degree5": (dict(targets=["all"], center="zero", basis="chebyshev", degree=5), {}),
 }
 
 
@@ -161,6 +161,9 @@ def test_exported_config_and_files(tmp_path):
     assert cfg["kan_ranks"]["q"] == model.model.layers[1].self_attn.q_proj.proj.in_features
     for name in hf_kan.REMOTE_CODE_FILES:
         assert (out / name).read_bytes() == (hf_kan.REMOTE_CODE_DIR / name).read_bytes()
+    # The bases travel unchanged: the export runs kanjax's own basis file, not a copy of it.
+    assert (out / "kanjax_basis.py").read_bytes() == hf_kan.SHIPPED_BASIS[0].read_bytes()
+    assert cfg["kan_layers"] == [1]
     names = load_file(out / "model.safetensors")
     assert names["model.layers.1.mlp.up_proj.kan.coef"].shape == model.model.layers[1].mlp.up_proj.kan.coef.shape
     assert "model.layers.0.mlp.up_proj.weight" in names  # layer 0 stays linear
@@ -169,7 +172,7 @@ def test_exported_config_and_files(tmp_path):
     linear = LlamaForCausalLM(LlamaConfig(**TINY), rngs=nnx.Rngs(0))
     hf.save_pretrained(kanify(linear, {}), out)  # empty spec = the linear model
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
-    assert not any((out / name).exists() for name in hf_kan.REMOTE_CODE_FILES)
+    assert not any((out / name).exists() for name in hf_kan.EXPORT_FILES)
 
 
 def test_transformers_generate_matches_kanjax(tmp_path):
@@ -224,18 +227,40 @@ FAMILIES = [(name, {}) for name in sorted(basis_lib.BASES)] + [
 ]
 
 
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    """The remote modelling module as an export ships it (with kanjax's basis file beside it),
+    imported as a package the way transformers imports remote code."""
+    import importlib
+    import sys
+
+    root = tmp_path_factory.mktemp("remote")
+    pkg = root / "kanjax_export_pkg"
+    pkg.mkdir()
+    hf_kan.write_remote_code(pkg)
+    (pkg / "__init__.py").write_text("")
+    sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module("kanjax_export_pkg.modeling_kanjax_llama")
+    finally:
+        sys.path.remove(str(root))
+
+
+@pytest.mark.parametrize("degree", [3, 6])
 @pytest.mark.parametrize("family,params", FAMILIES,
                          ids=[f"{name}-custom" if params else name for name, params in FAMILIES])
-def test_remote_kan_layer_matches_kanjax(family, params):
-    """Every family and domain: same active columns and scales (float64, exactly), same output."""
+def test_remote_kan_layer_matches_kanjax(remote, family, params, degree):
+    """Every family, domain and centre: same active columns, offsets and scales (float64, exactly),
+    same output."""
     rng = np.random.RandomState(0)
     x = (1.5 * rng.randn(7, 5)).astype(np.float32)
-    for domain in DOMAINS:
-        ours = KANLinear(5, 3, basis=family, degree=3, domain=domain, base="silu", rngs=nnx.Rngs(1), **params)
+    for domain, center in [(d, "none") for d in DOMAINS] + [("tanh", "zero"), ("layernorm", "gauss")]:
+        ours = KANLinear(5, 3, basis=family, degree=degree, domain=domain, center=center, base="silu",
+                         rngs=nnx.Rngs(1), **params)
         ours.bias[...] = jnp.asarray(rng.randn(3), jnp.float32)
-        layer = remote.KanjaxKANLinear(5, 3, basis=family, degree=3, domain=domain, base="silu",
-                                       den_degree=ours.den_degree, use_bias=True, basis_params=params)
-        assert (layer.active, layer.scales) == (ours.active, ours.scales)
+        layer = remote.KanjaxKANLinear(5, 3, basis=family, degree=degree, domain=domain, center=center,
+                                       base="silu", den_degree=ours.den_degree, use_bias=True, basis_params=params)
+        assert (layer.active, layer.offsets, layer.scales) == (ours.active, ours.offsets, ours.scales)
         assert layer.interval == ours.interval
         with torch.no_grad():
             for name in ("coef", "base_kernel", "bias", "den_coef"):
@@ -244,7 +269,7 @@ def test_remote_kan_layer_matches_kanjax(family, params):
             ref = layer(torch.as_tensor(x)).numpy()
         want = np.asarray(ours(jnp.asarray(x)))
         np.testing.assert_allclose(ref, want, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(want))),
-                                   err_msg=f"{family} {params} domain={domain}")
+                                   err_msg=f"{family} {params} domain={domain} center={center}")
 
 
 # ----------------------------------------------------------------------------- real weights

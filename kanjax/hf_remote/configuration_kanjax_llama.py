@@ -2,8 +2,9 @@
 
 A `LlamaConfig` plus the fields kanjax writes for KAN-ified models:
 
-  kan:                the full KANSpec as a dict (targets, layers, strategy, basis, degree,
-                      domain, base, den_degree, basis_params, mlp_activation, ...)
+  kan:                the full KANSpec as a dict (targets: the projection kinds, strategy, basis,
+                      degree, domain, center, base, den_degree, basis_params, ...)
+  kan_layers:         the indices of the blocks with KAN projections
   kan_ranks:          {kind: r} bottleneck rank of parameter-matched attention projections
   intermediate_sizes: per-layer MLP widths (parameter-matched MLPs), or None
   mlp_activations:    per-layer "silu" / "none", or None (all SiLU)
@@ -20,6 +21,7 @@ class KanjaxLlamaConfig(LlamaConfig):
     base_model_tp_plan = None
 
     kan: dict | None = None
+    kan_layers: list[int] | None = None
     kan_ranks: dict | None = None
     intermediate_sizes: list[int] | None = None
     mlp_activations: list[str] | None = None

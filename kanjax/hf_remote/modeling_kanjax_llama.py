@@ -23,17 +23,13 @@ activations differ. The KAN layer mirrors `kanjax.kan.KANLinear` operation by op
     phi = B_k(t) * s_k              active columns k, s_k = 1 / max|B_k| on the interval
     y   = phi.reshape(.., in*K) @ coef.reshape(in*K, out) + base(x) @ base_kernel + bias
 
-The basis is evaluated in float32 whatever the model dtype (as kanjax does); `active` and `s_k`
-are computed in float64 numpy exactly as kanjax computes them. Each basis family is one scalar
-`terms(x, xp, **params)` function (copied from `kanjax.basis`) that serves both numpy (the
-constants) and torch (the forward pass).
+The basis is evaluated in float32 whatever the model dtype (as kanjax does). The families, the
+domain maps and the column layout are not restated here: `kanjax_basis.py` beside this file is
+kanjax's own `kanjax/basis.py`, copied unchanged at export, and is called with ``xp=torch``.
 
 Depends only on torch, numpy and transformers; never imports kanjax.
 """
 
-import numbers
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,233 +44,14 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from .configuration_kanjax_llama import KanjaxLlamaConfig
+from .kanjax_basis import BASES, column_layout, freeze, resolve_params, squash, to_interval
 
 try:  # transformers >= 5: init functions that skip tensors already loaded from the checkpoint
     from transformers import initialization as _init
 except ImportError:  # older transformers
     _init = nn.init
 
-ATTN_KINDS = ("q", "k", "v", "o")
-MLP_KINDS = ("gate", "up", "down")
-GROUPS = {"attn": ATTN_KINDS, "mlp": MLP_KINDS, "all": ATTN_KINDS + MLP_KINDS}
-
-
-# ----------------------------------------------------------------------------- basis families
-# Same recurrences, in the same operation order, as kanjax.basis: x is a numpy float64 array
-# (constants) or a torch float32 tensor (forward); xp is the matching module.
-
-
-def _full(x, xp, v):
-    # Constant columns must still be arrays shaped and typed like x.
-    return xp.full_like(x, v) if isinstance(v, numbers.Number) else v
-
-
-def _recurrence(x, xp, degree, p0, p1, step):
-    """[P_0, ..., P_degree] from P_0, P_1 and step(n, P_{n-1}, P_{n-2}) -> P_n."""
-    ps = [p0, p1]
-    for n in range(2, degree + 1):
-        ps.append(step(n, ps[-1], ps[-2]))
-    return [_full(x, xp, p) for p in ps[: degree + 1]]
-
-
-def _chebyshev(x, xp, degree):
-    return _recurrence(x, xp, degree, 1.0, x, lambda n, a, b: 2 * x * a - b)
-
-
-def _chebyshev2(x, xp, degree):
-    return _recurrence(x, xp, degree, 1.0, 2 * x, lambda n, a, b: 2 * x * a - b)
-
-
-def _legendre(x, xp, degree):
-    return _recurrence(x, xp, degree, 1.0, x,
-                       lambda n, a, b: ((2 * n - 1) / n) * x * a - ((n - 1) / n) * b)
-
-
-def _hermite(x, xp, degree):
-    return _recurrence(x, xp, degree, 1.0, 2 * x,
-                       lambda n, a, b: 2 * x * a - (2 * (n - 1)) * b)
-
-
-def _laguerre(x, xp, degree, alpha):
-    return _recurrence(x, xp, degree, 1.0, (1 + alpha) - x,
-                       lambda n, a, b: (((2 * n - 1 + alpha) / n) - x / n) * a
-                       - ((n - 1 + alpha) / n) * b)
-
-
-def _jacobi(x, xp, degree, alpha, beta):
-    s = alpha + beta
-
-    def step(n, a, b):
-        c = 2 * n + s
-        den = 2 * n * (n + s) * (c - 2)
-        lin = (c - 1) * c * (c - 2) / den
-        off = (c - 1) * (alpha * alpha - beta * beta) / den
-        back = 2 * (n + alpha - 1) * (n + beta - 1) * c / den
-        return (lin * x + off) * a - back * b
-
-    return _recurrence(x, xp, degree, 1.0, (alpha + 1) + (s + 2) * 0.5 * (x - 1), step)
-
-
-def _gegenbauer(x, xp, degree, alpha):
-    return _recurrence(x, xp, degree, 1.0, (2 * alpha) * x,
-                       lambda n, a, b: (2 * (n + alpha - 1) / n) * x * a
-                       - ((n + 2 * alpha - 2) / n) * b)
-
-
-def _bessel(x, xp, degree):
-    return _recurrence(x, xp, degree, 1.0, 1 + x, lambda n, a, b: (2 * n - 1) * x * a + b)
-
-
-def _fibonacci(x, xp, degree):
-    return _recurrence(x, xp, degree, 0.0, 1.0, lambda n, a, b: x * a + b)
-
-
-def _lucas(x, xp, degree):
-    return _recurrence(x, xp, degree, 2.0, x, lambda n, a, b: x * a + b)
-
-
-def _bspline(x, xp, grid, order, grid_range):
-    lo, hi = grid_range
-    h = (hi - lo) / grid
-    t = [lo + (j - order) * h for j in range(grid + 2 * order + 1)]
-    one, zero = xp.ones_like(x), xp.zeros_like(x)
-    # Half-open indicators: a partition of unity on [lo, hi), exactly 0 far outside.
-    b = [xp.where((x >= t[j]) & (x < t[j + 1]), one, zero) for j in range(len(t) - 1)]
-    for p in range(1, order + 1):  # uniform knots: both denominators are p*h
-        inv = 1.0 / (p * h)
-        b = [((x - t[j]) * b[j] + (t[j + p + 1] - x) * b[j + 1]) * inv
-             for j in range(len(b) - 1)]
-    return b
-
-
-def _rbf_layout(num_centers, centers, width, grid_range):
-    """(centers tuple, width) with the defaults filled in."""
-    lo, hi = grid_range
-    if centers is None:
-        centers = tuple(float(c) for c in np.linspace(lo, hi, num_centers))
-    if width is None:
-        width = (hi - lo) / max(len(centers) - 1, 1)
-    return tuple(centers), width
-
-
-def _rbf(x, xp, num_centers, centers, width, grid_range):
-    centers, width = _rbf_layout(num_centers, centers, width, grid_range)
-    inv = 1.0 / width
-    return [xp.exp(-(((x - c) * inv) ** 2)) for c in centers]
-
-
-def _rational(x, xp, degree, den_coef):
-    cols, power = [_full(x, xp, 1.0)], x
-    for _ in range(degree):
-        cols.append(power)
-        power = power * x
-    if den_coef is None or den_coef.shape[-1] == 0:
-        return cols
-    # Horner for sum_{j>=1} b_j x^j; den_coef (features, n) broadcasts along x's last axis.
-    s = 0.0
-    for j in reversed(range(den_coef.shape[-1])):
-        s = (s + den_coef[..., j]) * x
-    inv_q = 1.0 / (1.0 + xp.abs(s))
-    return [c * inv_q for c in cols]
-
-
-def _poly(terms, interval=(-1.0, 1.0), **extra):
-    return terms, {"degree": 2, **extra}, lambda p: interval
-
-
-def _on_grid(terms, defaults):
-    return terms, defaults, lambda p: tuple(p["grid_range"])
-
-
-# name -> (terms, defaults, interval(params)); defaults and intervals are kanjax.basis's.
-BASES = {
-    "chebyshev": _poly(_chebyshev),
-    "chebyshev2": _poly(_chebyshev2),
-    "legendre": _poly(_legendre),
-    "hermite": _poly(_hermite, interval=(-2.0, 2.0)),
-    "laguerre": _poly(_laguerre, interval=(0.0, 4.0), alpha=0.0),
-    "jacobi": _poly(_jacobi, alpha=1.0, beta=1.0),
-    "gegenbauer": _poly(_gegenbauer, alpha=1.5),
-    "bessel": _poly(_bessel),
-    "fibonacci": _poly(_fibonacci),
-    "lucas": _poly(_lucas),
-    "bspline": _on_grid(_bspline, {"grid": 5, "order": 3, "grid_range": (-1.0, 1.0)}),
-    "rbf": _on_grid(_rbf, {"num_centers": 8, "centers": None, "width": None, "grid_range": (-1.0, 1.0)}),
-    "rational": (_rational, {"degree": 3, "den_coef": None}, lambda p: (-1.0, 1.0)),
-}
-
-_INTS = ("degree", "grid", "order", "num_centers")
-_REALS = ("alpha", "beta")
-
-
-def resolve_basis_params(name: str, **params) -> dict:
-    """The family's defaults merged with `params`, normalised as kanjax.basis.resolve_params does."""
-    if name not in BASES:
-        raise ValueError(f"unknown basis {name!r}; known bases: {', '.join(BASES)}")
-    defaults = BASES[name][1]
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"basis {name!r}: unknown keyword(s) {unknown}")
-    p = {**defaults, **params}
-    for key in set(p) & set(_INTS):
-        p[key] = int(p[key])
-    for key in set(p) & set(_REALS):
-        p[key] = float(p[key])
-    if "grid_range" in p:
-        p["grid_range"] = tuple(float(v) for v in p["grid_range"])
-    if p.get("width") is not None:
-        p["width"] = float(p["width"])
-    if p.get("centers") is not None:
-        p["centers"] = tuple(float(c) for c in np.asarray(p["centers"], np.float64).reshape(-1))
-        p["num_centers"] = len(p["centers"])
-    return p
-
-
-def basis_interval(name: str, params: dict) -> tuple:
-    return tuple(float(v) for v in BASES[name][2](params))
-
-
-def expand_numpy(name: str, x: np.ndarray, params: dict) -> np.ndarray:
-    """(n,) float64 points -> (n, K) basis columns in float64 (no denominator for rational)."""
-    x = np.asarray(x, np.float64)
-    cols = BASES[name][0](x, np, **params)
-    return np.stack([np.broadcast_to(c, x.shape) for c in cols], axis=-1)
-
-
-def column_scales(name: str, params: dict) -> tuple:
-    """(active, scales): columns not identically zero on the interval and 1/max|B_k| for each,
-    from 4001 points in float64, as kanjax.kan._column_scales."""
-    lo, hi = basis_interval(name, params)
-    grid = np.linspace(lo, hi, 4001)
-    peak = np.max(np.abs(expand_numpy(name, grid, params)), axis=0)  # (K,)
-    active = tuple(int(k) for k in np.flatnonzero(peak > 0))
-    return active, tuple(float(1.0 / peak[k]) for k in active)
-
-
 # ----------------------------------------------------------------------------- KAN layer
-
-
-def squash(x: torch.Tensor, domain: str) -> torch.Tensor:
-    """(..., i) -> (..., i) in [-1, 1] (unchanged for "none"), in x's dtype (float32 here)."""
-    if domain == "tanh":
-        return torch.tanh(x)
-    if domain == "clip":
-        return torch.clamp(x, -1.0, 1.0)
-    if domain == "layernorm":
-        # Standardise over features first so the basis sees the same spread at any scale.
-        mean = x.mean(dim=-1, keepdim=True)
-        var = (x - mean).square().mean(dim=-1, keepdim=True)
-        return torch.tanh((x - mean) * torch.rsqrt(var + 1e-5))
-    if domain == "none":
-        return x
-    raise ValueError(f"unknown KAN domain {domain!r}")
-
-
-def to_interval(u: torch.Tensor, lo: float, hi: float, domain: str) -> torch.Tensor:
-    """Map the squashed input u in [-1, 1] onto the basis interval [lo, hi]."""
-    if domain == "none" or (lo, hi) == (-1.0, 1.0):
-        return u
-    return lo + (u + 1.0) * (0.5 * (hi - lo))
 
 
 class KanjaxKANLinear(nn.Module):
@@ -285,16 +62,17 @@ class KanjaxKANLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, basis: str, degree: int, domain: str,
-                 base, den_degree: int, use_bias: bool, basis_params: dict):
+                 center: str, base, den_degree: int, use_bias: bool, basis_params: dict):
         super().__init__()
-        params = dict(basis_params)
-        if "degree" in BASES[basis][1]:
+        params = {k: freeze(v) for k, v in basis_params.items()}
+        if "degree" in BASES[basis].defaults:
             params["degree"] = degree
         self.basis, self.domain, self.base = basis, domain, base
         self.in_features, self.out_features = in_features, out_features
-        self.basis_params = resolve_basis_params(basis, **params)
-        self.interval = basis_interval(basis, self.basis_params)
-        self.active, self.scales = column_scales(basis, self.basis_params)
+        self.basis_params = resolve_params(basis, **params)
+        self.interval = tuple(float(v) for v in BASES[basis].interval(**self.basis_params))
+        items = tuple(sorted((k, freeze(v)) for k, v in self.basis_params.items()))
+        self.active, self.offsets, self.scales = column_layout(basis, items, domain, center)
         self.coef = nn.Parameter(torch.empty(in_features, len(self.active), out_features))
         self.base_kernel = nn.Parameter(torch.empty(in_features, out_features)) if base else None
         self.bias = nn.Parameter(torch.empty(out_features)) if use_bias else None
@@ -304,14 +82,15 @@ class KanjaxKANLinear(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(..., i) -> (..., i, K) normalised basis values, float32."""
         lo, hi = self.interval
-        t = to_interval(squash(x.float(), self.domain), lo, hi, self.domain)
+        t = to_interval(squash(x.float(), self.domain, torch), lo, hi, self.domain)
         params = dict(self.basis_params)
         if self.den_coef is not None:
             params["den_coef"] = self.den_coef.float()
-        cols = BASES[self.basis][0](t, torch, **params)
+        cols = BASES[self.basis].terms(t, torch, **params)
         phi = torch.stack([cols[k] for k in self.active], dim=-1)
         # Built per call (a handful of floats): no buffer to place, cast or load.
-        return phi * torch.tensor(self.scales, dtype=torch.float32, device=x.device)
+        offsets = torch.tensor(self.offsets, dtype=torch.float32, device=x.device)
+        return (phi - offsets) * torch.tensor(self.scales, dtype=torch.float32, device=x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         phi = self.features(x).to(x.dtype)
@@ -342,16 +121,16 @@ class KanjaxKANProjection(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, *, kan: dict, rank, use_bias: bool):
         super().__init__()
-        self.strategy = kan.get("strategy", "replace")
+        self.strategy = kan["strategy"]
         width = rank or out_features  # output width of the KAN stage
         final_bias = use_bias and not rank
 
         def kan_layer(n_in, n_out, bias):
+            # kanjax writes every field of its KANSpec into config.json: no defaults here.
             return KanjaxKANLinear(
-                n_in, n_out, basis=kan.get("basis", "chebyshev2"), degree=int(kan.get("degree", 2)),
-                domain=kan.get("domain", "tanh"), base=kan.get("base"),
-                den_degree=int(kan.get("den_degree", 2)), use_bias=bias,
-                basis_params=dict(kan.get("basis_params") or {}))
+                n_in, n_out, basis=kan["basis"], degree=int(kan["degree"]), domain=kan["domain"],
+                center=kan["center"], base=kan["base"], den_degree=int(kan["den_degree"]), use_bias=bias,
+                basis_params=dict(kan["basis_params"] or {}))
 
         if self.strategy == "replace":
             self.linear = None
@@ -379,27 +158,10 @@ class KanjaxKANProjection(nn.Module):
 # ----------------------------------------------------------------------------- which projections
 
 
-def kan_kinds(config) -> tuple:
-    """Projection kinds the KANSpec targets (groups expanded), in kanjax's order."""
-    targets = (config.kan or {}).get("targets") or ()
-    targets = (targets,) if isinstance(targets, str) else targets
-    kinds = {k for t in targets for k in GROUPS.get(t, (t,))}
-    return tuple(k for k in GROUPS["all"] if k in kinds)
-
-
-def kan_layers(config) -> frozenset:
-    """Block indices the KANSpec selects: "all", "last:N" or a list (negative = from the end)."""
-    n = config.num_hidden_layers
-    layers = (config.kan or {}).get("layers", "all")
-    if layers == "all":
-        return frozenset(range(n))
-    if isinstance(layers, str):
-        return frozenset(range(max(0, n - int(layers[len("last:"):])), n))
-    return frozenset(int(i) % n for i in layers)
-
-
 def is_kan(config, kind: str, layer: int) -> bool:
-    return kind in kan_kinds(config) and layer in kan_layers(config)
+    """Whether kanjax exported this projection as KAN: `kan["targets"]` holds the projection kinds
+    (groups already expanded) and `kan_layers` the block indices, both resolved by kanjax."""
+    return bool(config.kan) and kind in config.kan["targets"] and layer in (config.kan_layers or ())
 
 
 def projection(config, kind: str, layer: int, in_features: int, out_features: int, use_bias: bool) -> nn.Module:
