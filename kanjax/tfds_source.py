@@ -24,6 +24,7 @@ import argparse
 import csv
 import functools
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def _to_dataset(source, columns: dict, label_names):
                     out[column].append(int(record[fields[0]]))
                 elif column == "messages":
                     out[column].append(_messages(record[fields[0]]))
-                else:  # title + " " + description, exactly as the CSV path joins them
+                else:  # one field, or title + " " + description joined as the CSV path joins them
                     out[column].append(" ".join(_str(record[f]) for f in fields))
     features = None
     if "label" in columns:
@@ -181,7 +182,9 @@ def source_key(name: str, data_dir: str, field: str = "") -> dict:
     files = []
     for f in sorted(folder.iterdir()):
         st = f.stat()
-        files.append((f.name, st.length, st.mtime))
+        # Locally the nanosecond mtime, as for CSV files; a remote (gs://) stat has seconds.
+        mtime = os.stat(f).st_mtime_ns if "://" not in str(folder) else st.mtime
+        files.append((f.name, st.length, mtime))
     info = hashlib.sha256((folder / "dataset_info.json").read_bytes()).hexdigest()
     return {"tfds": dataset_name(name), "version": str(builder.version), "dir": str(folder),
             "field": field, "dataset_info": info, "files": files}
