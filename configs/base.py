@@ -45,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.task = "classify"  # "classify" | "chat" | "text"
-    c.data.name = "fancyzhx/ag_news"  # hub id; data.path overrides it
+    c.data.name = "fancyzhx/ag_news"  # hub id or tfds:<name>[:<version>]; data.path overrides it
+    c.data.tfds_dir = ""  # tfds: prepared TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.tfds_text_field = ""  # tfds: the text/messages field; "" = text (or title+description), messages
     c.data.path = ""  # local folder or file (CSV, JSON lines, Parquet, text)
     c.data.tokenizer = "HuggingFaceTB/SmolLM2-135M"  # hub id or folder
     c.data.seq_len = 128

@@ -2,7 +2,8 @@
 
 The training loop calls `build(config.data, split, seed=...)`; `data` is a ConfigDict with
   task        "classify" | "chat" | "text"
-  name        hub id (defaults: fancyzhx/ag_news for classify, HuggingFaceTB/smol-smoltalk for chat)
+  name        hub id (defaults: fancyzhx/ag_news for classify, HuggingFaceTB/smol-smoltalk for chat),
+              or tfds:<name>[:<version>], a prepared TFDS dataset under `tfds_dir` (`kanjax.tfds_source`)
   path        local folder or file, overrides `name` (see `split_files` for the folder layout)
   tokenizer   hub id or folder; seq_len, batch_size (global), packing (chat), val_fraction,
   split_seed  (validation carve, default 0), cache_dir (token cache), num_workers, num_epochs
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kanjax import tfds_source
 from kanjax.data_arrays import (Arrays, apply_id_map, concat, encode_chat, encode_classify,
                                 encode_text, eval_batches, make_iterator, num_rows, pack, pad_id,
                                 windows)
@@ -55,11 +57,15 @@ def _task(cfg) -> str:
     return task
 
 
+def _canonical_split(split: str) -> str | None:
+    return next((canonical for canonical, prefixes in SPLIT_PREFIXES.items() if split in prefixes), None)
+
+
 def _split(split: str) -> str:
-    for canonical, prefixes in SPLIT_PREFIXES.items():
-        if split in prefixes:
-            return canonical
-    raise ValueError(f"unknown split {split!r}; use train, validation or test")
+    canonical = _canonical_split(split)
+    if canonical is None:
+        raise ValueError(f"unknown split {split!r}; use train, validation or test")
+    return canonical
 
 
 # --- raw data -----------------------------------------------------------------------------------
@@ -178,7 +184,8 @@ def load_raw(data_cfg, split: str):
     """The raw `split` ("train" | "validation" | "test") as a `datasets.Dataset` with the task's
     columns (classify: text, label 0..K-1; chat: messages; text: text).
 
-    Local files (`data.path`, see `split_files`) take precedence over the hub id `data.name`. With no
+    Local files (`data.path`, see `split_files`) take precedence over the hub id or `tfds:` name in
+    `data.name` (TFDS splits other than train/validation/test are ignored). With no
     validation split, train is split once: a random `val_fraction` (default 0.1) of its rows, seeded
     by `data.split_seed` (default 0, not the training seed) so the split never changes.
     """
@@ -196,9 +203,18 @@ def load_raw(data_cfg, split: str):
         name = _get(data_cfg, "name", DEFAULT_NAMES.get(task))
         if name is None:
             raise ValueError(f"task {task!r} needs data.path (local {LAYOUT[task]}) or data.name (hub id)")
-        files = _load_hub(name, task, _get(data_cfg, "revision"))
-        source = f"hub dataset {name!r}"
-        load = files.__getitem__
+        if tfds_source.is_tfds(name):
+            loaders = tfds_source.load_splits(name, _get(data_cfg, "tfds_dir", ""), task,
+                                              _get(data_cfg, "tfds_text_field", ""))
+            files = {_canonical_split(s): f for s, f in loaders.items() if _canonical_split(s)}
+            source = f"TFDS dataset {name!r}"
+
+            def load(s):
+                return files[s]()
+        else:
+            files = _load_hub(name, task, _get(data_cfg, "revision"))
+            source = f"hub dataset {name!r}"
+            load = files.__getitem__
     if split in files and (split == "test" or "validation" in files):
         return load(split)
     if split in ("train", "validation") and "train" in files:
@@ -253,12 +269,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def _source_key(data_cfg) -> dict:
     """What identifies the raw data: every local data file's path, size and mtime (an edit
-    invalidates the cache), or the hub id and revision."""
+    invalidates the cache), a prepared TFDS dataset's folder and files, or the hub id and revision."""
     if _get(data_cfg, "path"):
         files = sorted(f for fs in split_files(_get(data_cfg, "path")).values() for f in fs)
         return {"files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
-    return {"name": _get(data_cfg, "name", DEFAULT_NAMES.get(_task(data_cfg))),
-            "revision": _get(data_cfg, "revision")}
+    name = _get(data_cfg, "name", DEFAULT_NAMES.get(_task(data_cfg)))
+    if tfds_source.is_tfds(name):
+        return tfds_source.source_key(name, _get(data_cfg, "tfds_dir", ""), _get(data_cfg, "tfds_text_field", ""))
+    return {"name": name, "revision": _get(data_cfg, "revision")}
 
 
 def cache_file(data_cfg, split: str, tokenizer) -> Path:
