@@ -20,8 +20,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--tasks", default="", help=f"comma-separated, from: {', '.join(sorted(eval_tasks.TASKS))}")
-    p.add_argument("--data_dir", default=str(eval_tasks.DEFAULT_DATA_DIR))
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the shared SmolLM2 tokenizer)")
+    p.add_argument("--data_dir", default=None, help="folder of local benchmark files (the registry's file names, "
+                                                     "e.g. arc_easy.jsonl); default: each task's hub dataset")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: a workdir's or HF "
+                                                     "folder's own, else HuggingFaceTB/SmolLM2-135M-Instruct)")
     p.add_argument("--limit", type=int, default=None, help="first N documents of each task")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--perplexity_file", default=None)
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     prompts = _prompts(args.generate)
     for name in tasks:
         eval_tasks.get_task(name)
-    tokenizer = eval_models.load_tokenizer(args.tokenizer)
+    tokenizer = eval_models.load_tokenizer(args.tokenizer, args.model)
     model, tokenizer = eval_models.load_model(args.model, tokenizer)
     results = eval_models.run(model, tokenizer, tasks, data_dir=args.data_dir, limit=args.limit,
                               batch_size=args.batch_size, perplexity_file=args.perplexity_file)

@@ -200,12 +200,13 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args) -> dict:
     import jax
     import numpy as np
 
+    from kanjax import config as config_lib
     from kanjax import experiment
     from kanjax import metrics as metrics_lib
     from kanjax.train_loop import run
 
     arm = next(a for a in PHASES[phase] if a.name == name)
-    config = experiment.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(), flags)
+    config = config_lib.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(), flags)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     summary = run(config, per_example_test=True)
@@ -221,7 +222,7 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args) -> dict:
     correct = np.asarray(summary["test_correct"], bool)
     return {
         "phase": phase, "name": name, "seed": seed, "config": f"configs/{arm.config}.py", "overrides": flags,
-        "resolved_config": experiment.config_to_json(config),
+        "resolved_config": config_lib.config_to_json(config),
         "commit": experiment.git_commit(REPO), "quick": bool(args.quick),
         "steps": int(summary["steps"]), "seq_len": config.data.seq_len, "batch_size": config.data.batch_size,
         "lr": config.train.lr, "precision": config.train.precision, "params": int(summary["params"]),
@@ -248,10 +249,10 @@ def resolved_config(arm: Arm, flags: dict) -> dict:
     """The run's whole config (the arm's config file with the overrides) as JSON-able dict."""
     import importlib
 
-    from kanjax import experiment
+    from kanjax import config as config_lib
 
-    config = experiment.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(), flags)
-    return experiment.config_to_json(config)
+    config = config_lib.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(), flags)
+    return config_lib.config_to_json(config)
 
 
 def training_key(config: dict) -> str:

@@ -117,7 +117,7 @@ def _config(row: str, flags: dict):
     import importlib
 
     module = ARMS.get(row) or BEFORE[row]
-    from kanjax.experiment import apply_overrides
+    from kanjax.config import apply_overrides
 
     return apply_overrides(importlib.import_module(f"configs.{module}").get_config(), flags)
 
@@ -171,6 +171,7 @@ def run_row(row: str, seed: int, args) -> dict:
     from flax import nnx
 
     from kanjax import data as data_lib
+    from kanjax import config as config_lib
     from kanjax import eval_models, experiment
     from kanjax.kan import count_params
     from kanjax.train_lib import check_trainable
@@ -178,7 +179,7 @@ def run_row(row: str, seed: int, args) -> dict:
     flags = overrides(row, seed, args)
     chat_split(Path(args.data_dir) / "chat", flags["data.path"])
     config = _config(row, flags)
-    experiment.validate(config)
+    config_lib.validate(config)
     tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
     record = {"row": row, "seed": seed, "config": f"configs/{ARMS.get(row) or BEFORE[row]}.py", "overrides": flags,
               "commit": experiment.git_commit(REPO), "quick": bool(args.quick), "finetuned": row in ARMS, "lr": config.train.lr,
@@ -194,7 +195,7 @@ def run_row(row: str, seed: int, args) -> dict:
                        "tokens": summary["steps"] * config.data.batch_size * config.data.seq_len,
                        "train_loss": train_losses(Path(config.workdir) / "metrics.jsonl")})
     else:
-        model, _ = experiment.model_from_config(config, tokenizer, None, dtype=jnp.float32)
+        model, _, _ = experiment.model_from_config(config, tokenizer, dtype=jnp.float32)
         record.update({"steps": 0, "train_seconds": 0.0, "skipped_steps": 0, "tokens": 0})
     params = nnx.state(model, nnx.Param)
     record["params"] = count_params(model)

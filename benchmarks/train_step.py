@@ -17,14 +17,18 @@ import platform
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import jax
-import ml_collections
 import numpy as np
 
-from kanjax import sharding, train_lib
-from kanjax.kan import count_params
-from kanjax.kanify import build_model
-from kanjax.llama import LlamaConfig, LlamaForSequenceClassification
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs.base import get_config  # noqa: E402
+from kanjax import sharding, train_lib  # noqa: E402
+from kanjax.kan import count_params  # noqa: E402
+from kanjax.kanify import build_model  # noqa: E402
+from kanjax.llama import LlamaConfig, LlamaForSequenceClassification  # noqa: E402
 
 ARMS = {"linear": None, "KAN chebyshev2 deg 2, param-matched": dict(targets=["all"], basis="chebyshev2", degree=2,
                                                                     param_match="width")}
@@ -34,10 +38,10 @@ def step_seconds(spec, precision: str, batch: dict, runs: int) -> tuple[float, i
     config = dataclasses.replace(LlamaConfig(), num_hidden_layers=3, vocab_size=8192 + 17, num_labels=4)
     dtype = train_lib.compute_dtype(precision)
     model = build_model(LlamaForSequenceClassification, config, spec, dtype=dtype)
-    train = ml_collections.ConfigDict(dict(lr=1e-3, steps=1000, warmup=10, schedule="cosine", weight_decay=0.01,
-                                           clip=1.0, grad_accum=1, precision=precision))
+    train = get_config().train
+    train.update(dict(lr=1e-3, steps=1000, warmup=10, precision=precision))
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    trainer, state = train_lib.create_trainer(model, train, "classify", mesh, seed=0)
+    trainer, state = train_lib.create_trainer(model, train, "classify", mesh)
     step = train_lib.jit_train_step(trainer, batch)
     batch = sharding.host_batch_to_global(batch, mesh)
     for _ in range(2):

@@ -7,6 +7,8 @@ Every field can be overridden on the command line: --config.train.steps=500.
 
 import ml_collections
 
+from kanjax.kanify import KANSpec
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -24,24 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.task = "classify"  # "classify" (sequence classification) | "causal_lm"
     c.model.num_labels = 4
 
-    # KANSpec fields (kanjax/kanify.py); empty targets = the linear model.
-    c.kan = ml_collections.ConfigDict()
-    c.kan.targets = ()
-    c.kan.layers = "all"
-    c.kan.strategy = "replace"
-    c.kan.basis = "chebyshev2"
-    c.kan.degree = 2
-    c.kan.domain = "tanh"
-    c.kan.base = ""  # "" (none) | "silu" | "linear"
-    c.kan.den_degree = 2
-    c.kan.basis_params = ml_collections.ConfigDict()  # e.g. grid, order, alpha, beta
-    c.kan.mlp_activation = "silu"
-    c.kan.param_match = "width"
-    c.kan.param_ratio = 1.0  # share of the linear parameters to match (0.5: a half-size KAN)
-    c.kan.init = "random"
-    c.kan.coef_init = "linear"  # "linear" (start as a random linear map of the squashed input) | "random"
-    c.kan.center = "none"  # "none" | "zero" | "gauss": subtract each basis column's value at 0 / mean
-    c.kan.bottleneck_init = "output"  # rank-r bottlenecks start at the replaced layer's scale | "layerwise"
+    # KANSpec's fields with KANSpec's defaults (kanjax/kanify.py documents each); empty targets = the
+    # linear model. The kan_<family>.py configs set targets, basis and param_match="width".
+    c.kan = ml_collections.ConfigDict(KANSpec.config_defaults())
 
     c.data = ml_collections.ConfigDict()
     c.data.task = "classify"  # "classify" | "chat" | "text"
@@ -53,9 +40,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 128
     c.data.batch_size = 32  # global batch, split over the mesh's data axes
     c.data.packing = True  # chat/text: pack several conversations per row
+    c.data.revision = ""  # hub dataset revision; "" = the default branch
     c.data.val_fraction = 0.1  # carved from train when there is no validation split
+    c.data.split_seed = 0  # seeds that carve (not the training seed: the split never moves)
     c.data.cache_dir = ""  # tokenisation cache; "" = <workdir>/cache
     c.data.num_workers = 0
+    c.data.num_epochs = ml_collections.FieldReference(None, field_type=int)  # None = repeat forever
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 600
@@ -66,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.01
     c.train.b1 = 0.9
     c.train.b2 = 0.95
+    c.train.eps = 1e-8
     c.train.clip = 1.0
     c.train.grad_accum = 1
     c.train.precision = "fp32"  # "fp32" | "bf16" | "fp16" (with dynamic loss scaling)

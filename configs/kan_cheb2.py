@@ -8,6 +8,7 @@ def get_config():
     c = _base()
     c.workdir = "runs/kan_cheb2"
     c.kan.targets = ("all",)
+    c.kan.param_match = "width"  # the study compares at equal parameters
     c.kan.basis = "chebyshev2"
     c.kan.degree = 2
     return c

@@ -7,6 +7,7 @@ def get_config():
     c = _base()
     c.workdir = "runs/kan_gegenbauer"
     c.kan.targets = ("all",)
+    c.kan.param_match = "width"  # the study compares at equal parameters
     c.kan.basis = "gegenbauer"
     # λ = 2: λ = 3/2 is Jacobi(1, 1) after the per-column normalisation, λ = 1 Chebyshev-2 and
     # λ = 1/2 Legendre, so any of those would repeat another arm of the study.

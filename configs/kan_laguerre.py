@@ -7,5 +7,6 @@ def get_config():
     c = _base()
     c.workdir = "runs/kan_laguerre"
     c.kan.targets = ("all",)
+    c.kan.param_match = "width"  # the study compares at equal parameters
     c.kan.basis = "laguerre"
     return c

@@ -7,6 +7,7 @@ def get_config():
     c = _base()
     c.workdir = "runs/kan_rational"
     c.kan.targets = ("all",)
+    c.kan.param_match = "width"  # the study compares at equal parameters
     c.kan.basis = "rational"
     c.kan.degree = 3  # numerator degree of P/Q
     return c

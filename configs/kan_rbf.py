@@ -7,6 +7,7 @@ def get_config():
     c = _base()
     c.workdir = "runs/kan_rbf"
     c.kan.targets = ("all",)
+    c.kan.param_match = "width"  # the study compares at equal parameters
     c.kan.basis = "rbf"
     c.kan.basis_params.num_centers = 8
     return c

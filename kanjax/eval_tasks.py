@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mc_benchmarks"
 
 
 class MalformedRowError(ValueError):
@@ -191,7 +190,7 @@ def _mosaic(delimiter: str):
 
 
 TASKS: dict[str, TaskSpec] = {
-    # MosaicML files (../shared/data/mc_benchmarks); ARC's continuation delimiter is "\nAnswer: ".
+    # MosaicML ICL files (local_data/ of llm-foundry); ARC's continuation delimiter is "\nAnswer: ".
     "arc_easy": TaskSpec(_mosaic("\nAnswer: "), "arc_easy.jsonl", ("allenai/ai2_arc", "ARC-Easy", "test"), arc),
     "arc_challenge": TaskSpec(_mosaic("\nAnswer: "), "arc_challenge.jsonl",
                               ("allenai/ai2_arc", "ARC-Challenge", "test"), arc),
@@ -233,7 +232,9 @@ def _load_hub(spec: TaskSpec, name: str, limit: int | None) -> list[dict]:
         ds = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as e:  # noqa: BLE001 - offline / missing dataset: say what to do instead
         raise FileNotFoundError(f"task {name!r}: no local file and the hub dataset {dataset_id} ({config}, {split}) "
-                                f"could not be loaded ({type(e).__name__}: {e}); pass a local file") from e
+                                f"could not be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                f"pass local files: eval.py --data_dir <folder with {spec.local or name + '.jsonl'}>"
+                                ) from e
     return convert_rows(enumerate(ds, 1), spec.hub_convert or spec.convert, f"{dataset_id}[{split}]", limit)
 
 
@@ -243,7 +244,7 @@ def load_task(name: str, data_dir: str | Path | None = None, path: str | Path | 
     spec = get_task(name)
     if path is not None:
         return load_file(path, spec.convert, limit)
-    local = Path(data_dir or DEFAULT_DATA_DIR) / spec.local if spec.local else None
+    local = Path(data_dir) / spec.local if data_dir and spec.local else None
     if local is not None and local.is_file():
         return load_file(local, spec.convert, limit)
     return _load_hub(spec, name, limit)

@@ -1,12 +1,6 @@
 """Hugging Face interop: load / save `kanjax.llama` models as HF Llama checkpoint folders.
 
-Names are not a hand-written table: every `nnx.Param` of the model is walked and its path is
-joined with '.' (`model.layers.3.mlp.up_proj.kernel`); the leaf is then passed through a small
-codec table (`LEAF_CODECS`) that renames it and changes its layout:
-
-    embedding → weight   (vocab, hidden), same layout as HF
-    kernel    → weight   nnx.Linear (in, out) ↔ HF torch.nn.Linear (out, in): transposed
-    other     → itself   norms' `weight`, biases, and (for now) KAN params such as `coef`
+Tensor names come from walking the model's parameters (`kanjax.hf_names`), not from a table.
 
 KAN hook: a KAN-ified model saves with no extra code — its params (e.g. KANLinear's `coef`
 (in, K, out), `base_kernel`, `bias`) are written under their path names in kanjax's layout, and
@@ -30,7 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +33,8 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from kanjax import hf_gguf, hf_kan
+from kanjax import hf_gguf, hf_kan, hf_names
+from kanjax.hf_names import LEAF_CODECS, LeafCodec, expected_hf_shapes, hf_name, to_hf_tensors  # noqa: F401
 from kanjax.hf_gguf import gguf_tokenizer, smollm2_gguf_path  # noqa: F401  (public names of this module)
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -65,67 +60,6 @@ class CheckpointMismatchError(ValueError):
 
 class HubUnavailableError(OSError):
     """A hub id was given but the hub (or its local cache) could not provide it."""
-
-
-# ---------------------------------------------------------------------------- name mapping
-
-@dataclasses.dataclass(frozen=True)
-class LeafCodec:
-    """How one kind of leaf param is stored on the HF side.
-
-    hf_leaf: the name of the last segment in the HF tensor name.
-    to_hf / from_hf: numpy layout changes (inverse of each other).
-    hf_shape: our shape → the HF shape (to check a file without reading its data).
-    """
-    hf_leaf: str
-    to_hf: Callable[[np.ndarray], np.ndarray] = lambda a: a
-    from_hf: Callable[[np.ndarray], np.ndarray] = lambda a: a
-    hf_shape: Callable[[tuple], tuple] = lambda s: tuple(s)
-
-
-def _transpose(a: np.ndarray) -> np.ndarray:
-    return a.T
-
-
-LEAF_CODECS: dict[str, LeafCodec] = {
-    "embedding": LeafCodec("weight"),
-    "kernel": LeafCodec("weight", _transpose, _transpose, lambda s: tuple(reversed(s))),
-}
-
-
-def _codec(path: tuple) -> LeafCodec:
-    leaf = str(path[-1])
-    return LEAF_CODECS.get(leaf, LeafCodec(leaf))
-
-
-def hf_name(path: tuple) -> str:
-    """nnx state path → HF tensor name, e.g. ('model', 'layers', 0, 'mlp', 'up_proj', 'kernel')
-    → 'model.layers.0.mlp.up_proj.weight'."""
-    return ".".join([str(p) for p in path[:-1]] + [_codec(path).hf_leaf])
-
-
-def _param_leaves(model: nnx.Module) -> list[tuple[tuple, Any]]:
-    """(path, nnx.Param) pairs of the model, in state order (works on abstract models too)."""
-    return list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-
-
-def expected_hf_shapes(model: nnx.Module) -> dict[str, tuple]:
-    """HF tensor name → the HF-layout shape the model needs."""
-    return {hf_name(p): _codec(p).hf_shape(tuple(v.shape)) for p, v in _param_leaves(model)}
-
-
-def to_hf_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
-    """The model's params as HF-named, HF-layout, C-contiguous numpy arrays.
-
-    dtype: output dtype (e.g. jnp.bfloat16); None keeps each param's own dtype.
-    """
-    out = {}
-    for path, var in _param_leaves(model):
-        a = np.asarray(jax.device_get(var.get_value()))
-        if dtype is not None:
-            a = a.astype(jnp.dtype(dtype))
-        out[hf_name(path)] = np.ascontiguousarray(_codec(path).to_hf(a))
-    return out
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -199,7 +133,7 @@ def _check(model: nnx.Module, source, task: str) -> set[str]:
 
     Returns the names to initialise fresh (the task's head when the checkpoint lacks it).
     """
-    expected = expected_hf_shapes(model)
+    expected = hf_names.expected_hf_shapes(model)
     found = source.shapes
     fresh = {n for n in expected if n.startswith(_TASK_HEAD[task]) and n not in found}
     skip = {n for n in found if n.endswith(_IGNORED_SUFFIXES)}
@@ -247,8 +181,8 @@ def _fill(ctor, source, task: str) -> nnx.Module:
     """Build the model from `source` (HF names and layouts): abstract build, check, fill."""
     abstract = nnx.eval_shape(ctor)
     fresh = _check(abstract, source, task)
-    leaves = _param_leaves(abstract)
-    fresh_paths = {p for p, _ in leaves if hf_name(p) in fresh}
+    leaves = hf_names.param_leaves(abstract)
+    fresh_paths = {p for p, _ in leaves if hf_names.hf_name(p) in fresh}
     if fresh:
         logger.info("initialising %s fresh (not in the checkpoint)", sorted(fresh))
     computed = _materialize(ctor, abstract, fresh_paths)
@@ -259,9 +193,9 @@ def _fill(ctor, source, task: str) -> nnx.Module:
             value = computed[path]
         else:
             like = var.get_value()  # ShapeDtypeStruct: the param's own shape and dtype
-            value = jnp.asarray(_codec(path).from_hf(source.get(hf_name(path))), dtype=like.dtype)
+            value = jnp.asarray(hf_names.codec(path).from_hf(source.get(hf_names.hf_name(path))), dtype=like.dtype)
             if value.shape != like.shape:  # a codec whose from_hf does not invert hf_shape
-                raise CheckpointMismatchError(f"{hf_name(path)}: the {_codec(path).hf_leaf!r} codec "
+                raise CheckpointMismatchError(f"{hf_names.hf_name(path)}: the {hf_names.codec(path).hf_leaf!r} codec "
                                               f"gave shape {value.shape}, the param is {like.shape}")
         flat.append((path, var.replace(value)))
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
@@ -351,13 +285,40 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32,
                                  projections=projections)
 
 
-def _hf_config(model, dtype) -> dict:
-    name = jnp.dtype(dtype).name
+def model_config_dict(model, dtype=None, vocab: dict | None = None) -> dict:
+    """`model`'s config.json: the Llama fields, plus the KAN spec, block indices, bottleneck ranks
+    and remote-code auto_map of a KAN-ified model (`kanjax.hf_kan`), plus `kanjax_vocab` (the
+    trimmed vocabulary's id record, `kanjax.surgery.vocab_record`) when given. What an export
+    writes, and what a kanjax checkpoint stores to rebuild its model without any other input."""
+    name = jnp.dtype(dtype if dtype is not None else model.param_dtype).name
     cfg = dict(model.config.to_hf(architecture=type(model).__name__, dtype=name))
     cfg.setdefault("model_type", "llama")
     cfg["architectures"] = [type(model).__name__]
     cfg["dtype"] = name
+    if hf_kan.is_kan_model(model):
+        cfg = hf_kan.export_config(model, cfg)
+    if vocab is not None:
+        cfg["kanjax_vocab"] = vocab
     return cfg
+
+
+def vocab_map(folder: str | os.PathLike):
+    """The (tokenizer vocab,) id map of an export of a trimmed-vocabulary model, or None."""
+    from kanjax.surgery import id_map_from_record
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return id_map_from_record(config["kanjax_vocab"]) if config.get("kanjax_vocab") else None
+
+
+def abstract_model(hf_config: Mapping, *, task: str, dtype=jnp.float32, param_dtype=jnp.float32,
+                   num_labels: int | None = None) -> nnx.Module:
+    """The model a config.json dict describes (KAN layers included), built with shapes only
+    (nnx.eval_shape): the target to restore a checkpoint's parameters into."""
+    config = _make_config(hf_config, task, num_labels)
+    projections, spec = (hf_kan.kan_projections(hf_config, config) if hf_kan.is_kan_config(hf_config)
+                         else (None, None))
+    model = nnx.eval_shape(_constructor(config, task, dtype, param_dtype, 0, projections))
+    return model if spec is None else hf_kan.attach_spec(model, spec)
 
 
 def _generation_config(config) -> dict:
@@ -403,8 +364,17 @@ def _swap_into_place(staged: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def _public_permissions(folder: Path) -> None:
+    """mkdtemp makes a 0700 folder: give it and its files the modes the umask grants new ones."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
+
+
 def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, *,
-                    dtype=None) -> Path:
+                    dtype=None, vocab: dict | None = None) -> Path:
     """Write an HF checkpoint folder that `transformers.AutoModelForCausalLM` loads cleanly.
 
     Writes config.json, model.safetensors (HF names and (out, in) layouts, metadata
@@ -415,15 +385,17 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
     folder first, so a failing save leaves an existing folder at `path` untouched.
 
     dtype: tensor dtype in the file (e.g. jnp.bfloat16); default: the params' dtype.
+    vocab: a trimmed-vocabulary model's id record (`kanjax.surgery.vocab_record`), kept in
+      config.json as `kanjax_vocab` so the folder says which tokenizer ids its rows are.
+    The folder and its files get the usual permissions (umask), readable by others like any
+    file written here, not the private ones of the temp folder they are staged in.
     """
     target = Path(path).expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_tensors(model, dtype)
     file_dtype = dtype if dtype is not None else next(iter(tensors.values())).dtype
-    config = _hf_config(model, file_dtype)
+    config = model_config_dict(model, file_dtype, vocab)
     kan = hf_kan.is_kan_model(model)
-    if kan:  # "kanjax_llama" config + the PyTorch files its auto_map names
-        config = hf_kan.export_config(model, config)
     staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         save_file(tensors, str(staged / "model.safetensors"), metadata={"format": "pt"})
@@ -434,6 +406,7 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
             json.dumps(_generation_config(model.config), indent=2))
         if tokenizer is not None:
             _write_tokenizer(tokenizer, staged)
+        _public_permissions(staged)
         _swap_into_place(staged, target)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

@@ -64,7 +64,7 @@ class KANSpec:
     basis: str = "chebyshev2"
     degree: int = 2
     domain: str = "tanh"
-    base: Optional[str] = None
+    base: str = ""
     den_degree: int = 2
     basis_params: tuple[tuple[str, Any], ...] = ()
     mlp_activation: str = "silu"
@@ -77,6 +77,7 @@ class KANSpec:
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
+        put("base", self.base or "")  # "" and None: no residual branch
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
         kinds = []
         for t in targets:
@@ -119,6 +120,13 @@ class KANSpec:
             d["basis_params"] = dict(d["basis_params"])
         return cls(**{k: v for k, v in d.items() if v is not None or k == "base"})
 
+    @classmethod
+    def config_defaults(cls) -> dict:
+        """The defaults as a config section (configs/base.py's `kan`): tuples stay tuples."""
+        d = dataclasses.asdict(cls())
+        d["basis_params"] = {}
+        return d
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["targets"], d["basis_params"] = list(self.targets), dict(self.basis_params)
@@ -133,7 +141,7 @@ class KANSpec:
         if "degree" in basis_lib.BASES[self.basis].defaults:
             kw["degree"] = self.degree
         if include_layer_args:
-            kw.update(basis=self.basis, domain=self.domain, base=self.base, den_degree=self.den_degree,
+            kw.update(basis=self.basis, domain=self.domain, base=self.base or None, den_degree=self.den_degree,
                       coef_init=self.coef_init, center=self.center)
         return kw
 

@@ -30,16 +30,38 @@ def flops_per_token(num_params: int, num_layers: int, seq_len: int, width: int) 
     return 6.0 * num_params + 12.0 * num_layers * seq_len * width
 
 
-class MetricWriter:
-    """Appends metrics to <workdir>/metrics.jsonl and TensorBoard events; only process 0 writes."""
+def _json_number(v: float):
+    """Strict JSON has no NaN or Infinity: non-finite values are written as the strings "NaN",
+    "Infinity", "-Infinity" (what `read_metrics` turns back into floats)."""
+    return v if math.isfinite(v) else str(v).replace("nan", "NaN").replace("inf", "Infinity")
 
-    def __init__(self, workdir: str | Path):
+
+def _encode(row: dict) -> str:
+    return json.dumps({k: _json_number(v) if isinstance(v, float) else v for k, v in row.items()},
+                      allow_nan=False) + "\n"
+
+
+class MetricWriter:
+    """Appends metrics to <workdir>/metrics.jsonl and TensorBoard events; only process 0 writes.
+
+    resume_step: a run resumed from that step first drops the rows it logged after it (they are
+    about to be logged again); a row for a (step, split) the file already holds is not written
+    again. So the file never holds two rows for one step of one split."""
+
+    def __init__(self, workdir: str | Path, resume_step: int | None = None):
         self.workdir = Path(workdir)
         self.active = jax.process_index() == 0
         self.path = self.workdir / "metrics.jsonl"
         self._tb = None
         if self.active:
             self.workdir.mkdir(parents=True, exist_ok=True)
+            rows = read_metrics(self.path)
+            if resume_step is not None:
+                kept = [r for r in rows if r["step"] <= resume_step]
+                if len(kept) != len(rows):
+                    self.path.write_text("".join(_encode(r) for r in kept))
+                rows = kept
+            self._logged = {(r["step"], r["split"]) for r in rows}
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
@@ -47,10 +69,12 @@ class MetricWriter:
     def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
         if not self.active:
             return
-        row = {"step": int(step), "split": split, "time": time.time(),
-               **{k: float(v) for k, v in values.items()}}
+        if (int(step), split) in self._logged:
+            return
+        self._logged.add((int(step), split))
+        row = {"step": int(step), "split": split, "time": time.time(), **{k: float(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(_encode(row))
         for key, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{key}", value, step)
@@ -64,7 +88,9 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{k: float(v) if isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity") else v
+             for k, v in r.items()} for r in rows]
 
 
 def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path:

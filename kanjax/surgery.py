@@ -99,14 +99,14 @@ def reinitialise(model, pattern: str, seed: int):
     try:
         regex = re.compile(pattern)
     except re.error as e:
-        raise ValueError(f"model.reinit: {pattern!r} is not a regular expression ({e})") from None
+        raise ValueError(f"{pattern!r} is not a regular expression ({e})") from None
     fresh = type(model)(model.config, dtype=model.dtype, param_dtype=getattr(model, "param_dtype", jnp.float32),
                         rngs=nnx.Rngs(seed + 1))
     params, new = nnx.state(model, nnx.Param), nnx.state(fresh, nnx.Param)
     paths = [path_string(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     hits = {p for p in paths if regex.search(p)}
     if not hits:
-        raise ValueError(f"model.reinit: {pattern!r} matches no parameter (paths look like {paths[0]!r})")
+        raise ValueError(f"{pattern!r} matches no parameter (paths look like {paths[0]!r})")
     merged = jax.tree_util.tree_map_with_path(lambda p, old, fr: fr if path_string(p) in hits else old, params, new)
     nnx.update(model, merged)
     return sum(int(np.prod(x.shape)) for p, x in jax.tree_util.tree_leaves_with_path(new) if path_string(p) in hits)

@@ -12,7 +12,7 @@ Schemas → task columns (`data.tfds_text_field` names another field):
   text      `text` (str);  chat  `messages` (a sequence of {role, content})
 
 `ag_news_local` is a TFDS builder over local AG News CSVs, for offline runs and tests:
-    python -m kanjax.tfds_source prepare --csv_dir ../shared/data/ag_news --data_dir DIR
+    python -m kanjax.tfds_source prepare --csv_dir <AG News CSV folder> --data_dir DIR
 Config `ag_news_local/text` (default) reads `text,label` CSVs; `ag_news_local/subset` reads the
 original 3-column release into ag_news_subset's schema (title, description, label).
 tensorflow_datasets is imported inside functions only: kanjax imports without it.
@@ -208,8 +208,8 @@ def ag_news_local_builder():
             tfds.core.BuilderConfig(name="subset", description="original release: \"class\",\"title\","
                                                                "\"description\" rows, class 1..4, no header"),
         ]
-        MANUAL_DOWNLOAD_INSTRUCTIONS = ("A folder with train.csv and/or test.csv (e.g. ../shared/data/ag_news "
-                                        "for config text, ../shared/data/ag_news/original for subset).")
+        MANUAL_DOWNLOAD_INSTRUCTIONS = ("A folder with train.csv and/or test.csv: text,label rows for config text, the original "
+                                        "3-column AG News release for subset.")
 
         def _info(self):
             text = ({"text": tfds.features.Text()} if self.builder_config.name == "text" else

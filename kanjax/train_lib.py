@@ -2,7 +2,8 @@
 
 The state is an explicit pytree (a dict), functional over `nnx.split`:
     {"params": nnx.State (Param), "opt": optax state, "step": () int32,
-     "rng": (2,) uint32, "scale": flax DynamicScale or None}
+     "skipped": () int32 (steps whose non-finite gradients were dropped), "scale": DynamicScale or None}
+Nothing in a step is random (no dropout), so the state carries no RNG key.
 The model's graph definition is static and closed over by the jitted functions.
 """
 
@@ -20,6 +21,7 @@ from flax.training.dynamic_scale import DynamicScale
 from jax.sharding import Mesh
 
 from kanjax import sharding as shard_lib
+from kanjax.surgery import path_string
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
 
@@ -49,16 +51,6 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def path_string(path) -> str:
-    """'model/layers/3/mlp/up_proj/kernel' for a pytree path into an nnx.State of parameters."""
-    parts = []
-    for k in path:
-        part = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
-        if part != "value":  # nnx.Variable's own pytree child
-            parts.append(str(part))
-    return "/".join(parts)
-
-
 def trainable_mask(params, pattern: str):
     """True for the parameters whose path matches the regex `pattern` (all of them for "")."""
     regex = re.compile(pattern) if pattern else None
@@ -83,15 +75,15 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     """AdamW with warmup + cosine, global-norm clipping, optional gradient accumulation; with
     train.trainable set, the other parameters get no update and no optimiser state."""
     schedule = learning_rate_schedule(train_cfg.lr, train_cfg.steps, train_cfg.warmup, train_cfg.schedule,
-                                      train_cfg.get("min_lr_ratio", 0.1))
+                                      train_cfg.min_lr_ratio)
     chain = []
     if train_cfg.clip and train_cfg.clip > 0:
         chain.append(optax.clip_by_global_norm(train_cfg.clip))
-    chain.append(optax.adamw(schedule, b1=train_cfg.get("b1", 0.9), b2=train_cfg.get("b2", 0.95),
-                             eps=train_cfg.get("eps", 1e-8), weight_decay=train_cfg.weight_decay,
+    chain.append(optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps,
+                             weight_decay=train_cfg.weight_decay,
                              mask=_decay_mask))
     tx = optax.chain(*chain)
-    pattern = train_cfg.get("trainable", "")
+    pattern = train_cfg.trainable
     if pattern:
         labels = lambda params: jax.tree.map(lambda m: "train" if m else "frozen",  # noqa: E731
                                              trainable_mask(params, pattern))
@@ -150,7 +142,7 @@ class Trainer:
         return {k: shard_lib.batch_sharding(self.mesh, jnp.ndim(v)) for k, v in batch.items()}
 
 
-def create_trainer(model: nnx.Module, train_cfg, task: str, mesh: Mesh, seed: int):
+def create_trainer(model: nnx.Module, train_cfg, task: str, mesh: Mesh):
     """(trainer, state): shard the model's parameters over the mesh and build the optimiser state."""
     if task not in LOSSES:
         raise ValueError(f"model.task: {task!r} is not one of {sorted(LOSSES)}")
@@ -159,7 +151,7 @@ def create_trainer(model: nnx.Module, train_cfg, task: str, mesh: Mesh, seed: in
     if jax.tree.leaves(leftover):
         raise ValueError(f"the model holds non-parameter state, which the train step does not carry: "
                          f"{list(nnx.to_flat_state(leftover))[:3]}")
-    check_trainable(params, train_cfg.get("trainable", ""))
+    check_trainable(params, train_cfg.trainable)
     tx = make_optimizer(train_cfg)
     use_scale = train_cfg.precision == "fp16"
     param_sharding = shard_lib.state_shardings(params, mesh)
@@ -173,13 +165,13 @@ def create_trainer(model: nnx.Module, train_cfg, task: str, mesh: Mesh, seed: in
         "params": params,
         "opt": opt_state,
         "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
-        "rng": jax.device_put(jax.random.PRNGKey(seed), rep),
-        "scale": jax.device_put(DynamicScale(scale=jnp.asarray(train_cfg.get("loss_scale", 2.0 ** 16),
+        "skipped": jax.device_put(jnp.zeros((), jnp.int32), rep),
+        "scale": jax.device_put(DynamicScale(scale=jnp.asarray(train_cfg.loss_scale,
                                                                jnp.float32)), rep) if use_scale else None,
     }
-    state_sharding = {"params": param_sharding, "opt": opt_sharding, "step": rep, "rng": rep,
+    state_sharding = {"params": param_sharding, "opt": opt_sharding, "step": rep, "skipped": rep,
                       "scale": jax.tree.map(lambda _: rep, state["scale"]) if use_scale else None}
-    trainer = Trainer(graphdef, tx, LOSSES[task], mesh, state_sharding, use_scale, train_cfg.get("trainable", ""))
+    trainer = Trainer(graphdef, tx, LOSSES[task], mesh, state_sharding, use_scale, train_cfg.trainable)
     return trainer, state
 
 
@@ -229,7 +221,7 @@ def train_step(trainer: Trainer, state: dict, batch: Mapping[str, jax.Array]) ->
         "params": _select(finite, new_params, params),
         "opt": _select(finite, new_opt, state["opt"]),
         "step": state["step"] + 1,
-        "rng": jax.random.fold_in(state["rng"], state["step"]),
+        "skipped": state["skipped"] + (1 - finite.astype(jnp.int32)),
         "scale": scale,
     }
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "skipped": 1 - finite.astype(jnp.int32),

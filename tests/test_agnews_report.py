@@ -1,5 +1,8 @@
-"""benchmarks/agnews_report.py: its statistics against scipy, and its verdict rules on made-up records."""
+"""benchmarks/agnews_report.py: its paired interval against a direct computation, and each of the
+eight claim rules on made-up records (a clear win, a clear loss and an unclear case where it has them)."""
 
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -10,65 +13,145 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import agnews_report as report  # noqa: E402
 
-
-def records(name, accs, step_s=0.5, nonfinite=False, skipped=0):
-    return [{"name": name, "seed": i, "test_accuracy": a, "best_val_accuracy": a, "params": 1000,
-             "step_seconds_median": step_s, "train_seconds": 100 * step_s, "peak_rss_mb": 900.0,
-             "skipped_steps": skipped, "nonfinite": nonfinite, "cpus": 2, "commit": "abc", "device": "cpu",
-             "jax": "x", "overrides": {"train.steps": 10, "data.batch_size": 4, "data.seq_len": 8,
-                                       "train.warmup": 1, "eval.every": 5}} for i, a in enumerate(accs)]
+N = 400  # test texts of the made-up records
 
 
-def test_interval_and_welch_difference_match_scipy():
-    a, b = [0.801, 0.812, 0.795, 0.806], [0.781, 0.770, 0.779]
-    sa, sb = report.stats_of(records("a", a)), report.stats_of(records("b", b))
-    lo, hi = stats.t.interval(0.95, len(a) - 1, loc=np.mean(a) * 100, scale=stats.sem(np.array(a) * 100))
-    assert sa["ci"] == pytest.approx((lo, hi), rel=1e-9)
-    d, dlo, dhi = report.diff_ci(sa, sb)
-    ref = stats.ttest_ind(np.array(a) * 100, np.array(b) * 100, equal_var=False).confidence_interval(0.95)
-    assert (dlo, dhi) == pytest.approx((ref.low, ref.high), rel=1e-9)
-    assert d == pytest.approx(100 * (np.mean(a) - np.mean(b)))
+def run(name, seed, acc, *, lr=1e-3, params=1000, nonfinite=False, skipped=0):
+    """A record with test accuracy `acc`: round(acc·N) of the N texts right, which ones drawn per seed."""
+    k = int(round(acc * N))
+    bits = np.zeros(N, bool)
+    bits[np.random.default_rng(1000 + seed).permutation(N)[:k]] = True  # arms share their hard texts
+    return {"name": name, "seed": seed, "test_accuracy": k / N, "test_n": N,
+            "test_correct_hex": np.packbits(bits).tobytes().hex(), "final_val_accuracy": k / N, "lr": lr,
+            "params": params, "step_seconds_median": 0.5, "skipped_steps": skipped, "nonfinite": nonfinite,
+            "val_curve": [[10, 0.5, 1.0], [20, k / N, 0.5]], "train_curve": [[10, 1.2, 3.0]], "commit": "abc",
+            "device": "cpu", "cpus": 2, "jax": "x", "overrides": {"train.steps": 20, "data.batch_size": 4,
+                                                                  "data.seq_len": 8, "train.warmup": 1,
+                                                                  "eval.every": 10}}
 
 
-def test_single_seed_side_uses_the_other_sides_spread():
-    many, one = report.stats_of(records("m", [0.80, 0.81, 0.79])), report.stats_of(records("o", [0.70]))
-    d, lo, hi = report.diff_ci(one, many)
-    half = stats.t.ppf(0.975, 2) * many["std"] * np.sqrt(1 + 1 / 3)
-    assert (lo, hi) == pytest.approx((d - half, d + half))
-    assert np.isnan(report.diff_ci(one, report.stats_of(records("p", [0.6])))[1])
+def arm(name, accs, **kw):
+    return [run(name, s, a, **kw) for s, a in enumerate(accs)]
 
 
-def groups(**accs):
-    return {n: report.stats_of(records(n, a)) for n, a in accs.items()}
+def G(**accs):
+    return {name: arm(name, a) for name, a in accs.items()}
 
 
-def test_close_to_linear_rule():
-    close = groups(linear=[0.800, 0.805, 0.798], kan_chebyshev2=[0.797, 0.801, 0.799])
-    assert report.claim_close_to_linear(close)[0] == "confirmed"
-    far = groups(linear=[0.800, 0.805, 0.798], kan_chebyshev2=[0.60, 0.61, 0.59])
-    assert report.claim_close_to_linear(far)[0] == "refuted"
-    noisy = groups(linear=[0.80, 0.70, 0.75], kan_chebyshev2=[0.78, 0.72, 0.74])
-    assert report.claim_close_to_linear(noisy)[0] == "inconclusive"
+def test_paired_interval_adds_seed_and_test_sampling_variance():
+    a, b = arm("a", [0.80, 0.82, 0.79, 0.81, 0.83]), arm("b", [0.78, 0.80, 0.76, 0.80, 0.79])
+    d = report.paired_diff(a, b)
+    per_seed = 100 * (np.array([r["test_accuracy"] for r in a]) - [r["test_accuracy"] for r in b])
+    e = 100 * np.mean([report.correct_bits(x).astype(float) - report.correct_bits(y) for x, y in zip(a, b)], axis=0)
+    half = stats.t.ppf(0.975, 4) * math.sqrt(per_seed.var(ddof=1) / 5 + e.var(ddof=1) / N)
+    assert d["d"] == pytest.approx(per_seed.mean()) and d["per_seed"] == pytest.approx(list(per_seed))
+    assert (d["lo"], d["hi"]) == pytest.approx((per_seed.mean() - half, per_seed.mean() + half))
+    # Only common seeds pair; one common seed gives no interval.
+    assert report.paired_diff(a[:1], b)["n"] == 1 and math.isnan(report.paired_diff(a[:1], b)["lo"])
 
 
-def test_fp16_rule_refutes_on_any_nonfinite_run():
-    S = groups(kan_chebyshev2=[0.700, 0.701, 0.699], linear=[0.8, 0.8, 0.8], linear_fp16=[0.8, 0.8, 0.8],
-               kan_chebyshev2_fp16=[0.700, 0.702, 0.699])
-    assert report.claim_fp16(S)[0] == "confirmed"
-    S["kan_chebyshev2_fp16"] = report.stats_of(records("kan_chebyshev2_fp16", [0.700, 0.702, 0.699], nonfinite=True))
-    assert report.claim_fp16(S)[0] == "refuted"
+def test_runs_at_chance_are_left_out_of_the_mean_but_stay_in_the_difference():
+    lin = arm("linear", [0.80, 0.81, 0.80])
+    kan = arm("kan", [0.80, 0.81, 0.25])
+    s = report.arm_stats(kan)
+    assert s["n_ok"] == 2 and s["mean"] == pytest.approx(80.5, abs=0.2) and s["chance"] == [(2, 25.0)]
+    assert report.paired_diff(kan, lin)["d"] == pytest.approx(-18.33, abs=0.1)
 
 
-def test_report_lists_missing_runs_and_writes_every_claim(tmp_path):
-    import json
+SPEED = {"chebyshev2": {"ratio": 1.0, "lo": 1.0, "hi": 1.0}}
 
+
+def test_claim1_best_tradeoff():
+    fast = {"ratio": 0.98, "lo": 0.95, "hi": 1.00}
+    slow = {"ratio": 1.30, "lo": 1.25, "hi": 1.35}
+    base = [0.80, 0.81, 0.80]
+    worse = G(kan_chebyshev2=base, kan_legendre=[0.70, 0.71, 0.70])
+    assert report.claim_best_tradeoff(worse, {**SPEED, "legendre": fast})[0] == "confirmed"
+    better_and_fast = G(kan_chebyshev2=base, kan_legendre=[0.90, 0.91, 0.90])
+    assert report.claim_best_tradeoff(better_and_fast, {**SPEED, "legendre": fast})[0] == "refuted"
+    # More accurate but slower is a trade-off, not domination; with no speed figure it stays open.
+    assert report.claim_best_tradeoff(better_and_fast, {**SPEED, "legendre": slow})[0] == "confirmed"
+    assert report.claim_best_tradeoff(better_and_fast, SPEED)[0] == "inconclusive"
+    tied = G(kan_chebyshev2=base, kan_legendre=[0.80, 0.81, 0.80])
+    assert report.claim_best_tradeoff(tied, {**SPEED, "legendre": fast})[0] == "inconclusive"
+
+
+def test_claim2_jacobi_gegenbauer():
+    slow = {"ratio": 1.2, "lo": 1.15, "hi": 1.25}
+    same = {"ratio": 1.0, "lo": 0.98, "hi": 1.02}
+    more = G(kan_chebyshev2=[0.80, 0.81, 0.80], kan_jacobi=[0.85, 0.86, 0.85], kan_gegenbauer=[0.85, 0.85, 0.86])
+    assert report.claim_jacobi_gegenbauer(more, {"jacobi": slow, "gegenbauer": slow})[0] == "confirmed"
+    assert report.claim_jacobi_gegenbauer(more, {"jacobi": same, "gegenbauer": slow})[0] == "refuted"
+    less = G(kan_chebyshev2=[0.80, 0.81, 0.80], kan_jacobi=[0.70, 0.71, 0.70], kan_gegenbauer=[0.85, 0.85, 0.86])
+    assert report.claim_jacobi_gegenbauer(less, {"jacobi": slow, "gegenbauer": slow})[0] == "refuted"
+
+
+@pytest.mark.parametrize("kan,verdict", [([0.800, 0.810, 0.805, 0.800, 0.810], "confirmed"),
+                                         ([0.60, 0.61, 0.60, 0.61, 0.60], "refuted"),
+                                         ([0.95, 0.96, 0.95, 0.96, 0.95], "refuted"),
+                                         ([0.80, 0.70, 0.90, 0.75, 0.85], "inconclusive")])
+def test_claim3_close_to_linear_is_two_sided(kan, verdict):
+    g = G(linear=[0.800, 0.810, 0.805, 0.800, 0.810], kan_chebyshev2=kan)
+    assert report.claim_close_to_linear(g, {})[0] == verdict
+
+
+def test_claim4_adds_little_cannot_hide_a_loss():
+    lin = [0.80, 0.81, 0.80, 0.81, 0.80]
+    little = G(linear=lin, kan_chebyshev2_parallel=lin, kan_chebyshev2_sequential=lin)
+    assert report.claim_parallel_sequential(little, {})[0] == "confirmed"
+    loss = G(linear=lin, kan_chebyshev2_parallel=[0.60] * 5, kan_chebyshev2_sequential=lin)
+    verdict, text = report.claim_parallel_sequential(loss, {})
+    assert verdict == "refuted" and "costs accuracy" in text
+    gain = G(linear=lin, kan_chebyshev2_parallel=lin, kan_chebyshev2_sequential=[0.90] * 5)
+    assert report.claim_parallel_sequential(gain, {})[0] == "refuted"
+
+
+def test_claim5_fp16_refuted_by_any_nonfinite_or_chance_run():
+    base = [0.80, 0.81, 0.80, 0.81, 0.80]
+    ok = G(kan_chebyshev2=base, kan_chebyshev2_fp16=base)
+    assert report.claim_fp16(ok, {})[0] == "confirmed"
+    broken = dict(ok, kan_chebyshev2_fp16=arm("kan_chebyshev2_fp16", base[:4]) +
+                  [run("kan_chebyshev2_fp16", 4, 0.80, nonfinite=True)])
+    assert report.claim_fp16(broken, {})[0] == "refuted"
+    chance = dict(ok, kan_chebyshev2_fp16=arm("kan_chebyshev2_fp16", base[:4] + [0.25]))
+    assert report.claim_fp16(chance, {})[0] == "refuted"
+
+
+def test_claim6_no_silu():
+    base = [0.80, 0.81, 0.80, 0.81, 0.80]
+    assert report.claim_no_silu(G(linear=base, kan_chebyshev2=base, kan_chebyshev2_nosilu=base), {})[0] == "confirmed"
+    low = G(linear=base, kan_chebyshev2=base, kan_chebyshev2_nosilu=[0.70, 0.71, 0.70, 0.71, 0.70])
+    assert report.claim_no_silu(low, {})[0] == "refuted"
+
+
+def _tune(arm_name, by_lr):
+    return {f"{arm_name}_lr{lr:g}": arm(f"{arm_name}_lr{lr:g}", accs, lr=lr) for lr, accs in by_lr.items()}
+
+
+def test_claim7_less_tuning():
+    flat = {3e-4: [0.805, 0.815, 0.805], 1e-3: [0.81, 0.82, 0.81], 3e-3: [0.81, 0.8175, 0.81]}
+    peaked = {3e-4: [0.60, 0.61, 0.60], 1e-3: [0.70, 0.71, 0.70], 3e-3: [0.82, 0.83, 0.82]}
+    robust_kan = {**_tune("linear", peaked), **_tune("kan_chebyshev2", flat)}
+    assert report.claim_less_tuning(robust_kan)[0] == "confirmed"
+    fragile_kan = {**_tune("linear", flat), **_tune("kan_chebyshev2", peaked)}
+    assert report.claim_less_tuning(fragile_kan)[0] == "refuted"
+    assert report.claim_less_tuning({})[0] == "inconclusive"
+
+
+def test_claim8_fewer_parameters():
+    base = [0.80, 0.81, 0.80]
+    assert report.claim_fewer_params(G(linear=base, kan_chebyshev2=base, kan_chebyshev2_half=base), {})[0] == "confirmed"
+    assert report.claim_fewer_params(G(linear=base, kan_chebyshev2=base,
+                                       kan_chebyshev2_half=[0.7, 0.71, 0.7]), {})[0] == "refuted"
+
+
+def test_report_writes_every_claim_and_lists_what_is_missing(tmp_path):
     recs = tmp_path / "records"
-    recs.mkdir()
-    for r in records("linear", [0.8, 0.81, 0.79]) + records("kan_chebyshev2", [0.7, 0.72, 0.71], step_s=0.6):
-        (recs / f"{r['name']}__seed{r['seed']}.json").write_text(json.dumps(r))
-    path = report.write_report(recs, tmp_path, quick=True)
-    text = path.read_text()
-    assert text.count("\n### ") == 7  # the six claims + how the setting differs from the original
+    (recs / "study").mkdir(parents=True)
+    for r in arm("linear", [0.8, 0.81, 0.79]) + arm("kan_chebyshev2", [0.7, 0.72, 0.71]):
+        (recs / "study" / f"{r['name']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    text = report.write_report(recs, tmp_path, quick=True).read_text()
+    assert text.count("\n### ") == 9  # eight claims + how the setting differs from the original
     assert "### 3. A parameter-matched KAN everywhere comes close to linear (linear slightly better): **refuted**" in text
     assert "not yet measured" in text and "kan_jacobi" in text
-    assert (tmp_path / "agnews_quick_scatter.png").stat().st_size > 1000
+    assert (tmp_path / "agnews_quick_curves.png").stat().st_size > 1000

@@ -24,16 +24,16 @@ def _arm_logits(arm: study.Arm) -> np.ndarray:
 
     from flax import nnx
 
-    from kanjax import experiment, train_lib
+    from kanjax import config as config_lib, train_lib
     from kanjax.kanify import build_model
     from kanjax.llama import LlamaConfig, LlamaForSequenceClassification
     from kanjax.train_lib import path_string
 
-    config = experiment.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(),
+    config = config_lib.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(),
                                         {k: v for k, v in arm.overrides.items() if not k.startswith("train.lr")})
     dtype = train_lib.compute_dtype(config.train.precision)
     shape = dataclasses.replace(LlamaConfig(), num_hidden_layers=1, vocab_size=64, num_labels=4)
-    model = build_model(LlamaForSequenceClassification, shape, experiment.kan_spec(config.kan), dtype=dtype, seed=0)
+    model = build_model(LlamaForSequenceClassification, shape, config_lib.kan_spec(config.kan), dtype=dtype, seed=0)
 
     def draw(path, x):
         name = path_string(path)

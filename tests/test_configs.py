@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from kanjax import experiment
+from kanjax import config as config_lib
 from kanjax.kan import count_params
 from kanjax.kanify import build_model
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
@@ -40,8 +40,8 @@ def test_every_family_has_a_config():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 def test_config_builds_its_model(path):
     config = _load(path)
-    experiment.validate(config)
-    spec = experiment.kan_spec(config.kan)
+    config_lib.validate(config)
+    spec = config_lib.kan_spec(config.kan)
     shape = LlamaConfig()  # SmolLM2-135M: what every config's source has
     if config.model.num_layers:
         shape = dataclasses.replace(shape, num_hidden_layers=config.model.num_layers)
@@ -73,9 +73,9 @@ def test_config_builds_its_model(path):
 def test_apply_overrides_rejects_unknown_keys_by_name():
     from configs import base
 
-    config = experiment.apply_overrides(base.get_config(), {"train.steps": 7, "kan.targets": ("mlp",)})
+    config = config_lib.apply_overrides(base.get_config(), {"train.steps": 7, "kan.targets": ("mlp",)})
     assert config.train.steps == 7 and config.kan.targets == ("mlp",)
     with pytest.raises(KeyError, match="unknown config key 'train.stepz'"):
-        experiment.apply_overrides(base.get_config(), {"train.stepz": 7})
+        config_lib.apply_overrides(base.get_config(), {"train.stepz": 7})
     with pytest.raises(KeyError, match="no section 'trian'"):
-        experiment.apply_overrides(base.get_config(), {"trian.steps": 7})
+        config_lib.apply_overrides(base.get_config(), {"trian.steps": 7})

@@ -34,8 +34,10 @@ SHARDING_SCRIPT = textwrap.dedent("""
     base_model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
     kind = sys.argv[1]
     model = base_model if kind == "linear" else kanify(base_model, dict(targets=["all"]))
-    train = ml_collections.ConfigDict(dict(lr=1e-3, steps=10, warmup=1, schedule="cosine", weight_decay=0.1,
-                                           clip=1.0, grad_accum=1, precision="fp32"))
+    from configs.base import get_config
+
+    train = get_config().train
+    train.update(dict(lr=1e-3, steps=10, warmup=1, weight_decay=0.1))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 96, (8, 16)).astype(np.int32)
     batch = dict(input_ids=ids, targets=np.roll(ids, -1, 1), loss_mask=np.ones((8, 16), np.float32),
@@ -44,7 +46,7 @@ SHARDING_SCRIPT = textwrap.dedent("""
     for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]:
         n = int(np.prod(shape))
         mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)), jax.devices()[:n])
-        trainer, state = train_lib.create_trainer(nnx.clone(model), train, "causal_lm", mesh, seed=0)
+        trainer, state = train_lib.create_trainer(nnx.clone(model), train, "causal_lm", mesh)
         step = train_lib.jit_train_step(trainer, batch)
         state, metrics = step(state, sharding.host_batch_to_global(batch, mesh))
         leaves = [np.asarray(x) for x in jax.tree.leaves(state["params"])]
