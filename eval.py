@@ -31,6 +31,7 @@ def parse_args(argv=None):
                                                    "text file with one prompt per line")
     p.add_argument("--max_new_tokens", type=int, default=64)
     p.add_argument("--output", default=None, help="JSON path (default: next to the checkpoint)")
+    p.add_argument("--verbose", action="store_true", help="show the traceback of an input error")
     return p.parse_args(argv)
 
 
@@ -51,6 +52,13 @@ def main(argv=None) -> int:
     if not tasks and not args.perplexity_file and not args.generate:
         print("nothing to do: give --tasks, --perplexity_file and/or --generate", file=sys.stderr)
         return 2
+    if args.limit is not None and args.limit < 1:  # checked before the model loads
+        print(f"eval.py: --limit {args.limit}: give a number of documents >= 1 (or leave it out for all)",
+              file=sys.stderr)
+        return 2
+    if args.perplexity_file and not Path(args.perplexity_file).is_file():
+        print(f"eval.py: --perplexity_file {args.perplexity_file}: no such file", file=sys.stderr)
+        return 2
     prompts = _prompts(args.generate)
     for name in tasks:
         eval_tasks.get_task(name)
@@ -68,5 +76,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """main, with input errors (an unknown task, a missing folder, an unusable file, no network for a
+    hub id) reported in one line with exit code 2; --verbose shows the traceback instead."""
+    from kanjax.config import InputError
+
+    try:
+        return main(argv)
+    except (InputError, FileNotFoundError, ConnectionError) as e:
+        if parse_args(argv).verbose:
+            raise
+        print(f"eval.py: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -1,18 +1,22 @@
 """Train a (KAN-)SmolLM2: python train.py --config configs/kan_cheb2.py [--config.train.steps=100 ...]
 
-Every config field can be overridden with --config.<key>=<value>; an unknown key or a value of
-the wrong type stops the run with an error naming the key, before anything is loaded.
+Every config field can be overridden with --config.<key>=<value>. A key that is not in the config,
+a bad value, a data file that cannot be used or a missing path stops the run before it trains,
+with one line naming the problem and exit code 2 (--verbose shows the traceback).
 """
 
+import importlib.util
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/kan_cheb2.py", "Run configuration file.",
-                                          lock_config=True)
+DEFAULT_CONFIG = "configs/kan_cheb2.py"
+_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Run configuration file.", lock_config=True)
 _STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Stop (with a checkpoint) after this many steps; "
                                    "a later run resumes. The schedule still follows train.steps.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of an input error.")
 
 
 def main(argv):
@@ -21,10 +25,50 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "absl.logging"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from kanjax.config import InputError
     from kanjax.train_loop import run
 
-    run(_CONFIG.value, max_steps=_STOP_AFTER.value)
+    try:
+        run(_CONFIG.value, max_steps=_STOP_AFTER.value)
+    except (InputError, FileNotFoundError, ConnectionError) as e:
+        if _VERBOSE.value:
+            raise
+        sys.exit(f"train.py: {e}")  # one line, exit code 1 from sys.exit(str): made 2 below
+    return 0
+
+
+def unknown_config_keys(argv: list[str]) -> str | None:
+    """The first --config.<key> the config file does not have, as a one-line message naming the
+    nearest valid key (ml_collections would raise it from inside flag parsing, as a traceback)."""
+    keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if not keys:
+        return None
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None and "--config" in argv[:-1]:
+        path = argv[argv.index("--config") + 1]
+    spec = importlib.util.spec_from_file_location("_run_config", path or DEFAULT_CONFIG)
+    if spec is None or spec.loader is None:
+        return None  # absl reports a bad --config path itself
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    from kanjax import config as config_lib
+
+    for key in keys:
+        if key not in config_lib.flat_keys(config) and not key.startswith(("kan.basis_params.", "mesh.shape.")):
+            return f"train.py: {config_lib.unknown_key_error(key, config)}"
+    return None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    problem = unknown_config_keys(sys.argv)
+    if problem:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
+    try:
+        app.run(main)
+    except SystemExit as e:  # input errors exit with 2, like argument errors
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            sys.exit(2)
+        raise

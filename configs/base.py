@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.every = 200
     c.checkpoint.keep = 3
     c.checkpoint.async_save = True
+    c.checkpoint.allow_changed = ""  # comma-separated config keys a resume may change (e.g. "train.lr")
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 200

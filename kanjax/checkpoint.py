@@ -70,15 +70,6 @@ class Checkpointer:
                 self.move_aside(step, err)
         return None
 
-    def newest_config(self) -> Optional[dict]:
-        """The config JSON of the newest step whose config item reads (None without checkpoints)."""
-        for step in reversed(self.steps()):
-            try:
-                return dict(ocp.JsonCheckpointHandler().restore(self.directory / str(step) / "config"))
-            except Exception:  # noqa: BLE001 - restore_latest reports and moves unreadable steps
-                continue
-        return None
-
     def move_aside(self, step: int, err: BaseException) -> Path:
         """Move an unreadable step folder out of the checkpoint list, keeping its files."""
         dest = self.directory.parent / f"{self.directory.name}_unreadable" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -108,6 +99,17 @@ def finished_steps(directory: str | Path) -> list[int]:
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def newest_config(directory: str | Path) -> Optional[dict]:
+    """The config JSON of the newest step whose config item reads; None without checkpoints. Reads
+    only: a run checks it against its own config before it creates or writes anything."""
+    for step in reversed(finished_steps(directory)):
+        try:
+            return dict(ocp.JsonCheckpointHandler().restore(Path(directory).absolute() / str(step) / "config"))
+        except Exception:  # noqa: BLE001 - restore_latest reports and moves unreadable steps
+            continue
+    return None
 
 
 def read_model_record(directory: str | Path, step: int) -> dict:

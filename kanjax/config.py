@@ -20,7 +20,12 @@ TASK_PAIRS = {"classify": ("classify",), "causal_lm": ("chat", "text")}
 PARAM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Bad input from the user (a config value, a data file, a path): train.py and eval.py print its
+    one-line message and exit with code 2, no traceback (unless --verbose)."""
+
+
+class ConfigError(InputError):
     """A config key or value that cannot work, named by its full dotted path."""
 
 
@@ -93,5 +98,5 @@ def config_to_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-__all__ = ["ConfigError", "apply_overrides", "kan_spec", "validate", "config_to_json", "flat_keys",
+__all__ = ["InputError", "ConfigError", "apply_overrides", "kan_spec", "validate", "config_to_json", "flat_keys",
            "TASK_PAIRS", "PARAM_DTYPES"]

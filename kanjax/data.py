@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kanjax import tfds_source
+from kanjax.config import InputError
 from kanjax.data_arrays import (Arrays, apply_id_map, concat, encode_chat, encode_classify,
                                 encode_text, eval_batches, make_iterator, num_rows, pack, pad_id,
                                 windows)
@@ -100,6 +101,48 @@ def _is_original_agnews(file: Path) -> bool:
     return row is not None and len(row) == 3 and row[0].strip().isdigit()
 
 
+class DataError(InputError):
+    """A data file that cannot be used; the message names the file, and the line or byte at fault."""
+
+
+def _check_readable(file: Path, builder: str) -> None:
+    """Fail on what `datasets` would report as a long traceback without the file's name: an empty
+    file, bytes that are not UTF-8, a JSON-lines row that does not parse."""
+    raw = file.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{file}: the file is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file}: not UTF-8 text: byte offset {e.start} is {raw[e.start:e.start + 1]!r}; "
+                        "save the file as UTF-8") from None
+    if builder != "json":
+        return
+    try:
+        json.loads(text)  # one JSON document (a list of rows) is fine too
+        return
+    except json.JSONDecodeError:
+        pass
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{file}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def check_labels(labels, num_labels: int, where) -> None:
+    """Labels must be integers 0..num_labels−1; `where(i)` names row i (file and line, or split and row)."""
+    for i, v in enumerate(labels):
+        if isinstance(v, str):
+            v = v.strip()
+            if not (v.lstrip("-").isdigit()):
+                raise DataError(f"{where(i)}: label {v!r} is not an integer class index 0..{num_labels - 1}")
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_labels:
+            raise DataError(f"{where(i)}: label {v!r} is outside 0..{num_labels - 1} (model.num_labels={num_labels})")
+
+
 def _check_columns(ds, task: str, source: str) -> None:
     missing = [c for c in TASK_COLUMNS[task] if c not in ds.column_names]
     if missing:
@@ -107,26 +150,36 @@ def _check_columns(ds, task: str, source: str) -> None:
                          f"columns found: {ds.column_names}")
 
 
-def _load_file(file: Path, task: str):
-    """One local file as a datasets.Dataset holding exactly the task's columns."""
+def _load_file(file: Path, task: str, num_labels: int | None = None):
+    """One local file as a datasets.Dataset holding exactly the task's columns; with num_labels,
+    every label is checked (an integer in 0..num_labels−1), an offender named by file and line."""
     import datasets
 
     builder = BUILDERS.get(file.suffix.lower())
     if builder is None:
-        raise ValueError(f"{file}: unsupported file type; expected one of {sorted(BUILDERS)}")
+        raise DataError(f"{file}: unsupported file type; expected one of {sorted(BUILDERS)}")
+    _check_readable(file, builder)
     kwargs = {}
     if builder == "csv":
         kwargs["keep_default_na"] = False  # a headline reading "NA" or "null" stays text
         if task == "classify" and _is_original_agnews(file):
             ds = datasets.load_dataset("csv", data_files=str(file), split="train", header=None,
                                        column_names=["class", "title", "description"], **kwargs)
+            if num_labels:  # classes 1..K in this release
+                check_labels([int(c) - 1 if str(c).strip().isdigit() else c for c in ds["class"]], num_labels,
+                             lambda i: f"{file}:{i + 1}")
             return ds.map(lambda b: {"text": [f"{t} {d}" for t, d in zip(b["title"], b["description"])],
                                      "label": [int(c) - 1 for c in b["class"]]},
                           batched=True, remove_columns=["class", "title", "description"])
     if builder == "text":
         kwargs["sample_by"] = "paragraph"  # blank-line separated blocks: units to carve a val split
     ds = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
+    if len(ds) == 0:
+        raise DataError(f"{file}: no rows" + (" (a header only?)" if builder == "csv" else ""))
     _check_columns(ds, task, str(file))
+    if task == "classify" and num_labels:
+        first = 2 if builder == "csv" else 1  # the line of row 0: after the header in a CSV
+        check_labels(ds["label"], num_labels, lambda i: f"{file}:{i + first}")
     return ds.select_columns(list(TASK_COLUMNS[task]))
 
 
@@ -174,14 +227,15 @@ def _carve(ds, split: str, val_fraction: float, seed: int):
     return ds.select(np.sort(perm[:n_val] if split == "validation" else perm[n_val:]))
 
 
-def load_raw(data_cfg, split: str):
+def load_raw(data_cfg, split: str, num_labels: int | None = None):
     """The raw `split` ("train" | "validation" | "test") as a `datasets.Dataset` with the task's
     columns (classify: text, label 0..K-1; chat: messages; text: text).
 
     Local files (`data.path`, see `split_files`) take precedence over the hub id or `tfds:` name in
     `data.name` (TFDS splits other than train/validation/test are ignored). With no
     validation split, train is split once: a random `val_fraction` (default 0.1) of its rows, seeded
-    by `data.split_seed` (not the training seed) so the split never changes.
+    by `data.split_seed` (not the training seed) so the split never changes. With num_labels
+    (classify), every label of the split's files is checked first (`check_labels`).
     """
     import datasets
 
@@ -191,7 +245,7 @@ def load_raw(data_cfg, split: str):
         source = f"data path {data_cfg.path}"
 
         def load(s):
-            parts = [_load_file(f, task) for f in files[s]]
+            parts = [_load_file(f, task, num_labels) for f in files[s]]
             return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     else:
         name = data_cfg.name
@@ -208,10 +262,16 @@ def load_raw(data_cfg, split: str):
             files = _load_hub(name, task, data_cfg.revision or None)
             source = f"hub dataset {name!r}"
             load = files.__getitem__
+    def checked(s):
+        ds = load(s)
+        if task == "classify" and num_labels and not data_cfg.path:  # local files are checked as read
+            check_labels(ds["label"], num_labels, lambda i: f"{source} [{s}] row {i}")
+        return ds
+
     if split in files and (split == "test" or "validation" in files):
-        return load(split)
+        return checked(split)
     if split in ("train", "validation") and "train" in files:
-        return _carve(load("train"), split, float(data_cfg.val_fraction), int(data_cfg.split_seed))
+        return _carve(checked("train"), split, float(data_cfg.val_fraction), int(data_cfg.split_seed))
     hint = f"; expected a file named {split}.* (e.g. {split}.csv, {split}.jsonl)"
     hint = hint if data_cfg.path else ""
     raise FileNotFoundError(f"{source} has no {split!r} split (found {sorted(files)}){hint}")
@@ -301,7 +361,7 @@ def _tokenize(ds, task: str, tokenizer, seq_len: int, packing: bool) -> tuple[Ar
     return pack(seqs, masks, seq_len, pad_id(tokenizer), packing), meta
 
 
-def load_arrays(data_cfg, split: str, tokenizer) -> tuple[Arrays, dict]:
+def load_arrays(data_cfg, split: str, tokenizer, num_labels: int | None = None) -> tuple[Arrays, dict]:
     """The tokenised split, from the cache when present (then neither the raw data nor the tokenizer
     is touched). Returns (arrays, meta); arrays as in `kanjax.data_arrays` (classify: input_ids,
     attention_mask (n, L), labels (n,); chat/text: input_ids, targets, loss_mask, segment_ids,
@@ -313,7 +373,7 @@ def load_arrays(data_cfg, split: str, tokenizer) -> tuple[Arrays, dict]:
             meta = json.loads(str(f["__meta__"]))
     else:
         task = _task(data_cfg)
-        arrays, meta = _tokenize(load_raw(data_cfg, split), task, tokenizer, int(data_cfg.seq_len),
+        arrays, meta = _tokenize(load_raw(data_cfg, split, num_labels), task, tokenizer, int(data_cfg.seq_len),
                                  bool(data_cfg.packing))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -323,18 +383,21 @@ def load_arrays(data_cfg, split: str, tokenizer) -> tuple[Arrays, dict]:
     return arrays, {**meta, "cache_file": str(path)}
 
 
-def build(data_cfg, split: str, *, seed: int, tokenizer=None, id_map=None):
+def build(data_cfg, split: str, *, seed: int, tokenizer=None, id_map=None, num_labels: int | None = None):
     """Everything the training loop needs for one split: (iterator_or_arrays, info).
 
     train: a checkpointable grain iterator of this process's share of shuffled global batches
     (drop_remainder, `data.num_epochs` epochs, None = forever); validation/test: the arrays, for
     `eval_batches(arrays, batch_size)`. `id_map` (old id -> new id) remaps token ids for the
-    trimmed-vocabulary model. info: task, split, num_examples, steps_per_epoch, seq_len, batch_size,
+    trimmed-vocabulary model. num_labels (classify): every label must be in 0..num_labels−1 (checked
+    in the files as they are read, and in the cached arrays). info: task, split, num_examples, steps_per_epoch, seq_len, batch_size,
     pad_id, vocab_size, cache_file, and num_labels (classify) or conversations_* counts (chat).
     """
     split = _split(split)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(data_cfg.tokenizer)
-    arrays, meta = load_arrays(data_cfg, split, tokenizer)
+    arrays, meta = load_arrays(data_cfg, split, tokenizer, num_labels)
+    if num_labels and "labels" in arrays:
+        check_labels(arrays["labels"], num_labels, lambda i: f"{split} split row {i} (cached in {meta['cache_file']})")
     if id_map is not None:
         arrays = apply_id_map(arrays, id_map)
     n, batch_size = num_rows(arrays), int(data_cfg["batch_size"])

@@ -19,9 +19,11 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
+from kanjax.config import InputError
 
 
-class MalformedRowError(ValueError):
+
+class MalformedRowError(InputError):
     """A data row lacks a key or has a bad value; the message names file, line and key."""
 
 
@@ -220,7 +222,7 @@ TASKS: dict[str, TaskSpec] = {
 
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        raise InputError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
 

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from kanjax import hf_gguf, hf_kan, hf_names
+from kanjax.config import InputError
 from kanjax.hf_names import LEAF_CODECS, LeafCodec, expected_hf_shapes, hf_name, to_hf_tensors  # noqa: F401
 from kanjax.hf_gguf import gguf_tokenizer, smollm2_gguf_path  # noqa: F401  (public names of this module)
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
@@ -54,7 +55,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "me
                     "chat_template.jinja", "chat_template.json")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointFileError(InputError):
+    """A checkpoint file that cannot be read (truncated, not safetensors); names the file."""
+
+
+class CheckpointMismatchError(InputError):
     """The checkpoint's tensors do not match the model the config describes."""
 
 
@@ -85,15 +90,23 @@ class _SafetensorsSource:
         self.files = {}
         self.shapes = {}
         for f in files:
-            with safe_open(f, framework="numpy") as h:
-                for k in h.keys():
-                    self.files[k] = f
-                    self.shapes[k] = tuple(h.get_slice(k).get_shape())
+            try:
+                with safe_open(f, framework="numpy") as h:
+                    for k in h.keys():
+                        self.files[k] = f
+                        self.shapes[k] = tuple(h.get_slice(k).get_shape())
+            except Exception as e:  # safetensors' own error type names no file
+                raise CheckpointFileError(f"{f}: not a readable safetensors file ({e}); a truncated or "
+                                          "partial download? fetch the file again") from None
 
     def get(self, name: str) -> np.ndarray:
         # numpy API: bf16 comes back as ml_dtypes.bfloat16, converted by the caller.
-        with safe_open(self.files[name], framework="numpy") as h:
-            return h.get_tensor(name)
+        try:
+            with safe_open(self.files[name], framework="numpy") as h:
+                return h.get_tensor(name)
+        except Exception as e:
+            raise CheckpointFileError(f"{self.files[name]}: tensor {name} cannot be read ({e}); a truncated "
+                                      "file? fetch it again") from None
 
 
 class _DictSource:

@@ -26,7 +26,7 @@ from kanjax import diagnostics, experiment
 from kanjax import metrics as metrics_lib
 from kanjax import sharding as shard_lib
 from kanjax import train_lib
-from kanjax.checkpoint import Checkpointer
+from kanjax.checkpoint import Checkpointer, newest_config
 from kanjax.kan import count_params
 from kanjax.kanify import param_report
 
@@ -134,10 +134,8 @@ def setup(config) -> Run:
     _check_batch(config, mesh)
     if not config.data.cache_dir:
         config.data.cache_dir = str(workdir / "cache")
-    ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
-                        async_save=config.checkpoint.async_save)
     cfg_json = config_lib.config_to_json(config)
-    saved = ckpt.newest_config()
+    saved = newest_config(workdir / "checkpoints")
     if saved is not None:  # before anything loads: a resume with another model or data is refused
         diff = changed_keys(saved, cfg_json)
         if diff:
@@ -149,11 +147,12 @@ def setup(config) -> Run:
     tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
     model, id_map, record = experiment.model_from_config(config, tokenizer,
                                                          dtype=train_lib.compute_dtype(config.train.precision))
-    train_iter, info = data_lib.build(config.data, "train", seed=config.seed, tokenizer=tokenizer, id_map=id_map)
-    val_arrays, _ = data_lib.build(config.data, "validation", seed=config.seed, tokenizer=tokenizer, id_map=id_map)
-    test_arrays = None
-    if config.model.task == "classify":
-        test_arrays, _ = data_lib.build(config.data, "test", seed=config.seed, tokenizer=tokenizer, id_map=id_map)
+    # Labels outside the classifier's range fail here, before any step, naming file and line.
+    labels = config.model.num_labels if config.model.task == "classify" else None
+    kw = dict(seed=config.seed, tokenizer=tokenizer, id_map=id_map, num_labels=labels)
+    train_iter, info = data_lib.build(config.data, "train", **kw)
+    val_arrays, _ = data_lib.build(config.data, "validation", **kw)
+    test_arrays = data_lib.build(config.data, "test", **kw)[0] if config.model.task == "classify" else None
     model.model.remat = bool(config.train.remat)
     is_main = jax.process_index() == 0
     if is_main:
@@ -168,6 +167,8 @@ def setup(config) -> Run:
     trainer, state = train_lib.create_trainer(model, config.train, config.model.task, mesh)
     del model
 
+    ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint.every, keep=config.checkpoint.keep,
+                        async_save=config.checkpoint.async_save)
     restored = ckpt.restore_latest(train_lib.abstract_state(trainer, state))
     start = 0
     if restored is not None:

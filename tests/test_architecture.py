@@ -5,7 +5,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "kanjax"
 GROUND = {"basis", "matmul", "attention", "llama", "surgery", "kan", "kanify", "sharding", "train_lib",

@@ -75,7 +75,11 @@ def test_apply_overrides_rejects_unknown_keys_by_name():
 
     config = config_lib.apply_overrides(base.get_config(), {"train.steps": 7, "kan.targets": ("mlp",)})
     assert config.train.steps == 7 and config.kan.targets == ("mlp",)
-    with pytest.raises(KeyError, match="unknown config key 'train.stepz'"):
+    with pytest.raises(config_lib.ConfigError, match="unknown config key train.stepz; did you mean train.steps"):
         config_lib.apply_overrides(base.get_config(), {"train.stepz": 7})
-    with pytest.raises(KeyError, match="no section 'trian'"):
+    with pytest.raises(config_lib.ConfigError, match="unknown config key trian.steps; did you mean train.steps"):
         config_lib.apply_overrides(base.get_config(), {"trian.steps": 7})
+    with pytest.raises(config_lib.ConfigError, match="unknown config key zzz; the keys are listed in configs/base.py"):
+        config_lib.apply_overrides(base.get_config(), {"zzz": 7})
+    with pytest.raises(config_lib.ConfigError, match="config key train.steps"):
+        config_lib.apply_overrides(base.get_config(), {"train.steps": "many"})

@@ -5,14 +5,18 @@ import json
 
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
 from kanjax import data
 from kanjax.data_arrays import apply_id_map, eval_batches, make_iterator, pack
 
 
 def cfg(**kw):
-    return ConfigDict({"task": "classify", "seq_len": 64, "batch_size": 8, "val_fraction": 0.1, **kw})
+    """configs/base.py's data section (the schema: every key the pipeline reads) with overrides."""
+    from configs.base import get_config
+
+    c = get_config().data
+    c.update({"seq_len": 64, "batch_size": 8, **kw})
+    return c
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,8 @@ def test_error_messages(shared_data, tmp_path):
     with pytest.raises(ValueError,
                        match=r"train\.csv: missing column\(s\) \['label'\].*found: \['text', 'topic'\]"):
         data.load_raw(cfg(path=str(tmp_path)), "train")
-    with pytest.raises(FileNotFoundError, match="smollm2_tokenizer"):
+    with pytest.raises(FileNotFoundError, match=r"no_tokenizer does not exist; pass a local tokenizer folder "
+                                                r"\(train\.py: --config\.data\.tokenizer=<folder>"):
         data.load_tokenizer(str(tmp_path / "no_tokenizer"))
 
 
@@ -68,7 +73,7 @@ def test_offline_hub_errors():
     with pytest.raises(ConnectionError,
                        match=r"unreachable.*--config\.data\.path=<local folder>.*train\.csv"):
         data.load_raw(cfg(), "train")  # default hub id fancyzhx/ag_news
-    with pytest.raises(OSError, match=r"unreachable.*smollm2_tokenizer"):
+    with pytest.raises(OSError, match=r"unreachable.*--config\.data\.tokenizer=<folder>"):
         data.load_tokenizer("HuggingFaceTB/SmolLM2-135M")
 
 
@@ -79,8 +84,8 @@ def test_offline_hub_errors():
 def chat(shared_data, tokenizer, tmp_path_factory):
     cache = tmp_path_factory.mktemp("chat_cache")
     c = cfg(task="chat", path=str(shared_data / "chat"), seq_len=1024, cache_dir=str(cache))
-    unpacked, meta = data.load_arrays(ConfigDict({**c.to_dict(), "packing": False}), "train", tokenizer)
-    packed, packed_meta = data.load_arrays(ConfigDict({**c.to_dict(), "packing": True}), "train", tokenizer)
+    unpacked, meta = data.load_arrays(cfg(**{**c.to_dict(), "packing": False}), "train", tokenizer)
+    packed, packed_meta = data.load_arrays(cfg(**{**c.to_dict(), "packing": True}), "train", tokenizer)
     return c, unpacked, meta, packed, packed_meta
 
 

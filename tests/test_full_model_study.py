@@ -29,7 +29,7 @@ def test_every_arm_gets_the_same_budget_and_sets_apply_after_it():
 def test_bad_sets_fail_by_name():
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         study.overrides("a_linear", 0, args(set=["train.precision"]))
-    with pytest.raises(KeyError, match="train.precison"):
+    with pytest.raises(ValueError, match="train.precison; did you mean train.precision"):
         study._config("a_linear", study.overrides("a_linear", 0, args(set=["train.precison=bf16"])))
 
 

@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
 from kanjax import data
 from train_helpers import REPO_ROOT, apply_overrides, checkpoint_params, tiny_overrides
@@ -20,7 +19,12 @@ from configs import kan_cheb2  # noqa: E402
 
 
 def cfg(**kw):
-    return ConfigDict({"task": "classify", "seq_len": 32, "batch_size": 8, "val_fraction": 0.1, **kw})
+    """configs/base.py's data section (the schema: every key the pipeline reads) with overrides."""
+    from configs.base import get_config
+
+    c = get_config().data
+    c.update({"seq_len": 32, "batch_size": 8, **kw})
+    return c
 
 
 def _prepare(name, csv_dir, data_dir):
@@ -59,7 +63,7 @@ def test_rows_equal_the_csv_path(tfds_dir, shared_data):
     assert list(subset["text"]) == list(original["text"]) == list(a["text"])
     assert list(subset["label"]) == list(original["label"])
     # A text task reads a named field.
-    text = data.load_raw(ConfigDict({**tfds_cfg.to_dict(), "task": "text", "tfds_text_field": "text"}), "test")
+    text = data.load_raw(cfg(**{**tfds_cfg.to_dict(), "task": "text", "tfds_text_field": "text"}), "test")
     assert text.column_names == ["text"] and list(text["text"]) == list(a["text"])
 
 

@@ -1,6 +1,5 @@
 """Train-step pieces in process: gradient accumulation, rematerialisation, checkpoint fallback."""
 
-import logging
 import shutil
 
 import jax
@@ -63,20 +62,25 @@ def test_remat_gives_the_same_step():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+def test_unreadable_newest_checkpoint_is_moved_aside_and_saving_goes_on(tmp_path, capsys):
     ckpt = Checkpointer(tmp_path / "ckpt", every=1, keep=2, async_save=False)
     state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.int32(0)}
     for step in (1, 2, 3):
-        ckpt.save(step, {"w": state["w"] * step, "step": jnp.int32(step)}, {"next_index": step}, {"seed": 0})
+        ckpt.save(step, {"w": state["w"] * step, "step": jnp.int32(step)}, {"next_index": step}, {"seed": 0}, {})
     ckpt.wait()
     assert ckpt.steps() == [2, 3]  # keep=2
     shutil.rmtree(tmp_path / "ckpt" / "3" / "state")  # the newest step loses its arrays
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-    with caplog.at_level(logging.WARNING, logger="kanjax.checkpoint"):
-        step, restored, data_state, config = Checkpointer(tmp_path / "ckpt", every=1, keep=2).restore_latest(abstract)
+    again = Checkpointer(tmp_path / "ckpt", every=1, keep=2, async_save=False)
+    step, restored, data_state, config = again.restore_latest(abstract)
     assert step == 2 and data_state == {"next_index": 2} and config == {"seed": 0}
     np.testing.assert_array_equal(restored["w"], np.arange(6.0).reshape(2, 3) * 2)
-    assert "step 3" in caplog.text and "unreadable" in caplog.text
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "checkpoint step 3 is unreadable" in out and "ckpt_unreadable" in out
+    assert again.steps() == [2] and [p.name[:2] for p in (tmp_path / "ckpt_unreadable").iterdir()] == ["3-"]
+    again.save(3, {"w": state["w"], "step": jnp.int32(3)}, {"next_index": 3}, {"seed": 0}, {})  # no collision
+    again.wait()
+    assert again.steps() == [2, 3]
 
 
 def test_unknown_precision_and_mesh_errors_name_the_key():
