@@ -157,15 +157,15 @@ def claim_best_tradeoff(G: dict, speed: dict) -> tuple[str, str]:
         less_acc = not math.isnan(d["hi"]) and d["hi"] < 0
         slower = s is not None and s["lo"] > 1.0
         line = f"{name}: {fmt(d)}, {fmt_speed(s)}"
-        if more_acc and not slower:
+        if more_acc and s is not None and not slower:
             dominated_by.append(line)
         elif less_acc or slower:
             settled.append(line)
         else:
             unsettled.append(line)
     rule = ("Rule: refuted if a rival is more accurate (interval of the paired difference above 0) without being "
-            "slower (time-ratio interval above 1); confirmed if every rival is less accurate (interval below 0) or "
-            "slower without being more accurate; inconclusive otherwise.")
+            "slower (its measured time-ratio interval not wholly above 1); confirmed if every rival is less accurate "
+            "(interval below 0) or slower; inconclusive otherwise (a rival without a layer timing stays open).")
     text = [rule]
     if dominated_by:
         text.append("More accurate and not slower: " + "; ".join(dominated_by) + ".")

@@ -61,6 +61,11 @@ def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{m:.{digits}f}" + ("" if math.isnan(s) else f" ± {s:.{digits}f}")
 
 
+def trained(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The arms that trained (not the init-only ones, whose records hold step-0 diagnostics)."""
+    return {n: runs for n, runs in groups.items() if runs[0]["steps"] > 1}
+
+
 def variant_table(groups: dict[str, list[dict]]) -> str:
     lines = ["| arm | seeds | params | final val % | test % (mean ± std) | test % per seed | at chance | "
              "takeoff step (loss < 1.2) |", "|---|---:|---:|---:|---:|---|---:|---:|"]
@@ -227,18 +232,19 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
            f"{o['data.seq_len']} tokens, AdamW with warmup {o['train.warmup']} and cosine decay, clipping at 1.0. "
            f"Commit(s): {', '.join(sorted({'`' + r['commit'][:12] + '`' for g in (recipe, tune) for rs in g.values() for r in rs}))}.", ""]
     if diag:
-        plot_losses(diag, results / f"{stem}_curves.png")
-        plot_diagnostics(diag, results / f"{stem}_diagnostics.png")
+        plot_losses(trained(diag), results / f"{stem}_curves.png")
+        plot_diagnostics(trained(diag), results / f"{stem}_diagnostics.png")
         out += ["## Diagnosis", "", f"Every arm at lr {float(BASE_LR):g}, seeds paired (seed k: the same data order "
                 "and the same draw of random numbers in every arm). Diagnostics every "
                 f"{o.get('train.diagnostics_every', '?')} steps on the batch about to be trained on "
                 "(`kanjax/diagnostics.py`; `train.diagnostics_every`).", "",
-                variant_table(diag), "",
+                variant_table(trained(diag)), "",
                 "At initialisation (step 0, mean over seeds): the share of each projection's output power that "
-                "varies from token to token (`out_signal`; 0 = the same vector for every token) and its RMS:", "",
+                "varies from token to token (`out_signal`; 0 = the same vector for every token) and its RMS. "
+                "The `init_` arms are only initialised (each fix of the layer alone):", "",
                 init_table(diag), "", f"![loss and validation curves]({stem}_curves.png)", "",
                 f"![per-projection diagnostics]({stem}_diagnostics.png)", ""]
-        out += findings(diag)
+        out += findings(trained(diag))
     if tune:
         table, chosen = tune_table(tune)
         out += ["## Learning-rate grid (the same for linear and the KAN)", "",
