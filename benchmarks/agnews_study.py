@@ -60,18 +60,20 @@ class Arm:
     lr_of: str | None = None  # "linear" | "kan": train at that kind's tuned rate (study phase)
 
 
-# The diagnosis: the KAN layer as it was before it (v1), each fix alone, both, and both with each of
-# the two candidate third steps. Every arm spells out all its settings, so it stays the same run
-# when the defaults move; linear at the same rate and seeds is the tune phase's linear_lr0.001.
+# The diagnosis: the KAN layer as it was before it (v1), both fixes, and both with each of the two
+# candidate third steps, trained; each fix alone only initialised (INIT_ONLY: step-0 diagnostics, what
+# tells the fixes apart, at no training cost). Every arm spells out all its settings, so it stays the
+# same run when the defaults move; linear at the same rate and seeds is the tune phase's linear_lr0.001.
 V1 = {"kan.coef_init": "random", "kan.bottleneck_init": "layerwise", "kan.center": "none", "kan.domain": "tanh"}
 FIXED = {**V1, "kan.coef_init": "linear", "kan.bottleneck_init": "output"}
+INIT_ONLY = {"train.steps": 1, "train.warmup": 0, "eval.every": 0, "eval.limit": 100, "eval.test_limit": 100}
 RECIPE = [
     Arm("kan_v1_defaults", "kan_cheb2", V1, 3),
-    Arm("kan_coef_linear_only", "kan_cheb2", {**V1, "kan.coef_init": "linear"}, 2),
-    Arm("kan_bottleneck_only", "kan_cheb2", {**V1, "kan.bottleneck_init": "output"}, 2),
     Arm("kan_linear_bottleneck", "kan_cheb2", FIXED, 3),
     Arm("kan_linear_bottleneck_centred", "kan_cheb2", {**FIXED, "kan.center": "zero"}, 3),
     Arm("kan_linear_bottleneck_layernorm", "kan_cheb2", {**FIXED, "kan.domain": "layernorm"}, 2),
+    Arm("init_coef_linear_only", "kan_cheb2", {**V1, "kan.coef_init": "linear", **INIT_ONLY}, 3),
+    Arm("init_bottleneck_only", "kan_cheb2", {**V1, "kan.bottleneck_init": "output", **INIT_ONLY}, 3),
 ]
 TUNE = [Arm(f"{arm}_lr{lr:g}", cfg, {"train.lr": lr}, 3)
         for arm, cfg in (("linear", "linear"), ("kan_chebyshev2", "kan_cheb2")) for lr in LEARNING_RATES]
