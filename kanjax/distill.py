@@ -348,7 +348,7 @@ def fit_mlp(mlp: nnx.Module, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray
     opt = tx.init(params)
 
     @jax.jit
-    def step(params, opt, xb, yb):
+    def step(params, opt, rest, xb, yb):  # rest passed in, not closed over: never a compile-time constant
         def loss_fn(p):
             return jnp.mean(jnp.square(nnx.merge(graphdef, p, rest)(xb).astype(jnp.float32) - yb))
 
@@ -360,7 +360,7 @@ def fit_mlp(mlp: nnx.Module, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray
     losses, window, t0 = [], [], time.perf_counter()
     for s in range(cfg.steps):
         idx = next(batches)
-        params, opt, loss = step(params, opt, _rows(x, idx), _rows(y, idx))
+        params, opt, loss = step(params, opt, rest, _rows(x, idx), _rows(y, idx))
         window.append(loss)
         if (s + 1) % cfg.log_every == 0 or s + 1 == cfg.steps:
             losses.append(float(np.mean(jax.device_get(window))))
@@ -473,7 +473,7 @@ def finetune(model, rec: Recording, layers: Sequence[int], windows: np.ndarray, 
     tokens = rec.tokens
 
     @jax.jit
-    def step(params, opt, h0, ids):
+    def step(params, opt, rest, h0, ids):  # rest (embeddings, frozen blocks) as an argument, not a constant
         def loss_fn(p):
             _, _, out = _run(nnx.merge(graphdef, p, rest), h0, start=start, stop=stop, capture=(), from_ids=False,
                              logits=True)
@@ -490,7 +490,8 @@ def finetune(model, rec: Recording, layers: Sequence[int], windows: np.ndarray, 
     resid = rec.resid
     for s in range(cfg.steps):
         w = next(batches)
-        params, opt, loss = step(params, opt, jnp.asarray(np.asarray(resid[w], np.float32)), jnp.asarray(tokens[w]))
+        params, opt, loss = step(params, opt, rest, jnp.asarray(np.asarray(resid[w], np.float32)),
+                                 jnp.asarray(tokens[w]))
         window.append(loss)
         if (s + 1) % cfg.log_every == 0 or s + 1 == cfg.steps:
             losses.append(float(np.mean(jax.device_get(window))))
