@@ -20,7 +20,7 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    recorded pairs: (i) `linear`, the GLU MLP of the original width 1536; (ii) `kan`, the original
    study's arm (configs/full_kan_reinit.py): Chebyshev-2 degree-2 KAN MLP, tanh domain, random init,
    width matched to the same parameter count (512); optional families with --arms (OPTIONAL_ARMS).
-   Same budget for every arm: FIT_STEPS AdamW steps of 1,024 tokens (warmup + cosine), each lr of LRS;
+   Same budget for every arm: 400 AdamW steps of 1,024 tokens (warmup + cosine), each lr of 1e-3, 3e-3, 1e-2;
    the lr with the lowest val error is kept; its relative error ‖ŷ−y‖/‖y‖ on test windows is reported.
 3. insitu__<model>: every block replaced at once, the errors compound: run from the recorded residual
    entering block 25, per block the MLP error on its own (drifted) inputs and the residual-stream drift,
@@ -30,8 +30,9 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    `kanjax.distill.sequential_targets`); model `<arm>_seq`. --finetune_steps N: finetune__<arm> trains
    the five spliced MLPs end to end (next-token loss on the recorded windows, run from the recorded
    residual, so only blocks 25..29 and the head run); model `<arm>_ft`. Both are off by default: on
-   2 CPU cores each adds about an hour and a half (one more model to judge), and the end-to-end step is
-   sized for accelerators (a step of 4 windows × 256 tokens takes ~5 s here).
+   2 CPU cores each adds one judged model per arm (about 1.5 h each here), and the end-to-end step is
+   sized for accelerators (a step of 4 windows × 256 tokens runs 5 blocks and the 49k-token head
+   forward and backward: seconds per step here).
 5. eval_ppl / eval_bbh / eval_mc __<model> for reference, linear, kan (+ _seq, _ft): perplexity on
    PPL_WINDOWS 1,024-token windows spread over WikiText-2 test and on the assistant turns of all 30
    MT-Bench conversations (per window / conversation, for bootstraps); BBH 3-shot answer-only exact
@@ -39,16 +40,21 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    five shared multiple-choice sets in full (--mc_limit 0).
 Then benchmarks/full_model_distill_report.py writes the report from the records.
 
-Time on the 2-core CPU this was written on (with another job running beside it): `--quick` took about
-QUICK_MINUTES min; the full default run about 5 h (record ~10 min, 10 fit units ~35 min, per judged
-model ~6 min perplexity + ~30 min BBH + ~45 min multiple choice, three models).
+Time on the 2-core CPU this was written on, measured while another long job shared it (so roughly
+twice what the machine does alone): `--quick` took 4.5 min (the slow test in
+tests/test_full_model_distill.py runs it). The default run, extrapolated
+from measured pieces of it: record ~10 min (300 tokens/s through 30 blocks); 10 fit units ~45 min
+(3 lrs × 400 steps × ~0.2 s); in situ ~5 min; per judged model ~8 min perplexity, ~20 min BBH
+(30 × 27 questions, ~1.1 s each with the shared few-shot prefix, plus compilation) and ~65 min for
+the full multiple-choice sets (~0.9 s per ARC question) -> about 1.5 h per model, 5.5-6 h in all for
+the three models under load, about 3-3.5 h on an idle machine. --mc_limit / --bbh_limit trade
+questions (interval width) for time; --sequential and --finetune_steps add one judged model per arm.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -74,7 +80,6 @@ MC_TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "copa", "winogrande")
 QUICK = {"layers": (4, 5), "num_layers": 6, "seq_len": 64, "windows": 8, "fit_steps": 20, "fit_batch": 256,
          "lrs": (3e-3, 1e-2), "ppl_windows": 2, "ppl_seq_len": 128, "chat": 3, "bbh_tasks": ("bbh_boolean_expressions",
          "bbh_sports_understanding"), "bbh_limit": 2, "mc_limit": 4, "finetune_steps": 2}
-QUICK_MINUTES = 10
 CHAT_MT_BENCH = "mt_bench_with_gpt4_reference_messages.jsonl"
 CHAT_FASTCHAT = "fastchat_dummy_conversation_messages.jsonl"
 
@@ -137,7 +142,9 @@ def plan(args, s) -> list[str]:
 def tokenizer(args):
     from kanjax.data import load_tokenizer
 
-    return load_tokenizer(args.tokenizer or str(Path(args.data_dir) / "smollm2_tokenizer"))
+    tok = load_tokenizer(args.tokenizer or str(Path(args.data_dir) / "smollm2_tokenizer"))
+    tok.model_max_length = 1 << 30  # whole texts are encoded once, then cut into windows: no length warning
+    return tok
 
 
 def chat_conversations(path: Path) -> list[list[dict]]:
@@ -209,14 +216,14 @@ def finetuned_file(args, arm: str, layer: int) -> Path:
     return workdir(args) / "params" / f"finetune__{arm}__L{layer}.npz"
 
 
-def fitted(args, s, arm: str, kind: str = "fit", upto: int | None = None) -> dict:
+def fitted(args, s, arm: str, config, kind: str = "fit", upto: int | None = None) -> dict:
     """{block: fitted MLP at its best lr} of `arm` ("fit": independent; "seqfit": sequential, whose first
-    block is the independent fit), for the blocks before `upto` (all when None)."""
+    block is the independent fit), for the blocks before `upto` (all when None); `config` is the
+    pretrained model's (the replacements are rebuilt at its shapes, then filled from the saved arrays)."""
     import numpy as np
 
     from kanjax import distill
 
-    rec_cfg = recording(args).config
     out = {}
     for k in s["layers"]:
         if upto is not None and k >= upto:
@@ -227,7 +234,7 @@ def fitted(args, s, arm: str, kind: str = "fit", upto: int | None = None) -> dic
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: delete {Path(args.records) / (unit + '.json')} to refit it")
         with np.load(path) as f:
-            out[k] = distill.load_mlp_state(distill.replacement_mlp(rec_cfg, k, arm_spec(arm)), dict(f))
+            out[k] = distill.load_mlp_state(distill.replacement_mlp(config, k, arm_spec(arm)), dict(f))
     return out
 
 
@@ -243,12 +250,12 @@ def judged_model(args, s, name: str, base=None):
     arm, variant = name.rsplit("_", 1) if name.endswith(("_seq", "_ft")) else (name, "")
     spec = arm_spec(arm)
     if variant == "ft":
-        rec_cfg, mlps = recording(args).config, {}
+        mlps = {}
         for k in s["layers"]:
             with np.load(finetuned_file(args, arm, k)) as f:
-                mlps[k] = distill.load_mlp_state(distill.replacement_mlp(rec_cfg, k, spec), dict(f))
+                mlps[k] = distill.load_mlp_state(distill.replacement_mlp(base.config, k, spec), dict(f))
     else:
-        mlps = fitted(args, s, arm, "seqfit" if variant == "seq" else "fit")
+        mlps = fitted(args, s, arm, base.config, "seqfit" if variant == "seq" else "fit")
     return distill.splice(base, mlps, spec)
 
 
@@ -306,7 +313,7 @@ def run_seqfit(args, s, arm: str, layer: int) -> dict:
     from kanjax import distill
 
     base, rec = teacher(args, s), recording(args)
-    student = distill.splice(base, fitted(args, s, arm, "seqfit", upto=layer))
+    student = distill.splice(base, fitted(args, s, arm, base.config, "seqfit", upto=layer))
     t0 = time.perf_counter()
     x, target = distill.sequential_targets(base, student, rec, layer, batch_size=args.batch_windows)
     out = _fit_all_lrs(args, s, f"seqfit__{arm}__L{layer}", arm, layer, x, target, rec)
@@ -320,7 +327,7 @@ def run_finetune(args, s, arm: str) -> dict:
     from kanjax import distill
 
     base, rec = teacher(args, s), recording(args)
-    spliced = distill.splice(base, fitted(args, s, arm), arm_spec(arm))
+    spliced = distill.splice(base, fitted(args, s, arm, base.config), arm_spec(arm))
     cfg = distill.FitConfig(steps=s["finetune_steps"], lr=args.finetune_lr, warmup=max(1, s["finetune_steps"] // 10),
                             seed=args.seed, log_every=max(1, s["finetune_steps"] // 10))
     tuned, info = distill.finetune(spliced, rec, s["layers"], rec.splits["train"], cfg, batch_windows=args.finetune_batch)

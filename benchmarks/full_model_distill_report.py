@@ -428,6 +428,8 @@ def write_report(records: Path, out_dir: Path, quick: bool = False) -> Path | No
     pairs = [(a, "linear") for a in names if a not in ("reference", "linear") and split_model(a)[1] == ""]
     pairs += [(a, "reference") for a in names if a != "reference"]
     pairs += [(f"{a}_{v}", a) for a in arms for v in ("seq", "ft") if f"{a}_{v}" in names]
+    pairs += [(f"{a}_{v}", f"linear_{v}") for a in arms for v in ("seq", "ft")
+              if a != "linear" and f"{a}_{v}" in names and f"linear_{v}" in names]
     lines = [f"# Re-learning SmolLM2's last MLP blocks: KAN vs linear by layer-wise distillation"
              f"{' (--quick: not results)' if quick else ''}", "",
              "```", f"python benchmarks/full_model_distill.py{' --quick' if quick else ''}", "```", "",
@@ -444,8 +446,9 @@ def write_report(records: Path, out_dir: Path, quick: bool = False) -> Path | No
     if any(r["kind"] == "seqfit" for r in R.values()):
         seq_tab, _ = fit_table(R, arms, "seqfit")
         lines += ["Sequential fits (block k fitted on the activations of the model whose earlier blocks are already "
-                  "replaced; targets restore the pretrained residual stream; block "
-                  f"{layers_of(R)[0]} is the independent fit):", "", seq_tab, ""]
+                  "replaced; targets restore the pretrained residual stream, so the errors are against those targets, "
+                  f"not against the pretrained MLP's outputs; block {layers_of(R)[0]} is the independent fit):", "",
+                  seq_tab, ""]
     lines += ["## How errors compound once every block is replaced", "",
               "Each spliced model runs from the recorded residual entering the first replaced block, on the test "
               "windows. Per block: *isolated* = the fit's test error on the pretrained inputs; *in situ* = "

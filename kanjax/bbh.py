@@ -12,9 +12,10 @@ Prompts follow lm-evaluation-harness's `bbh_fewshot` / `bbh_cot_fewshot` tasks:
                            \\n\\n ... \\n\\nQ: <input>\\nA: Let's think step by step.\\n
 
 where a_i is the text after "the answer is " in the CoT example, its final period dropped. The model
-continues greedily (KV cache, batched, left padded): answer-only stops at the first newline (the
-answer is that first line), CoT at a blank line or a new "Q:" (the answer is the text after the
-first "the answer is "). Scoring is lm-eval's `exact_match` (case-sensitive, no punctuation or
+continues greedily (KV cache, batched, left padded; the few-shot prefix every question of a task
+shares is prefilled once and its keys and values reused, which saves ~60% of the prompt tokens and
+gives the same tokens as whole prompts): answer-only stops at the first newline (the answer is that
+first line), CoT at a blank line or a new "Q:" (the answer is the text after the first "the answer is "). Scoring is lm-eval's `exact_match` (case-sensitive, no punctuation or
 case folding) after two normalisations of the extracted answer: surrounding whitespace stripped
 (the continuation starts with the space after "A:") and one trailing "." dropped (models often end
 the sentence). CoT generation needs hundreds of new tokens per question: size it for accelerators.
@@ -22,13 +23,18 @@ the sentence). CoT generation needs hundreds of new tokens per question: size it
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax import lax
 
 TASKS = ("boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa", "dyck_languages",
          "formal_fallacies", "geometric_shapes", "hyperbaton", "logical_deduction_five_objects",
@@ -43,7 +49,8 @@ HUB_ID = "lukaemon/bbh"
 PROMPTS_URL = "https://raw.githubusercontent.com/suzgunmirac/BIG-Bench-Hard/main/cot-prompts/{task}.txt"
 COT_CUE = "Let's think step by step."
 _ANSWER = re.compile(r"the answer is (.*)")  # within one line: "." does not cross newlines
-BUCKET = 128  # prompts are left padded to a multiple of this: few distinct shapes, few compilations
+BUCKET = 64  # prompts (or their question parts) are left padded to a multiple of this: few shapes to compile
+PREFIX_BUCKET = 64  # the shared few-shot prefix is cut to a multiple of this (the rest joins the question)
 
 
 def task_names() -> tuple[str, ...]:
@@ -212,21 +219,85 @@ def left_pad(rows: Sequence[Sequence[int]], width: int, batch: int, pad_id: int)
     return ids, mask
 
 
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix every row shares, leaving each row at least one token."""
+    n = min(len(r) for r in rows) - 1
+    first = np.asarray(rows[0][:max(n, 0)])
+    for r in rows[1:]:
+        diff = np.flatnonzero(np.asarray(r[:len(first)]) != first)
+        first = first[:diff[0]] if len(diff) else first
+    return len(first)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
+def _prefill_prefix(graphdef, state, prefix, *, cache_len: int):
+    """The KV cache (batch 1, cache_len slots) after the shared prefix (1, P)."""
+    from kanjax.llama import init_cache
+
+    model = nnx.merge(graphdef, state)
+    cache = init_cache(model.config, 1, cache_len, model.dtype)
+    _, cache = model(prefix, jnp.ones((1, cache_len), jnp.int32), cache=cache, logits_to_keep=1)
+    return cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _greedy_after_prefix(graphdef, state, prefix_cache, ids, mask, eos_ids, pad_id, *, max_new_tokens: int):
+    """Greedy continuation of LEFT-padded question parts ids, mask (b, q) that follow the cached prefix:
+    `kanjax.generate`'s decoding loop with the prefix's keys and values shared by every row, so the
+    few-shot examples are computed once per task instead of once per question. -> (b, max_new_tokens)."""
+    from kanjax.generate import forward_step
+    from kanjax.llama import KVCache
+
+    model = nnx.merge(graphdef, state)
+    b, q = ids.shape
+    p = prefix_cache.k[0].shape[1] - q - max_new_tokens  # static: the prefix's slots
+    grow = lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:])  # noqa: E731
+    cache = KVCache(tuple(map(grow, prefix_cache.k)), tuple(map(grow, prefix_cache.v)), prefix_cache.index)
+    # Prefix slots valid, the question's own padding hidden, future slots valid (causality hides them):
+    # positions (cumsum of the mask) run on from the prefix exactly as in the unpadded prompt.
+    full = jnp.concatenate([jnp.ones((b, p), mask.dtype), mask, jnp.ones((b, max_new_tokens), mask.dtype)], 1)
+    logits, cache = forward_step(model, ids, full, cache)
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
+    done = jnp.isin(token, eos_ids)
+
+    def keep_going(carry):
+        step, _, _, done, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def decode(carry):
+        step, token, cache, done, out = carry
+        logits, cache = forward_step(model, token[:, None], full, cache)
+        token = jnp.where(done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+        out = lax.dynamic_update_slice(out, token[:, None], (0, step))
+        return step + 1, token, cache, done | jnp.isin(token, eos_ids), out
+
+    return lax.while_loop(keep_going, decode, (jnp.ones((), jnp.int32), token, cache, done, out))[-1]
+
+
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 8,
-                   cot: bool = False, progress: bool = False) -> list[str]:
+                   cot: bool = False, progress: bool = False, shared_prefix: bool = True) -> list[str]:
     """Greedy continuations of `prompts` (raw text, not truncated), in input order.
 
+    With `shared_prefix` the token prefix all prompts share (a task's few-shot examples: 60% of
+    BBH's prompt tokens), cut to a multiple of PREFIX_BUCKET, is prefilled once and its keys and values
+    serve every batch; otherwise (or when it is shorter) `kanjax.generate` runs on whole prompts.
     Prompts are grouped by length (longest first), left padded to a multiple of BUCKET and the batch
-    to `batch_size`, so `kanjax.generate` compiles once per bucket; a prompt longer than the model's
-    context keeps its last tokens.
+    to `batch_size`, so each shape compiles once; a prompt longer than the model's context keeps its
+    last tokens.
     """
     from kanjax.generate import generate
 
     limit = int(model.config.max_position_embeddings) - max_new_tokens
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"][-limit:] for p in prompts]
+    prefix_len = common_prefix(rows) // PREFIX_BUCKET * PREFIX_BUCKET if shared_prefix and len(rows) > 1 else 0
+    prefix, rows = rows[0][:prefix_len], [r[prefix_len:] for r in rows]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     stops = stop_token_ids(tokenizer, cot)
+    eos_ids = jnp.asarray(stops, jnp.int32)
     pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    graphdef, state = nnx.split(model)
+    caches: dict[int, object] = {}  # prefix caches by total length
     out: list[str | None] = [None] * len(rows)
     starts = range(0, len(order), batch_size)
     if progress:
@@ -235,10 +306,17 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         starts = tqdm(starts, desc="generate", dynamic_ncols=True)
     for s in starts:
         idx = order[s:s + batch_size]
-        width = min(-(-len(rows[idx[0]]) // BUCKET) * BUCKET, limit)
+        width = min(-(-len(rows[idx[0]]) // BUCKET) * BUCKET, limit - prefix_len)
         ids, mask = left_pad([rows[i] for i in idx], width, batch_size, pad)
-        new = np.asarray(generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
-                                  pad_token_id=pad))
+        if prefix_len:
+            total = prefix_len + width + max_new_tokens
+            if total not in caches:
+                caches[total] = _prefill_prefix(graphdef, state, jnp.asarray([prefix], jnp.int32), cache_len=total)
+            new = _greedy_after_prefix(graphdef, state, caches[total], jnp.asarray(ids), jnp.asarray(mask), eos_ids,
+                                       jnp.int32(pad), max_new_tokens=max_new_tokens)
+        else:
+            new = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad)
+        new = np.asarray(new)
         for j, i in enumerate(idx):
             tokens = [int(t) for t in new[j]]
             if any(t in stops for t in tokens):  # keep the stop token itself: it may carry the newline
@@ -276,4 +354,4 @@ def evaluate_docs(model, tokenizer, docs: Sequence[dict], *, cot: bool = False, 
 
 __all__ = ["TASKS", "task_names", "base_name", "parse_cot_prompt", "fewshot_prefix", "build_prompt", "truncate",
            "extract_answer", "is_correct", "load_rows", "load_docs", "stop_token_ids", "left_pad",
-           "generate_texts", "answer_budget", "evaluate_docs"]
+           "common_prefix", "generate_texts", "answer_budget", "evaluate_docs"]

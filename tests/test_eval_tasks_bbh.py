@@ -167,3 +167,21 @@ def test_task_file_reads_original_format_files(tiny_folder, tokenizer, tokenizer
         eval_cli.main(["--model", str(folder), "--task_file", "piqa"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         eval_cli.main(["--model", str(folder), "--task_file", f"piqa={tmp_path / 'missing.jsonl'}"])
+
+
+def test_common_prefix():
+    assert bbh.common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert bbh.common_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps a token of its own
+    assert bbh.common_prefix([[5, 1], [6, 1]]) == 0
+
+
+def test_shared_prefix_generation_equals_whole_prompts(tiny_folder, tokenizer, shared_data):
+    """The few-shot prefix prefilled once (batch 1) and shared gives the same greedy tokens as whole prompts."""
+    _, model = tiny_folder
+    docs = eval_tasks.load_task("bbh_navigate", shared_data / "bbh", limit=5)
+    prompts = [d["prompt"] for d in docs]
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert bbh.common_prefix(rows) >= 2 * bbh.PREFIX_BUCKET  # the path under test really shares a prefix
+    shared = bbh.generate_texts(model, tokenizer, prompts, max_new_tokens=6, batch_size=2)
+    whole = bbh.generate_texts(model, tokenizer, prompts, max_new_tokens=6, batch_size=2, shared_prefix=False)
+    assert shared == whole and len(set(shared)) > 1
