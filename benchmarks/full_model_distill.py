@@ -493,6 +493,7 @@ def parse_args(argv=None):
                                                          "(sequential, fine-tune), units in one process")
     p.add_argument("--in_process", action="store_true", help="run the units in this process (default for --quick): "
                                                               "no crash isolation, no repeated model loading")
+    p.add_argument("--subprocess", action="store_true", help="one process per unit even with --quick")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -504,7 +505,8 @@ def parse_args(argv=None):
                                        REPO / "benchmarks" / "results" / "full_model_distill_runs")
     args.workdir = args.workdir or f"/tmp/kanjax_full_model_distill{'_quick' if args.quick else ''}"
     if args.quick:  # the smoke run goes through every path
-        args.sequential = args.in_process = True
+        args.sequential = True
+        args.in_process = args.in_process or not args.subprocess
     return args
 
 

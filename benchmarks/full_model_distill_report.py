@@ -338,14 +338,12 @@ def plot(R: dict, arms: list[str], names: list[str], path: Path) -> None:
         axes[0].bar([k + (i - (len(arms) - 1) / 2) * width for k in ks], pts, width,
                     yerr=[np.asarray(pts) - lo, hi - np.asarray(pts)], capsize=2, label=a, color=f"C{i}")
     axes[0].set(xlabel="block", ylabel="test ‖ŷ−y‖/‖y‖", title="layer-wise fit (isolated)")
-    axes[0].legend(fontsize=8)
     for i, r in enumerate(sorted((r for r in R.values() if r["kind"] == "insitu"), key=lambda r: model_rank(r["model"]))):
         ks = sorted(int(k) for k in r["blocks"])
         axes[1].plot(ks, [math.sqrt(sum(r["blocks"][str(k)]["h_err2"]) / sum(r["blocks"][str(k)]["h2"])) for k in ks],
                      marker="o", label=r["model"], color=f"C{i}")
     axes[1].set(xlabel="block", ylabel="‖h'−h‖/‖h‖ after the block", title="all blocks replaced: residual drift")
-    if axes[1].lines:
-        axes[1].legend(fontsize=8)
+
     for j, (label, groups_of) in enumerate((("BBH", bbh_groups), ("MC mean", mc_groups))):
         for i, n in enumerate(names):
             g = groups_of(R, [n])
@@ -356,10 +354,14 @@ def plot(R: dict, arms: list[str], names: list[str], path: Path) -> None:
             x = j + (i - (len(names) - 1) / 2) * 0.8 / len(names)
             axes[2].bar(x, point, 0.8 / len(names), yerr=[[point - lo], [hi - point]], capsize=2, color=f"C{i}",
                         label=n if j == 0 else None)
-    axes[2].set_xticks([0, 1], ["BBH (27 tasks)", "MC mean (5 sets)"])
+    n_bbh = next((len(r["tasks"]) for r in R.values() if r["kind"] == "eval_bbh"), 0)
+    axes[2].set_xticks([0, 1], [f"BBH ({n_bbh} tasks)", f"MC mean ({len(MC_TASKS)} sets)"])
+    for ax in axes[:2]:
+        ax.set_xticks(layers)
     axes[2].set(ylabel="score, % (95% CI)", title="spliced models")
-    if names:
-        axes[2].legend(fontsize=8)
+    for ax in axes:  # partial records: only panels with something drawn get a legend
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
