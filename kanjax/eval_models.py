@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kanjax import eval_tasks, evaluate, experiment
+from kanjax import bbh, eval_tasks, evaluate, experiment
 
 DEFAULT_TOKENIZER = "HuggingFaceTB/SmolLM2-135M-Instruct"  # SmolLM2's vocabulary and chat template
 WORKDIR_TOKENIZER = "tokenizer"  # train.py saves the run's tokenizer here in its workdir
@@ -104,17 +104,37 @@ def default_output(model_spec: str) -> Path:
 
 
 def run(model, tokenizer, tasks: Sequence[str], *, data_dir=None, limit: int | None = None, batch_size: int = 16,
-        perplexity_file: str | None = None, progress: bool = True) -> dict:
-    """Evaluate every task (and optionally perplexity) -> {"tasks": {name: metrics}, "perplexity": ...}."""
-    for name in tasks:
-        eval_tasks.get_task(name)  # unknown names fail before any scoring
+        perplexity_file: str | None = None, progress: bool = True, task_files: dict | None = None,
+        bbh_dir=None, cot: bool = False, max_new_tokens: int | None = None, gen_batch_size: int = 8) -> dict:
+    """Evaluate every task (and optionally perplexity) -> {"tasks": {name: metrics}, "groups": ...,
+    "perplexity": ...}.
+
+    tasks may hold group names ("bbh"); task_files {name: path} reads those tasks from local files
+    (and evaluates them even when `tasks` omits them). Multiple-choice tasks report acc / acc_norm
+    (`kanjax.evaluate`); BBH tasks generate greedily and report exact_match (`kanjax.bbh`: answer-only
+    3-shot, or chain of thought with `cot`; `max_new_tokens` None = sized to the targets, 256 with
+    CoT), read from `bbh_dir` (else `data_dir`, else the hub). "groups" holds the unweighted mean
+    exact match over the BBH tasks evaluated.
+    """
+    task_files = dict(task_files or {})
+    tasks = eval_tasks.expand_tasks(list(tasks) + [t for t in task_files if t not in tasks])  # fail early
     results: dict = {"tasks": {}}
     for name in tasks:
-        docs = eval_tasks.load_task(name, data_dir, limit=limit)
+        spec = eval_tasks.get_task(name)
         t0 = time.perf_counter()
-        metrics = evaluate.evaluate_docs(model, tokenizer, docs, batch_size=batch_size, progress=progress)
+        if spec.kind == "bbh":
+            docs = eval_tasks.load_task(name, bbh_dir or data_dir, task_files.get(name), limit=limit, cot=cot)
+            metrics = bbh.evaluate_docs(model, tokenizer, docs, cot=cot, max_new_tokens=max_new_tokens,
+                                        batch_size=gen_batch_size, progress=progress)
+        else:
+            docs = eval_tasks.load_task(name, data_dir, task_files.get(name), limit=limit)
+            metrics = evaluate.evaluate_docs(model, tokenizer, docs, batch_size=batch_size, progress=progress)
         metrics["seconds"] = time.perf_counter() - t0
         results["tasks"][name] = metrics
+    bbh_runs = [m for n, m in results["tasks"].items() if eval_tasks.get_task(n).kind == "bbh"]
+    if bbh_runs:
+        results["groups"] = {"bbh": {"exact_match": float(np.mean([m["exact_match"] for m in bbh_runs])),
+                                     "tasks": len(bbh_runs), "n": sum(m["n"] for m in bbh_runs), "cot": cot}}
     if perplexity_file:
         t0 = time.perf_counter()
         results["perplexity"] = {**evaluate.perplexity_file(model, tokenizer, perplexity_file, batch_size=batch_size),
@@ -152,9 +172,17 @@ def sample_generations(model, tokenizer, prompts: Sequence[str], *, max_new_toke
 
 
 def table(results: dict) -> str:
-    lines = [f"{'task':<24}{'n':>6}{'acc':>9}{'acc_norm':>10}{'seconds':>9}"] if results["tasks"] else []
+    """acc / acc_norm per multiple-choice task; exact match (in the acc column) per BBH task and their mean."""
+    width = max([24] + [len(n) + 2 for n in results["tasks"]])
+    lines = [f"{'task':<{width}}{'n':>6}{'acc':>9}{'acc_norm':>10}{'seconds':>9}"] if results["tasks"] else []
     for name, m in results["tasks"].items():
-        lines.append(f"{name:<24}{m['n']:>6}{m['acc']:>9.4f}{m['acc_norm']:>10.4f}{m['seconds']:>9.1f}")
+        if "exact_match" in m:
+            lines.append(f"{name:<{width}}{m['n']:>6}{m['exact_match']:>9.4f}{'(exact)':>10}{m['seconds']:>9.1f}")
+        else:
+            lines.append(f"{name:<{width}}{m['n']:>6}{m['acc']:>9.4f}{m['acc_norm']:>10.4f}{m['seconds']:>9.1f}")
+    for name, g in results.get("groups", {}).items():
+        lines.append(f"{name + ' (mean of ' + str(g['tasks']) + ' tasks)':<{width}}{g['n']:>6}"
+                     f"{g['exact_match']:>9.4f}{'(exact)':>10}")
     if "perplexity" in results:
         p = results["perplexity"]
         lines.append(f"perplexity {p['file']}: {p['token_perplexity']:.3f} per token, "

