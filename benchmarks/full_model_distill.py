@@ -27,7 +27,7 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    and the next-token KL to the pretrained model on the test windows.
 4. --sequential: seqfit__<arm>__L<k> fits block k on the activations of the model whose earlier
    blocks are already replaced (targets that restore the pretrained residual stream,
-   `kanjax.distill.sequential_targets`); model `<arm>_seq`. --finetune_steps N: finetune__<arm> trains
+   `kanjax.distill_in_situ.sequential_targets`); model `<arm>_seq`. --finetune_steps N: finetune__<arm> trains
    the five spliced MLPs end to end (next-token loss on the recorded windows, run from the recorded
    residual, so only blocks 25..29 and the head run); model `<arm>_ft`. Both are off by default: on
    2 CPU cores each adds one judged model per arm (about 1.5 h each here), and the end-to-end step is
@@ -310,12 +310,12 @@ def run_fit(args, s, arm: str, layer: int) -> dict:
 
 
 def run_seqfit(args, s, arm: str, layer: int) -> dict:
-    from kanjax import distill
+    from kanjax import distill, distill_in_situ
 
     base, rec = teacher(args, s), recording(args)
     student = distill.splice(base, fitted(args, s, arm, base.config, "seqfit", upto=layer))
     t0 = time.perf_counter()
-    x, target = distill.sequential_targets(base, student, rec, layer, batch_size=args.batch_windows)
+    x, target = distill_in_situ.sequential_targets(base, student, rec, layer, batch_size=args.batch_windows)
     out = _fit_all_lrs(args, s, f"seqfit__{arm}__L{layer}", arm, layer, x, target, rec)
     out["targets_seconds"] = time.perf_counter() - t0
     return out
@@ -324,13 +324,13 @@ def run_seqfit(args, s, arm: str, layer: int) -> dict:
 def run_finetune(args, s, arm: str) -> dict:
     import numpy as np
 
-    from kanjax import distill
+    from kanjax import distill, distill_in_situ
 
     base, rec = teacher(args, s), recording(args)
     spliced = distill.splice(base, fitted(args, s, arm, base.config), arm_spec(arm))
     cfg = distill.FitConfig(steps=s["finetune_steps"], lr=args.finetune_lr, warmup=max(1, s["finetune_steps"] // 10),
                             seed=args.seed, log_every=max(1, s["finetune_steps"] // 10))
-    tuned, info = distill.finetune(spliced, rec, s["layers"], rec.splits["train"], cfg, batch_windows=args.finetune_batch)
+    tuned, info = distill_in_situ.finetune(spliced, rec, s["layers"], rec.splits["train"], cfg, batch_windows=args.finetune_batch)
     for k in s["layers"]:
         path = finetuned_file(args, arm, k)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,10 +339,10 @@ def run_finetune(args, s, arm: str) -> dict:
 
 
 def run_insitu(args, s, name: str) -> dict:
-    from kanjax import distill
+    from kanjax import distill_in_situ
 
     base, rec = teacher(args, s), recording(args)
-    out = distill.compare_in_situ(base, judged_model(args, s, name, base), rec, rec.splits["test"],
+    out = distill_in_situ.compare_in_situ(base, judged_model(args, s, name, base), rec, rec.splits["test"],
                                   batch_size=args.batch_windows)
     out["blocks"] = {str(k): v for k, v in out["blocks"].items()}
     return {"model": name, **out}

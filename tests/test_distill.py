@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kanjax import distill
+from kanjax import distill, distill_in_situ
 from kanjax.kan import count_params
 from kanjax.kanify import KANSpec
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaMLP
@@ -161,19 +161,19 @@ def test_splice_with_own_weights_keeps_logits(model, windows):
 
 def test_in_situ_errors_and_sequential_targets(model, recording):
     test = recording.splits["test"]
-    same = distill.compare_in_situ(model, model, recording, test)
+    same = distill_in_situ.compare_in_situ(model, model, recording, test)
     assert set(same["blocks"]) == {2, 3} and max(same["blocks"][3]["h_err2"]) == 0
     assert max(np.abs(same["kl"])) < 1e-4 and same["top1"] == same["tokens"] == [16, 16]
     broken = distill.splice(model, {2: distill.replacement_mlp(CONFIG, 2, seed=3)})
-    drift = distill.compare_in_situ(model, broken, recording, test)
+    drift = distill_in_situ.compare_in_situ(model, broken, recording, test)
     assert min(drift["blocks"][2]["mlp_err2"]) > 0 and min(drift["blocks"][3]["h_err2"]) > 0
     assert drift["blocks"][3]["mlp_err2"][0] > 0  # block 3 is the teacher's own MLP, fed drifted inputs
     # Sequential targets: with nothing replaced upstream they are the recorded outputs; with block 2
     # replaced, target = teacher's block-3 output h_3 minus the student's residual before its MLP.
-    x, target = distill.sequential_targets(model, model, recording, 3, batch_size=4)
+    x, target = distill_in_situ.sequential_targets(model, model, recording, 3, batch_size=4)
     np.testing.assert_allclose(x, recording.x(3), atol=1e-5)
     np.testing.assert_allclose(target, recording.y(3), atol=1e-5)
-    x2, target2 = distill.sequential_targets(model, broken, recording, 3, batch_size=4)
+    x2, target2 = distill_in_situ.sequential_targets(model, broken, recording, 3, batch_size=4)
     ids = jnp.asarray(recording.tokens[:2])
     _, ref, _ = distill.run_blocks(model, ids, 0, 4, (3,), from_ids=True)
     _, new, _ = distill.run_blocks(broken, ids, 0, 4, (3,), from_ids=True)
@@ -185,7 +185,7 @@ def test_in_situ_errors_and_sequential_targets(model, recording):
 def test_finetune_trains_only_the_chosen_mlps(model, recording):
     spliced = distill.splice(model, {3: distill.replacement_mlp(CONFIG, 3, seed=4)})
     cfg = distill.FitConfig(steps=6, lr=1e-2, warmup=1, log_every=3)
-    tuned, info = distill.finetune(spliced, recording, (3,), recording.splits["train"], cfg, batch_windows=2)
+    tuned, info = distill_in_situ.finetune(spliced, recording, (3,), recording.splits["train"], cfg, batch_windows=2)
     assert len(info["train_loss"]) == 2 and info["tokens"] == 6 * 2 * 16
     before, after = nnx.state(spliced, nnx.Param), nnx.state(tuned, nnx.Param)
     from kanjax.surgery import path_string

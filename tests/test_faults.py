@@ -3,7 +3,6 @@ key), or the run completes. Tiny models and files; the real AG News sample where
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from kanjax import data
-from kanjax.config import ConfigError, InputError
+from kanjax.config import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_helpers import REPO_ROOT, apply_overrides, tiny_overrides  # noqa: E402
