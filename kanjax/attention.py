@@ -75,10 +75,15 @@ def default_positions(batch: int, t: int, offset, attention_mask=None, segment_i
 
 
 def attention_mask_bool(t: int, s: int, offset, attention_mask=None, segment_ids=None) -> jax.Array:
-    """(b|1, t, s) bool: query at slot offset+i sees key slot j iff j <= offset+i, key valid, same segment."""
+    """(b|1, t, s) bool: query at slot offset+i sees key slot j iff j <= offset+i, key valid, same segment.
+
+    attention_mask (b, s) marks valid keys; a (b, t, s) one says directly which keys each query sees
+    (e.g. continuations packed after a shared context, kanjax.packing), still ANDed with causality."""
     q_slot = offset + jnp.arange(t)
     mask = (jnp.arange(s)[None, :] <= q_slot[:, None])[None]
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.ndim == 3:
+        mask = mask & attention_mask.astype(bool)
+    elif attention_mask is not None:
         mask = mask & attention_mask.astype(bool)[:, None, :]
     if segment_ids is not None:
         mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])

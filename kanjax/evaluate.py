@@ -25,7 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kanjax import packing
+
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+TOKENS_PER_CALL = 4096  # packed scoring: rows x length per jitted call (CPU caches like a few thousand tokens)
+MIN_ROW = 256  # packed rows hold several questions: at least this long
 
 
 # ----------------------------------------------------------------------------- tokenisation
@@ -167,11 +171,86 @@ def score_token_rows(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _score_packed(graphdef, state, tokens, positions, segment, branch, target_index, target_token):
+    """Packed rows (b,t) and scored slots (b,w) -> log p(target) (b,w) float32, target is argmax (b,w).
+
+    The last block and the (d → vocab) head run only at the scored slots."""
+    model = nnx.merge(graphdef, state)
+    key_seg, key_branch = segment[:, None, :], branch[:, None, :]
+    visible = ((segment[:, :, None] == key_seg) & (key_seg > 0)
+               & ((key_branch == 0) | (key_branch == branch[:, :, None])))  # (b,t,t); causality added inside
+    logits = model.logits(model.model(tokens, visible, positions, last_rows=target_index))  # (b,w,v)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    tok_logp = jnp.take_along_axis(logp, target_token[..., None], axis=-1)[..., 0]
+    return tok_logp, jnp.argmax(logits, axis=-1) == target_token
+
+
+def _pow2(n: int, floor: int = 1) -> int:
+    return max(floor, 1 << (max(n, 1) - 1).bit_length())
+
+
+def score_packed(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                 tokens_per_call: int = TOKENS_PER_CALL, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                 max_len: int | None = None, progress: bool = False, stats: dict | None = None
+                 ) -> list[tuple[float, bool]]:
+    """`score_token_rows` with each distinct context run once (kanjax.packing): the continuations of
+    a context follow it in the same row, several contexts share a row, rows are `length` tokens (the
+    bucket of max(longest request, MIN_ROW)) and a call takes tokens_per_call // length of them.
+
+    stats, when given, receives tokens (real), slots (b·t of every call), calls and shapes.
+    """
+    check_lm(model)
+    limit = model_max_len(model, max_len)
+    reqs = [packing.cut_request(c, k, limit) for c, k in pairs]
+    if not reqs:
+        return []
+    longest = max(len(r.prefix) + len(r.suffix) for r in reqs)
+    length = bucket_length(max(longest, min(MIN_ROW, limit)), buckets, limit)
+    grouped = packing.groups(reqs, length)
+    rows = [[grouped[g] for g in row] for row in
+            packing.assign_rows([packing.group_length(reqs, g) for g in grouped], length)]
+    per_call = max(1, tokens_per_call // length)
+    graphdef, state = nnx.split(model)
+    ll, greedy = np.zeros(len(reqs)), np.ones(len(reqs), bool)
+    real = sum(packing.group_length(reqs, g) for g in grouped)
+    slots, shapes = 0, set()
+    starts = range(0, len(rows), per_call)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="score", dynamic_ncols=True)
+    for s in starts:
+        chunk = rows[s:s + per_call]
+        batch = min(per_call, _pow2(len(chunk)))  # few shapes, little padding on small tasks
+        width = _pow2(max(packing.row_targets(reqs, row) for row in chunk), 8)
+        arrays = packing.pack_rows(reqs, chunk, length, width, batch)
+        tok_logp, is_top = jax.device_get(_score_packed(
+            graphdef, state, *(jnp.asarray(a) for a in (arrays.tokens, arrays.positions, arrays.segment,
+                                                        arrays.branch, arrays.target_index, arrays.target_token))))
+        real_slot = arrays.owner >= 0
+        np.add.at(ll, arrays.owner[real_slot], np.asarray(tok_logp, np.float64)[real_slot])
+        np.logical_and.at(greedy, arrays.owner[real_slot], np.asarray(is_top)[real_slot])
+        slots += batch * length
+        shapes.add((batch, length, width))
+    if stats is not None:
+        stats.update(tokens=real, slots=slots, calls=len(starts), shapes=sorted(shapes),
+                     padding_fraction=1 - real / max(slots, 1))
+    return [(float(a), bool(b)) for a, b in zip(ll, greedy)]
+
+
 def loglikelihoods(model, tokenizer, requests: Iterable[tuple[str, str]], *, batch_size: int = 16,
                    buckets: Sequence[int] | None = DEFAULT_BUCKETS, max_len: int | None = None,
-                   progress: bool = False) -> list[tuple[float, bool]]:
-    """[(context, continuation)] -> [(sum log-prob of the continuation's tokens, is_greedy)]."""
+                   progress: bool = False, packed: bool = True, stats: dict | None = None
+                   ) -> list[tuple[float, bool]]:
+    """[(context, continuation)] -> [(sum log-prob of the continuation's tokens, is_greedy)].
+
+    packed (default): `score_packed`, each context scored once; batch_size then does not apply.
+    packed=False: one padded row per request (`score_token_rows`), the reference it is tested against.
+    """
     pairs = [encode_pair(tokenizer, c, k) for c, k in requests]
+    if packed and buckets is not None:
+        return score_packed(model, pairs, buckets=buckets, max_len=max_len, progress=progress, stats=stats)
     return score_token_rows(model, pairs, batch_size=batch_size, buckets=buckets, max_len=max_len,
                             progress=progress)
 
@@ -265,6 +344,6 @@ def perplexity_file(model, tokenizer, path: str | Path, **kwargs) -> dict:
     return {"file": str(path), **perplexity(model, tokenizer, path.read_text(encoding="utf-8"), **kwargs)}
 
 
-__all__ = ["check_lm", "encode_pair", "make_row", "bucket_length", "score_token_rows", "loglikelihoods",
+__all__ = ["check_lm", "encode_pair", "make_row", "bucket_length", "score_token_rows", "score_packed", "loglikelihoods",
            "mc_predictions", "mc_requests", "score_docs", "evaluate_docs", "rolling_pairs", "perplexity",
            "perplexity_file", "DEFAULT_BUCKETS"]

@@ -302,7 +302,8 @@ class LlamaModel(nnx.Module):
                  cache: KVCache | None = None, last_rows: jax.Array | None = None):
         """input_ids (b,t) -> final-normed hidden (b,t,d), plus the new cache when one is given.
 
-        attention_mask is (b,t) without a cache and (b,max_len) with one (1 = real token).
+        attention_mask is (b,t) without a cache and (b,max_len) with one (1 = real token), or a (b,t,t)
+        bool of the keys each query sees (with explicit positions; packed rows, kanjax.packing).
         last_rows (b,r): the last block runs only at these positions -> (b,r,d); every earlier block
         still runs everywhere, since the last block's keys and values need all of them.
         """
@@ -311,8 +312,12 @@ class LlamaModel(nnx.Module):
         s = t if cache is None else cache.k[0].shape[1]
         if cache is not None and segment_ids is not None:
             raise ValueError("segment_ids are not supported together with a KV cache")
-        if attention_mask is not None and attention_mask.shape != (b, s):
-            raise ValueError(f"attention_mask must be {(b, s)}, got {attention_mask.shape}")
+        full_mask = attention_mask is not None and attention_mask.ndim == 3
+        if attention_mask is not None and attention_mask.shape not in ((b, s), (b, t, s)):
+            raise ValueError(f"attention_mask must be {(b, s)} (or {(b, t, s)}: which keys each query sees), "
+                             f"got {attention_mask.shape}")
+        if full_mask and positions is None:
+            raise ValueError("a (b, t, s) attention_mask needs explicit positions")
         if positions is None:
             positions = default_positions(b, t, offset, attention_mask, segment_ids)
         mask = attention_mask_bool(t, s, offset, attention_mask, segment_ids)

@@ -78,6 +78,49 @@ def test_bucket_padding_gives_identical_scores(tiny_pair, tokenizer):
         assert abs(a - b) < 1e-4 and ga == gb
 
 
+def test_packed_scoring_equals_one_row_per_request(tiny_pair):
+    """Shared-prefix packing (several contexts per row, continuations after their context, a group
+    too long for one row split, left truncation) gives each request's unpacked log-likelihood."""
+    _, ours = tiny_pair
+    rng = np.random.default_rng(0)
+    ids = lambda n: rng.integers(5, 49152, n).tolist()  # noqa: E731
+    pairs = []
+    for n_ctx, n_choices in [(10, 14), (3, 4), (20, 2), (1, 1), (30, 3), (60, 2)]:  # 60: truncated at max_len
+        ctx = ids(n_ctx)
+        pairs += [(ctx, ids(int(rng.integers(1, 9)))) for _ in range(n_choices)]
+    pairs.append((pairs[0][0][:5], ids(4)))  # a context that is a prefix of another: its own group
+    from kanjax import packing
+
+    cut = [packing.cut_request(c, k, 48) for c, k in pairs]
+    assert len(packing.groups(cut, 48)) > len({r.prefix for r in cut})  # the 14-choice group is split
+    stats = {}
+    packed = evaluate.score_packed(ours, pairs, max_len=48, buckets=(16, 32, 64), tokens_per_call=96, stats=stats)
+    single = evaluate.score_token_rows(ours, pairs, batch_size=1, buckets=None, max_len=48)
+    assert stats["calls"] > 1 and 0 <= stats["padding_fraction"] < 1
+    assert stats["tokens"] < sum(len(c[-(48 + 1 - len(k)):]) + len(k) - 1 for c, k in pairs)  # contexts shared
+    for (a, ga), (b, gb) in zip(packed, single):
+        assert abs(a - b) < 1e-4 and ga == gb
+
+
+def test_packing_layout_is_what_the_mask_assumes():
+    from kanjax import packing
+
+    reqs = [packing.cut_request([7, 8, 9], [1, 2], 16), packing.cut_request([7, 8, 9], [3], 16),
+            packing.cut_request([5], [4, 4, 4], 16)]
+    groups = packing.groups(reqs, 16)
+    rows = [[groups[g] for g in row] for row in packing.assign_rows([packing.group_length(reqs, g) for g in groups], 16)]
+    assert len(rows) == 1
+    b = packing.pack_rows(reqs, rows[0:1], 10, 8, 1)
+    np.testing.assert_array_equal(b.tokens[0], [7, 8, 9, 1, 5, 4, 4, 0, 0, 0])
+    np.testing.assert_array_equal(b.positions[0], [0, 1, 2, 3, 0, 1, 2, 0, 0, 0])
+    np.testing.assert_array_equal(b.segment[0], [1, 1, 1, 1, 2, 2, 2, 0, 0, 0])
+    np.testing.assert_array_equal(b.branch[0], [0, 0, 0, 1, 0, 1, 1, 0, 0, 0])
+    # request 1's only target (3) is predicted by the context's last token, as request 0's first.
+    np.testing.assert_array_equal(b.owner[0], [0, 0, 1, 2, 2, 2, -1, -1])
+    np.testing.assert_array_equal(b.target_index[0][:6], [2, 3, 2, 4, 5, 6])
+    np.testing.assert_array_equal(b.target_token[0][:6], [1, 2, 3, 4, 4, 4])
+
+
 def test_left_truncation_matches_torch(tiny_pair, tokenizer):
     hf, ours = tiny_pair
     ctx, cont = REQUESTS[4]
