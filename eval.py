@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         print(f"eval.py: --perplexity_file {args.perplexity_file}: no such file", file=sys.stderr)
         return 2
     prompts = _prompts(args.generate)
+    eval_models.check_model_spec(args.model)
     tokenizer = eval_models.load_tokenizer(args.tokenizer, args.model)
     model, tokenizer = eval_models.load_model(args.model, tokenizer)
     results = eval_models.run(model, tokenizer, tasks, data_dir=args.data_dir, limit=args.limit,

@@ -108,6 +108,8 @@ class DataError(InputError):
 def _check_readable(file: Path, builder: str) -> None:
     """Fail on what `datasets` would report as a long traceback without the file's name: an empty
     file, bytes that are not UTF-8, a JSON-lines row that does not parse."""
+    if builder == "parquet":  # binary; pyarrow names the file in its own errors
+        return
     raw = file.read_bytes()
     if not raw.strip():
         raise DataError(f"{file}: the file is empty")
@@ -116,6 +118,8 @@ def _check_readable(file: Path, builder: str) -> None:
     except UnicodeDecodeError as e:
         raise DataError(f"{file}: not UTF-8 text: byte offset {e.start} is {raw[e.start:e.start + 1]!r}; "
                         "save the file as UTF-8") from None
+    if builder == "csv" and len([ln for ln in text.splitlines() if ln.strip()]) == 1 and not _is_original_agnews(file):
+        raise DataError(f"{file}: no rows (a header only?)")
     if builder != "json":
         return
     try:
@@ -295,7 +299,7 @@ def load_tokenizer(name_or_path: str):
     except OSError as e:
         if online:
             raise
-        raise OSError(f"tokenizer {name_or_path!r} is not a local folder nor in the HF cache, and the "
+        raise ConnectionError(f"tokenizer {name_or_path!r} is not a local folder nor in the HF cache, and the "
                       f"Hugging Face hub is unreachable (offline); {hint}") from e
 
 

