@@ -4,6 +4,7 @@
     python benchmarks/agnews_study.py --phase recipe     # one phase: recipe | tune | study
     python benchmarks/agnews_study.py --only '^linear$' --seeds 0,1
     python benchmarks/agnews_study.py --quick            # minutes: tiny budgets, records kept apart
+    python benchmarks/agnews_study.py --phase study --only '^linear$' --lr 1e-3   # one arm, a given rate
     python benchmarks/agnews_study.py --report_only      # agnews.md and kan_recipe.md from the records
 
 Three phases, each a list of arms (name, config file, overrides, seeds):
@@ -135,7 +136,9 @@ def run_overrides(phase: str, arm: Arm, seed: int, args, rates: dict[str, float]
         flags["train.steps"] = args.steps
     if phase in ("recipe", "tune"):  # the diagnosis reads both (kan_recipe.md)
         flags["train.diagnostics_every"] = 2 if args.quick else DIAGNOSTICS_EVERY
-    if arm.lr_of is not None:
+    if arm.lr_of is not None and getattr(args, "lr", 0):
+        flags["train.lr"] = args.lr  # given on the command line: no wait for the tuning phase
+    elif arm.lr_of is not None:
         if arm.lr_of not in rates:
             return None
         flags["train.lr"] = rates[arm.lr_of]
@@ -296,6 +299,8 @@ def main(argv=None) -> None:
     p.add_argument("--only", default="", help="regex over arm names")
     p.add_argument("--seeds", default="", help="comma-separated seeds instead of each arm's count")
     p.add_argument("--steps", type=int, default=0, help="override the training steps of every run")
+    p.add_argument("--lr", type=float, default=0.0,
+                   help="train the study arms at this rate instead of the tuned ones (no tuning phase needed)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (minutes), records kept apart")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--no_report", action="store_true")

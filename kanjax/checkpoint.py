@@ -127,11 +127,13 @@ def read_params(directory: str | Path, step: int) -> dict:
     import jax
 
     path = (Path(directory) / str(step) / "state").absolute()
-    ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(path)
+    # The item's handler, not a Checkpointer: the step-level _CHECKPOINT_METADATA of a composite
+    # checkpoint is not inside the item folder, and a Checkpointer warns that it is missing.
+    handler = ocp.PyTreeCheckpointHandler()
+    meta = handler.metadata(path)
     meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
     args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    return _strip_value(ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
+    return _strip_value(handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
 
 
 def _strip_value(tree):

@@ -57,17 +57,30 @@ def test_eval_cli_rejects_unknown_task(tmp_path):
 
 @pytest.mark.slow
 def test_eval_on_train_workdir_with_trimmed_vocab(tmp_path, shared_data, tokenizer):
-    """A 4-step causal-LM run (vocabulary trimmed to 256, KAN layers) is reloaded and evaluated."""
+    """A 4-step causal-LM run (vocabulary trimmed to 256 from its training text) is reloaded and
+    evaluated with its training data moved away: the workdir alone rebuilds the model (its
+    checkpoint carries the model record, the id map and the tokenizer)."""
+    import shutil
+
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from train_helpers import apply_overrides, tiny_overrides
 
     from configs import base
     from kanjax.train_loop import run
 
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copy(shared_data / "text" / "tinyshakespeare.txt", data_dir)
     config = apply_overrides(base.get_config(), tiny_overrides(tmp_path, shared_data, **{
         "train.steps": 4, "checkpoint.every": 0, "model.task": "causal_lm", "data.task": "text",
-        "data.path": str(shared_data / "text" / "tinyshakespeare.txt")}))
+        "data.path": str(data_dir / "tinyshakespeare.txt")}))
     summary = run(config)
+    shutil.move(data_dir, tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "cache")
+    out = tmp_path / "eval.json"
+    assert eval_cli.main(["--model", str(tmp_path / "run"), "--tasks", "copa", "--data_dir",
+                          str(shared_data / "mc_benchmarks"), "--limit", "4", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["tasks"]["copa"]["n"] == 4
     model, mapped = eval_models.load_model(str(tmp_path / "run"), tokenizer)
     assert isinstance(mapped, eval_models.MappedTokenizer) and model.config.vocab_size < len(tokenizer)
     import jax

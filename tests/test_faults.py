@@ -50,6 +50,20 @@ def test_corrupted_newest_checkpoint_is_set_aside_and_the_run_finishes(tmp_path,
     assert len(keys) == len(set(keys)), "a step logged twice"
 
 
+def test_loading_a_workdir_warns_about_nothing(tmp_path, shared_data, caplog):
+    """Orbax's "Metadata file does not exist: …/_CHECKPOINT_METADATA" on every load is gone."""
+    import logging
+
+    from kanjax import experiment
+    from kanjax.train_loop import run
+
+    run(_config(tmp_path, shared_data, **{"train.steps": 2, "checkpoint.every": 2, "eval.test_limit": 16}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        model, _, step = experiment.load_workdir(tmp_path / "run")
+    assert step == 2 and not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_resume_with_a_changed_model_setting_stops_naming_the_keys(tmp_path, shared_data):
     from kanjax.train_loop import run
 

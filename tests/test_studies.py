@@ -37,12 +37,14 @@ def test_converted_full_smollm2_scores_like_the_pretrained_one(tmp_path, shared_
 
 @pytest.mark.slow
 def test_agnews_study_quick_writes_records_and_report(tmp_path, shared_data):
-    stdout = _run("agnews_study.py", "--quick", "--only", "^linear$|^kan_chebyshev2$", "--records",
+    stdout = _run("agnews_study.py", "--quick", "--phase", "study", "--lr", "1e-3", "--only", "^linear$|^kan_chebyshev2$",
+                  "--records",
                   str(tmp_path / "rec"), "--workdirs", str(tmp_path / "work"), "--data_dir", str(shared_data))
     assert "linear seed 0: ok" in stdout and "kan_chebyshev2 seed 0: ok" in stdout
-    rec = json.loads((tmp_path / "rec" / "kan_chebyshev2__seed0.json").read_text())
+    rec = json.loads((tmp_path / "rec" / "study" / "kan_chebyshev2__seed0.json").read_text())
     assert rec["params"] > 0 and rec["steps"] == 6 and not rec["nonfinite"] and 0 <= rec["test_accuracy"] <= 1
     # A finished run is not redone.
-    assert "0 run(s) to do" in _run("agnews_study.py", "--quick", "--only", "^linear$", "--records",
+    assert "0 run(s) to do" in _run("agnews_study.py", "--quick", "--phase", "study", "--lr", "1e-3", "--only", "^linear$",
+                                    "--records",
                                     str(tmp_path / "rec"), "--workdirs", str(tmp_path / "work"),
                                     "--data_dir", str(shared_data), "--no_report")

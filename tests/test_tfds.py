@@ -15,7 +15,7 @@ from kanjax import data
 from train_helpers import REPO_ROOT, apply_overrides, checkpoint_params, tiny_overrides
 
 sys.path.insert(0, str(REPO_ROOT))
-from configs import kan_cheb2  # noqa: E402
+from configs import kan_cheb2, linear  # noqa: E402
 
 
 def cfg(**kw):
@@ -158,7 +158,7 @@ def test_train_on_tfds_equals_csv_and_resumes_exactly(tfds_dir, shared_data, tmp
               "eval.test_limit": 16, "checkpoint.async_save": False}
     flags = {**tiny_overrides(tmp_path / "tfds", shared_data, **common),
              "data.path": "", "data.name": "tfds:ag_news_local", "data.tfds_dir": str(tfds_dir)}
-    args = [str(REPO_ROOT / "train.py"), f"--config={REPO_ROOT / 'configs/kan_cheb2.py'}", "--stop_after=2"]
+    args = [str(REPO_ROOT / "train.py"), f"--config={REPO_ROOT / 'configs/linear.py'}", "--stop_after=2"]
     args += [f"--config.{k}={v}" for k, v in flags.items()]
     out = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, *args], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=600)
@@ -166,9 +166,9 @@ def test_train_on_tfds_equals_csv_and_resumes_exactly(tfds_dir, shared_data, tmp
     assert "TENSORFLOW_IMPORTED False" in out.stdout, out.stdout[-2000:]
     assert len(_losses(tmp_path / "tfds" / "run")) == 2
 
-    run(apply_overrides(kan_cheb2.get_config(), flags))
+    run(apply_overrides(linear.get_config(), flags))
     assert "resumed from checkpoint step 2" in capsys.readouterr().out
-    run(apply_overrides(kan_cheb2.get_config(), tiny_overrides(tmp_path / "csv", shared_data, **common)))
+    run(apply_overrides(linear.get_config(), tiny_overrides(tmp_path / "csv", shared_data, **common)))
 
     tfds_losses, csv_losses = _losses(tmp_path / "tfds" / "run"), _losses(tmp_path / "csv" / "run")
     assert [step for step, _ in csv_losses] == [1, 2, 3, 4]

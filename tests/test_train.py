@@ -80,26 +80,6 @@ def test_undivisible_dimension_stays_replicated(caplog):
     assert tuple(logical_to_mesh(("embed", "mlp"), (64, 96), FakeMesh(), "up")) == (None, "tensor")
 
 
-def test_exact_resume_across_processes(tmp_path, shared_data):
-    straight = tiny_overrides(tmp_path / "a", shared_data)
-
-    out = train_cli("configs/kan_cheb2.py", straight)
-    assert out.returncode == 0, out.stderr[-3000:]
-
-    split = tiny_overrides(tmp_path / "b", shared_data)
-    # 10 steps, process exits; a new process resumes from step 10 and runs 10 more.
-    first = train_cli("configs/kan_cheb2.py", split, extra_args=["--stop_after=10"])
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = train_cli("configs/kan_cheb2.py", split)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from checkpoint step 10" in second.stdout
-    a = checkpoint_params(tmp_path / "a" / "run", 20)
-    b = checkpoint_params(tmp_path / "b" / "run", 20)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[1])
@@ -121,26 +101,41 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sigkill_during_save_resumes_from_last_complete_checkpoint(tmp_path, shared_data):
+def test_resume_across_processes_and_after_sigkill_is_exact(tmp_path, shared_data):
+    """Three runs of the same 30 steps (KAN, checkpoints every 10), each in fresh processes:
+    straight through; stopped after 10 (--stop_after) and resumed by a new process; and killed with
+    SIGKILL while the asynchronous save of step 20 is in flight, then resumed from step 10, the last
+    complete checkpoint. The parameters at steps 20 and 30 are bitwise those of the straight run."""
     import json
 
-    flags = tiny_overrides(tmp_path, shared_data, **{"train.steps": 30, "checkpoint.every": 10})
+    cache = str(tmp_path / "cache")  # the token cache is keyed by content: shared, as a user's reruns share it
+    flags = {name: tiny_overrides(tmp_path / name, shared_data, **{"train.steps": 30, "checkpoint.every": 10,
+                                                                   "data.cache_dir": cache})
+             for name in ("straight", "stopped", "killed")}
+    first = train_cli("configs/kan_cheb2.py", flags["straight"])  # fills the cache the others read
+    assert first.returncode == 0, first.stderr[-3000:]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), str(REPO_ROOT)])}
-    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(REPO_ROOT), json.dumps(flags)], env=env,
-                            capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    ckpt_dir = tmp_path / "run" / "checkpoints"
+    # The two interrupted runs are independent: they run side by side.
+    killed = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(REPO_ROOT), json.dumps(flags["killed"])],
+                              env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = train_cli("configs/kan_cheb2.py", flags["stopped"], extra_args=["--stop_after=10"])
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    _, killed_err = killed.communicate(timeout=900)
+    assert killed.returncode == -9, killed_err[-3000:]
+    ckpt_dir = tmp_path / "killed" / "run" / "checkpoints"
     complete = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
     assert 20 not in complete and 10 in complete, sorted(p.name for p in ckpt_dir.iterdir())
-    resumed = train_cli("configs/kan_cheb2.py", flags)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from checkpoint step 10" in resumed.stdout
-    straight_flags = tiny_overrides(tmp_path / "straight", shared_data, **{"train.steps": 30, "checkpoint.every": 10})
-    straight = train_cli("configs/kan_cheb2.py", straight_flags)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    a, b = checkpoint_params(tmp_path / "run", 30), checkpoint_params(tmp_path / "straight" / "run", 30)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+    for name in ("stopped", "killed"):
+        resumed = train_cli("configs/kan_cheb2.py", flags[name])
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resumed from checkpoint step 10" in resumed.stdout, name
+        for step in (20, 30):
+            a = checkpoint_params(tmp_path / "straight" / "run", step)
+            b = checkpoint_params(tmp_path / name / "run", step)
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name} step {step}: {key}")
 
 
 def test_float16_with_loss_scaling_skips_overflow_and_trains(tmp_path, shared_data):
@@ -206,12 +201,12 @@ def test_bad_input_fails_before_training(tmp_path, shared_data, problem):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config_name,steps,min_accuracy", [("linear", 200, 0.6), ("kan_cheb2", 400, 0.5)])
-def test_mini_smollm2_learns_agnews(tmp_path, shared_data, config_name, steps, min_accuracy):
+@pytest.mark.parametrize("config_name", ["linear", "kan_cheb2"])
+def test_mini_smollm2_learns_agnews(tmp_path, shared_data, config_name):
     """The main job's model (3 blocks of SmolLM2's shape from scratch, trimmed vocabulary; linear,
-    and with every projection a parameter-matched chebyshev2 KAN), shortened, on the real AGNews
-    sample; accuracy on the full official test split (chance: 0.25). Measured when written:
-    linear 0.80 after 150 steps, KAN 0.58 after 400 (it learns, more slowly)."""
+    and with every projection a parameter-matched chebyshev2 KAN with the default recipe), the same
+    shortened budget for both, on the real AGNews sample; accuracy on the first 2,000 texts of the
+    official test split (chance: 0.25; its standard error at 0.7 is 0.01)."""
     import importlib
 
     from kanjax.train_loop import run
@@ -221,12 +216,13 @@ def test_mini_smollm2_learns_agnews(tmp_path, shared_data, config_name, steps, m
         "workdir": str(tmp_path / "run"),
         "data.path": str(shared_data / "ag_news"), "data.tokenizer": str(shared_data / "smollm2_tokenizer"),
         "data.cache_dir": str(tmp_path / "cache"), "data.seq_len": 64, "data.batch_size": 16,
-        "train.steps": steps, "train.warmup": 30, "train.log_every": 50, "eval.every": 0, "checkpoint.every": 0})
+        "train.steps": 120, "train.warmup": 20, "train.log_every": 20, "eval.every": 0, "checkpoint.every": 0,
+        "eval.test_limit": 2000})
     summary = run(config)
     rows = [r for r in map(__import__("json").loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
             if r["split"] == "train"]
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
-    assert summary["test_accuracy"] >= min_accuracy, summary
+    assert summary["test_accuracy"] >= 0.6, summary
     assert (tmp_path / "run" / "curves.png").exists()
 
 
