@@ -332,10 +332,10 @@ def main(argv=None) -> None:
             plan = planned_runs(args, rates)
             todo = [(ph, a, s, f) for ph, a, s, f in plan if not record_path(args, ph, a.name, s).exists()]
             ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed]
-            if not ready:
-                break
             print(f"{len(todo)} run(s) to do ({len(todo) - len(ready)} waiting for tuned learning rates); "
                   f"records in {args.records}", flush=True)
+            if not ready:
+                break
             phase, arm, seed, flags = ready[0]
             done += 1
             twin = same_run(args, phase, arm, seed, flags)

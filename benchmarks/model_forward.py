@@ -25,7 +25,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,22 +33,9 @@ import torch
 import transformers
 from flax import nnx
 
+from timing import round_robin  # noqa: E402  (benchmarks/timing.py: run as a script, this folder is on the path)
 from kanjax import hf
 from kanjax.llama import LlamaConfig, LlamaForCausalLM
-
-
-def timed_round_robin(fns: dict, runs: int) -> dict:
-    """{name: (median s, min s)}, one run of each fn per round after two warm-up runs each."""
-    for fn in fns.values():
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
 def load_models():
@@ -101,7 +87,7 @@ def main():
     for n in [default_threads] + [n for n in args.torch_threads if n != default_threads]:
         fns[("transformers (PyTorch)", f"{n} thread(s)")] = torch_runner(n)
     load_before = os.getloadavg()[0]
-    results = timed_round_robin(fns, args.runs)
+    results = {name: (statistics.median(ts), min(ts)) for name, ts in round_robin(fns, args.runs).items()}
     load_after = os.getloadavg()[0]
     torch.set_num_threads(default_threads)
     best_torch = min(med for (name, _), (med, _) in results.items() if name.startswith("transformers"))

@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs.base import get_config  # noqa: E402
+from timing import round_robin  # noqa: E402  (benchmarks/timing.py: run as a script, this folder is on the path)
 from kanjax import sharding, train_lib  # noqa: E402
 from kanjax.kan import KANLinear, count_params  # noqa: E402
 from kanjax.kanify import build_model  # noqa: E402
@@ -150,20 +150,6 @@ def matmul_arm(m: int, k: int, n: int, dtype):
     return lambda: jax.block_until_ready(dot(a, b))
 
 
-def timed_round_robin(fns: dict, runs: int) -> dict:
-    """{name: [seconds per round]}, one run of each fn per round after two warm-up runs each."""
-    for fn in fns.values():
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -209,7 +195,7 @@ def main() -> None:
         fns[f"{label} {precision}"] = matmul_arm(m, k, n, dtype)
         info[f"{label} {precision}"] = ("matmul", label, precision, None, 2.0 * m * k * n)
     load = [round(v, 1) for v in os.getloadavg()]
-    times = timed_round_robin(fns, args.runs)
+    times = round_robin(fns, args.runs)
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     rate = {name: info[name][4] / med[name] for name in fns}

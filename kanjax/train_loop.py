@@ -25,7 +25,7 @@ from kanjax import data as data_lib
 from kanjax import diagnostics, experiment
 from kanjax import metrics as metrics_lib
 from kanjax import sharding as shard_lib
-from kanjax import train_lib
+from kanjax import surgery, train_lib
 from kanjax.checkpoint import Checkpointer, newest_config
 from kanjax.kan import count_params
 from kanjax.kanify import param_report
@@ -279,7 +279,8 @@ def finish(r: Run, end: int, train_seconds: float, per_example_test: bool = Fals
     if r.is_main:
         metrics_lib.plot_curves(r.workdir / "metrics.jsonl", r.workdir / "curves.png", title=str(r.workdir.name))
         print(metrics_lib.summary_table(summary), flush=True)
-    return {**summary, "state": r.state, "trainer": r.trainer}
+    vocab = r.record["config"].get("kanjax_vocab")  # the trimmed vocabulary's old → new id map, if any
+    return {**summary, "state": r.state, "trainer": r.trainer, "id_map": surgery.id_map_from_record(vocab)}
 
 
 def run(config, *, max_steps: Optional[int] = None, per_example_test: bool = False) -> dict:

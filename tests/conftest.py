@@ -172,3 +172,9 @@ def llama_ref():
 
     return SimpleNamespace(config=tiny_hf_config, model=tiny_hf_model, copy=copy_hf_weights,
                            ours=kanjax_from_hf)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (a stable sort keeps file order otherwise): under pytest-xdist (`.ci/run`
+    uses two workers) the long ones then start early instead of leaving one worker busy at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

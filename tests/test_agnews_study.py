@@ -45,8 +45,8 @@ def _arm_logits(arm: study.Arm) -> np.ndarray:
     graphdef, params = nnx.split(model)
     params = jax.tree_util.tree_map_with_path(draw, params)
     ids = np.random.default_rng(0).integers(0, 64, (2, 12)).astype(np.int32)
-    forward = jax.jit(lambda p, i: nnx.merge(graphdef, p)(i, jnp.ones_like(i)))  # one dispatch, not op by op
-    return np.asarray(forward(params, ids), np.float64)
+    # Eagerly: at this size op-by-op dispatch (~1.5 s an arm with the build) beats compiling (~2.6 s).
+    return np.asarray(nnx.merge(graphdef, params)(ids, jnp.ones_like(ids)), np.float64)
 
 
 def test_every_pair_of_study_arms_computes_different_functions():
