@@ -37,6 +37,8 @@ def test_corrupted_newest_checkpoint_is_set_aside_and_the_run_finishes(tmp_path,
 
     config = _config(tmp_path, shared_data, **{"train.steps": 15, "checkpoint.every": 5, "eval.every": 5})
     run(config, max_steps=10)
+    # The validation scheduled at the step a run stops at (--stop_after) is done, not skipped.
+    assert (10, "validation") in [(r["step"], r["split"]) for r in _rows(tmp_path / "run")]
     state = tmp_path / "run" / "checkpoints" / "10" / "state"
     victim = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])  # a truncated array file
