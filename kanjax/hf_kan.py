@@ -32,7 +32,7 @@ MODEL_TYPE = "kanjax_llama"
 REMOTE_CODE_DIR = Path(__file__).resolve().parent / "hf_remote"
 REMOTE_CODE_FILES = ("configuration_kanjax_llama.py", "modeling_kanjax_llama.py")
 # The bases travel with the export unchanged: the remote modelling code imports this copy.
-SHIPPED_BASIS = (Path(__file__).resolve().parent / "basis.py", "kanjax_basis.py")
+SHIPPED_BASIS = (Path(__file__).resolve().parent / "basis_terms.py", "kanjax_basis.py")
 EXPORT_FILES = REMOTE_CODE_FILES + (SHIPPED_BASIS[1],)
 ARCHITECTURES = {"LlamaForCausalLM": "KanjaxLlamaForCausalLM",
                  "LlamaForSequenceClassification": "KanjaxLlamaForSequenceClassification"}

@@ -25,7 +25,7 @@ activations differ. The KAN layer mirrors `kanjax.kan.KANLinear` operation by op
 
 The basis is evaluated in float32 whatever the model dtype (as kanjax does). The families, the
 domain maps and the column layout are not restated here: `kanjax_basis.py` beside this file is
-kanjax's own `kanjax/basis.py`, copied unchanged at export, and is called with ``xp=torch``.
+kanjax's own `kanjax/basis_terms.py`, copied unchanged at export, and is called with ``xp=torch``.
 
 Depends only on torch, numpy and transformers; never imports kanjax.
 """
