@@ -1,0 +1,70 @@
+"""benchmarks/kan_recipe_report.py on made-up records: every number of the findings is computed from
+the records it is given (change a record, the text follows), the grid picks the best mean
+validation accuracy, and the seed-spread verdict cannot pass with a run at chance."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import kan_recipe_report as report  # noqa: E402
+
+KINDS = ("q", "k", "v", "o", "gate", "up", "down")
+OVERRIDES = {"train.steps": 600, "data.batch_size": 32, "data.seq_len": 80, "train.warmup": 30,
+             "train.diagnostics_every": 25}
+
+
+def record(phase, name, seed, *, test, val50, signal, lr=1e-3, steps=600, takeoff=40):
+    diag = [{"step": 0, **{f"{k}/out_signal": signal for k in KINDS}, **{f"{k}/out_rms": 0.5 for k in KINDS}}]
+    train = [[s, 1.3 if s < takeoff else 0.8, 2.0] for s in range(10, 610, 10)] if steps > 1 else []
+    return {"phase": phase, "name": name, "seed": seed, "test_accuracy": test, "final_val_accuracy": test + 0.01,
+            "val_curve": [[50, val50, 1.0], [600, test, 0.5]] if steps > 1 else [], "train_curve": train,
+            "diagnostics": diag, "params": 1000, "steps": steps, "lr": lr, "commit": "abcdef123456",
+            "overrides": OVERRIDES}
+
+
+def write(folder: Path, records):
+    for r in records:
+        (folder / r["phase"]).mkdir(parents=True, exist_ok=True)
+        (folder / r["phase"] / f"{r['name']}__seed{r['seed']}.json").write_text(json.dumps(r))
+
+
+def test_findings_follow_the_records(tmp_path):
+    records = [record("tune", "linear_lr0.001", 0, test=0.84, val50=0.78, signal=0.9),
+               record("recipe", "kan_v1_defaults", 0, test=0.77, val50=0.37, signal=0.02, takeoff=80),
+               record("recipe", "kan_linear_bottleneck", 0, test=0.82, val50=0.75, signal=0.88, takeoff=50),
+               record("recipe", "init_coef_linear_only", 0, test=0.3, val50=0.0, signal=0.55, steps=1)]
+    write(tmp_path / "rec", records)
+    text = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
+    assert "is 0.02 for kan_v1_defaults against 0.90 for linear" in text
+    assert "(alone): 0.55" in text and "With both (kan_linear_bottleneck): 0.88" in text
+    assert "linear: 78.0 %; kan_v1_defaults: 37.0 %; kan_linear_bottleneck: 75.0 %" in text
+    assert "Only 1 seed(s) per arm so far" in text
+    assert "| kan_v1_defaults | 1 | 1,000 | 78.0 | 77.0 | 77.0 | 0 | 80 |" in text  # takeoff from the curve
+    assert (tmp_path / "out" / "kan_recipe_curves.png").exists()
+
+    records[1]["diagnostics"][0] = {**records[1]["diagnostics"][0], **{f"{k}/out_signal": 0.3 for k in KINDS}}
+    write(tmp_path / "rec", records)
+    assert "is 0.30 for kan_v1_defaults" in report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
+
+
+@pytest.mark.parametrize("kan_tests,verdict", [((0.80, 0.81, 0.79), "target met"),
+                                                ((0.80, 0.81, 0.20), "target not met"),  # one run at chance
+                                                ((0.70, 0.85, 0.78), "target not met")])  # 3x linear's spread
+def test_learning_rate_grid_and_seed_spread(tmp_path, kan_tests, verdict):
+    records = []
+    for lr, shift in ((3e-4, -0.05), (1e-3, 0.0), (3e-3, -0.10)):
+        for seed in range(3):
+            records.append(record("tune", f"linear_lr{lr:g}", seed, test=0.83 + 0.02 * (seed - 1) + shift,
+                                  val50=0.7, signal=0.9, lr=lr))
+            records.append(record("tune", f"kan_chebyshev2_lr{lr:g}", seed, test=kan_tests[seed] + shift,
+                                  val50=0.7, signal=0.9, lr=lr))
+    write(tmp_path / "rec", records)
+    text = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
+    section = text.split("## Learning-rate grid")[1].splitlines()
+    grid = [line for line in section if line.startswith(("| linear |", "| kan_chebyshev2 |"))]
+    assert len(grid) == 2
+    assert all(line.rstrip(" |").endswith("0.001") for line in grid), grid  # the best mean validation accuracy
+    assert f"**{verdict}**" in text
