@@ -128,11 +128,11 @@ def test_plan_and_settings():
 
 
 @pytest.mark.slow
-def test_quick_run_writes_records_and_report(tmp_path):
+def test_quick_run_writes_records_and_report(tmp_path, shared_data, smollm2_gguf):
     """The whole --quick path on the real GGUF: every unit, then the report (records under tmp_path)."""
     t0 = time.perf_counter()
     study.main(["--quick", "--sequential", "--records", str(tmp_path / "records"),
-                "--workdir", str(tmp_path / "work")])
+                "--workdir", str(tmp_path / "work"), "--data_dir", str(shared_data)])
     units = {p.stem for p in (tmp_path / "records").glob("*.json")}
     args = study.parse_args(["--quick", "--sequential"])
     assert units == set(study.plan(args, study.settings(args))), sorted(units)
