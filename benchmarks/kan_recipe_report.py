@@ -310,8 +310,7 @@ def findings(diag: dict[str, list[dict]]) -> list[str]:
         out += ["3. **On top of the fixed initialisation**, the other candidate fixes change final test accuracy by: "
                 + "; ".join(f"{n}: {100 * (statistics.fmean(r['test_accuracy'] for r in runs) - base):+.1f} pt "
                             f"({len(runs)} seed(s))" for n, runs in more.items())
-                + " (means; paired per seed, the same data order). The default keeps the layer as simple as "
-                "these allow.", ""]
+                + " (means; paired per seed, the same data order).", ""]
     n_seeds = min((len(r) for r in (v1, fixed or v1)), default=0)
     if n_seeds < 3:
         out += [f"_Only {n_seeds} seed(s) per arm so far: the per-seed numbers above are what the records hold, "
