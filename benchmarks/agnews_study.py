@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -43,7 +44,9 @@ sys.path.insert(0, str(REPO))
 # SmolLM2 tokenizer: median 53, 90th percentile 75 tokens; 94% of the test texts).
 SEQ_LEN = 80
 BUDGET = {"data.seq_len": SEQ_LEN, "data.batch_size": 32, "train.steps": 600, "train.warmup": 30,
-          "train.log_every": 10, "eval.every": 50, "eval.batch_size": 200, "checkpoint.every": 0}
+          "train.log_every": 10, "eval.every": 50, "eval.batch_size": 200,
+          # A run cut short (a session's end) resumes from its last checkpoint, bitwise as if never stopped.
+          "checkpoint.every": 100, "checkpoint.keep": 1}
 QUICK = {"data.seq_len": 16, "data.batch_size": 8, "train.steps": 6, "train.warmup": 2,
          "train.log_every": 2, "eval.every": 3, "eval.batch_size": 64, "eval.limit": 64,
          "eval.test_limit": 256, "checkpoint.every": 0, "model.num_layers": 1, "model.vocab_size": 512}
@@ -267,6 +270,7 @@ def training_key(config: dict) -> str:
     c.pop("workdir", None)
     c["data"].pop("cache_dir", None)
     c["train"].pop("diagnostics_every", None)
+    c.pop("checkpoint", None)  # resume is exact: how often a run saves never changes what it learns
     return json.dumps(c, sort_keys=True)
 
 
@@ -361,6 +365,8 @@ def main(argv=None) -> None:
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
             if not rec.exists():
                 failed.add((phase, arm.name, seed))
+            else:  # the record holds all a report reads; the optimizer state is ~12 bytes per parameter
+                shutil.rmtree(Path(flags["workdir"]) / "checkpoints", ignore_errors=True)
         waiting = [t for t in planned_runs(args, tuned_rates(read_records(records_dir(args, "tune"))))
                    if t[3] is None]
         if waiting:
