@@ -356,8 +356,10 @@ def main(argv=None) -> None:
             cmd += ["--quick"] * args.quick
             log = Path(args.workdirs) / phase / f"{arm.name}__seed{seed}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
+            # Seeds of one arm compile the same programs: a persistent XLA cache shared by the runs.
+            env = {"JAX_COMPILATION_CACHE_DIR": str(Path(args.workdirs) / "xla_cache"), **os.environ}
             with open(log, "w") as f:
-                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
+                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
             rec = record_path(args, phase, arm.name, seed)
             acc = json.loads(rec.read_text())["test_accuracy"] if rec.exists() else None
             status = "ok" if rc == 0 and rec.exists() else f"FAILED (exit {rc}, log {log})"

@@ -136,6 +136,13 @@ def chat_perplexity(model, config, tokenizer) -> dict:
     arrays, info = data_lib.build(data_cfg, "validation", seed=config.seed, tokenizer=tokenizer)
     if info["conversations_truncated"]:
         raise ValueError(f"{info['conversations_truncated']} held-out conversations exceed {HELDOUT_SEQ_LEN} tokens")
+    # Rows only as long as the longest conversation (rounded up to 128): attention costs the square
+    # of the row length, and the conversations are packed either way, so the scores are the same.
+    longest = int(arrays["positions"].max()) + 1
+    fitted = min(HELDOUT_SEQ_LEN, -(-longest // 128) * 128)
+    if fitted < HELDOUT_SEQ_LEN:
+        data_cfg.seq_len = fitted
+        arrays, info = data_lib.build(data_cfg, "validation", seed=config.seed, tokenizer=tokenizer)
 
     @nnx.jit
     def sums(model, batch):

@@ -9,6 +9,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("KANJAX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
+# One persistent XLA compilation cache for the test session, shared by both xdist workers and every
+# subprocess a test starts (they inherit the environment): the suite compiles the same small train
+# and eval steps in dozens of tests and fresh processes. Keys cover the HLO, the devices and the
+# jax/XLA versions, so a hit is the same program. A max size turns on JAX's file lock, which makes
+# concurrent readers and writers safe. Set before anything imports jax.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cache" / "jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
