@@ -293,6 +293,66 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)  # a killed run leaves no half-written record
 
 
+def _launch(args, phase: str, arm: Arm, seed: int, flags: dict) -> tuple[subprocess.Popen, object, Path]:
+    """Start one (arm, seed) in its own process; its output goes to <workdirs>/<phase>/<arm>__seed<k>.log."""
+    cmd = [sys.executable, __file__, "--one", phase, arm.name, str(seed), json.dumps(flags),
+           "--records", args.records, "--workdirs", args.workdirs, "--data_dir", args.data_dir]
+    cmd += ["--quick"] * args.quick
+    log = Path(args.workdirs) / phase / f"{arm.name}__seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # Seeds of one arm compile the same programs: a persistent XLA cache shared by the runs.
+    env = {"JAX_COMPILATION_CACHE_DIR": str(Path(args.workdirs) / "xla_cache"), **os.environ}
+    f = open(log, "w")  # noqa: SIM115 -- closed by run_plan when the process ends
+    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env), f, log
+
+
+def run_plan(args) -> set:
+    """Train every planned run without a record, up to args.workers at once (an accelerator host runs
+    several; a 2-core CPU one). Study runs start once the tuning records fix their rates. Returns the
+    failed (phase, arm, seed)."""
+    done, failed, running = 0, set(), {}  # running: key -> (process, log file, log path, flags, start)
+    while True:
+        for key, (proc, f, log, flags, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            f.close()
+            del running[key]
+            phase, name, seed = key
+            rec = record_path(args, phase, name, seed)
+            acc = json.loads(rec.read_text())["test_accuracy"] if rec.exists() else None
+            status = "ok" if proc.returncode == 0 and rec.exists() else f"FAILED (exit {proc.returncode}, log {log})"
+            print(f"{phase} {name} seed {seed}: {status}, test acc {acc}, {time.perf_counter() - t0:.0f} s", flush=True)
+            if not rec.exists():
+                failed.add(key)
+            else:  # the record holds all a report reads; the optimizer state is ~12 bytes per parameter
+                shutil.rmtree(Path(flags["workdir"]) / "checkpoints", ignore_errors=True)
+        rates = tuned_rates(read_records(records_dir(args, "tune")))
+        todo = [(ph, a, s, f) for ph, a, s, f in planned_runs(args, rates)
+                if not record_path(args, ph, a.name, s).exists()]
+        ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed | set(running)]
+        waiting = sum(t[3] is None for t in todo)
+        if not ready and not running:
+            print(f"{len(todo)} run(s) to do ({waiting} waiting for tuned learning rates); records in {args.records}",
+                  flush=True)
+            return failed
+        if not ready or len(running) >= args.workers:
+            time.sleep(1.0 if args.quick else 5.0)
+            continue
+        phase, arm, seed, flags = ready[0]
+        done += 1
+        print(f"{len(todo)} run(s) to do ({waiting} waiting for tuned learning rates); records in {args.records}",
+              flush=True)
+        twin = same_run(args, phase, arm, seed, flags)
+        if twin is not None:  # this exact training already ran in another phase: reuse its record
+            rec = json.loads(twin.read_text())
+            write_atomic(record_path(args, phase, arm.name, seed),
+                         json.dumps({**rec, "phase": phase, "name": arm.name, "reused_from": str(twin.name)}, indent=1))
+            print(f"[{done}] {phase} {arm.name} seed {seed}: the same run as {twin.parent.name}/{twin.name}", flush=True)
+            continue
+        print(f"[{done}] {phase} {arm.name} seed {seed}: started", flush=True)
+        running[(phase, arm.name, seed)] = (*_launch(args, phase, arm, seed, flags), flags, time.perf_counter())
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
@@ -306,6 +366,7 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=0.0,
                    help="train the study arms at this rate instead of the tuned ones (no tuning phase needed)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (minutes), records kept apart")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once (e.g. 8 on an accelerator host)")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--no_report", action="store_true")
     p.add_argument("--one", nargs=4, metavar=("PHASE", "NAME", "SEED", "FLAGS_JSON"), help=argparse.SUPPRESS)
@@ -330,45 +391,7 @@ def main(argv=None) -> None:
     if not args.report_only:
         if not Path(args.data_dir, "ag_news").exists():
             sys.exit(f"no AGNews data under {args.data_dir}/ag_news: pass --data_dir")
-        done, failed = 0, set()
-        while True:  # the study phase's learning rates appear once the tuning records are complete
-            rates = tuned_rates(read_records(records_dir(args, "tune")))
-            plan = planned_runs(args, rates)
-            todo = [(ph, a, s, f) for ph, a, s, f in plan if not record_path(args, ph, a.name, s).exists()]
-            ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed]
-            print(f"{len(todo)} run(s) to do ({len(todo) - len(ready)} waiting for tuned learning rates); "
-                  f"records in {args.records}", flush=True)
-            if not ready:
-                break
-            phase, arm, seed, flags = ready[0]
-            done += 1
-            twin = same_run(args, phase, arm, seed, flags)
-            if twin is not None:  # this exact training already ran in another phase: reuse its record
-                rec = json.loads(twin.read_text())
-                write_atomic(record_path(args, phase, arm.name, seed),
-                             json.dumps({**rec, "phase": phase, "name": arm.name, "reused_from": str(twin.name)}, indent=1))
-                print(f"[{done}] {phase} {arm.name} seed {seed}: the same run as {twin.parent.name}/{twin.name}",
-                      flush=True)
-                continue
-            t0 = time.perf_counter()
-            cmd = [sys.executable, __file__, "--one", phase, arm.name, str(seed), json.dumps(flags),
-                   "--records", args.records, "--workdirs", args.workdirs, "--data_dir", args.data_dir]
-            cmd += ["--quick"] * args.quick
-            log = Path(args.workdirs) / phase / f"{arm.name}__seed{seed}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            # Seeds of one arm compile the same programs: a persistent XLA cache shared by the runs.
-            env = {"JAX_COMPILATION_CACHE_DIR": str(Path(args.workdirs) / "xla_cache"), **os.environ}
-            with open(log, "w") as f:
-                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
-            rec = record_path(args, phase, arm.name, seed)
-            acc = json.loads(rec.read_text())["test_accuracy"] if rec.exists() else None
-            status = "ok" if rc == 0 and rec.exists() else f"FAILED (exit {rc}, log {log})"
-            print(f"[{done}] {phase} {arm.name} seed {seed}: {status}, test acc {acc}, "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
-            if not rec.exists():
-                failed.add((phase, arm.name, seed))
-            else:  # the record holds all a report reads; the optimizer state is ~12 bytes per parameter
-                shutil.rmtree(Path(flags["workdir"]) / "checkpoints", ignore_errors=True)
+        failed = run_plan(args)
         waiting = [t for t in planned_runs(args, tuned_rates(read_records(records_dir(args, "tune"))))
                    if t[3] is None]
         if waiting:

@@ -37,8 +37,9 @@ def test_converted_full_smollm2_scores_like_the_pretrained_one(tmp_path, shared_
 
 @pytest.mark.slow
 def test_agnews_study_quick_writes_records_and_report(tmp_path, shared_data):
+    # Two workers: both arms train at once, as on an accelerator host.
     stdout = _run("agnews_study.py", "--quick", "--phase", "study", "--lr", "1e-3", "--only", "^linear$|^kan_chebyshev2$",
-                  "--records",
+                  "--workers", "2", "--records",
                   str(tmp_path / "rec"), "--workdirs", str(tmp_path / "work"), "--data_dir", str(shared_data))
     assert "linear seed 0: ok" in stdout and "kan_chebyshev2 seed 0: ok" in stdout
     rec = json.loads((tmp_path / "rec" / "study" / "kan_chebyshev2__seed0.json").read_text())
