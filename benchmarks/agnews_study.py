@@ -6,6 +6,7 @@
     python benchmarks/agnews_study.py --quick            # minutes: tiny budgets, records kept apart
     python benchmarks/agnews_study.py --phase study --only '^linear$' --lr 1e-3   # one arm, a given rate
     python benchmarks/agnews_study.py --report_only      # agnews.md and kan_recipe.md from the records
+    python benchmarks/agnews_study.py --workers 8        # an accelerator host: 8 runs at once, one GPU shared
 
 Three phases, each a list of arms (name, config file, overrides, seeds):
 
@@ -19,7 +20,8 @@ Three phases, each a list of arms (name, config file, overrides, seeds):
 
 Each (arm, seed) trains in its own subprocess (its peak memory is its own) and writes one JSON
 record; a run whose record exists is not redone, so the study resumes where it stopped, also
-across machines when the records are committed. Records carry the commit, the full overrides
+across machines when the records are committed. A run cut short resumes from its last checkpoint
+(every 100 steps), bitwise as if never stopped. Records carry the commit, the full overrides
 (steps, sequence length, batch, learning rate, ...), the curves and the per-example test results;
 the reports (agnews_report.py, kan_recipe_report.py) read nothing else.
 """
@@ -302,6 +304,8 @@ def _launch(args, phase: str, arm: Arm, seed: int, flags: dict) -> tuple[subproc
     log.parent.mkdir(parents=True, exist_ok=True)
     # Seeds of one arm compile the same programs: a persistent XLA cache shared by the runs.
     env = {"JAX_COMPILATION_CACHE_DIR": str(Path(args.workdirs) / "xla_cache"), **os.environ}
+    if args.workers > 1:  # JAX takes 75% of an accelerator's memory per process by default: share it
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.workers:.2f}")
     f = open(log, "w")  # noqa: SIM115 -- closed by run_plan when the process ends
     return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env), f, log
 
