@@ -54,6 +54,7 @@ questions (interval width) for time; --sequential and --finetune_steps add one j
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -402,12 +403,12 @@ def perplexities(args, s, model, tok) -> dict:
             "mt_bench": {**chat, "v1_heldout": [l in held_v1 for l in lines[:len(convs)]]}}
 
 
-def masked_nll(model, rows, bucket: int = 256) -> dict:
-    """rows [(ids (m,), mask (m,))]: Σ −log p(ids[j] | ids[:j]) over the positions j ≥ 1 with mask[j],
-    each row scored alone (padded on the right to a multiple of `bucket`) -> {"nll": [...], "tokens": [...]}."""
+@functools.cache
+def _row_nll():
+    """One jitted scorer for the whole process: models of one structure (the reference, the spliced
+    linear ones, the fine-tuned ones) reuse its compilations instead of compiling per call."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
     @nnx.jit
@@ -416,6 +417,16 @@ def masked_nll(model, rows, bucket: int = 256) -> dict:
         tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
         return -jnp.sum(jnp.where(target_mask[:, 1:], tok, 0.0))
 
+    return score
+
+
+def masked_nll(model, rows, bucket: int = 256) -> dict:
+    """rows [(ids (m,), mask (m,))]: Σ −log p(ids[j] | ids[:j]) over the positions j ≥ 1 with mask[j],
+    each row scored alone (padded on the right to a multiple of `bucket`) -> {"nll": [...], "tokens": [...]}."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    score = _row_nll()
     nll, tokens = [], []
     for ids, mask in rows:
         width = -(-len(ids) // bucket) * bucket
