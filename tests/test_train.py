@@ -107,6 +107,7 @@ def test_resume_across_processes_and_after_sigkill_is_exact(tmp_path, shared_dat
     SIGKILL while the asynchronous save of step 20 is in flight, then resumed from step 10, the last
     complete checkpoint. The parameters at steps 20 and 30 are bitwise those of the straight run."""
     import json
+    from concurrent.futures import ThreadPoolExecutor
 
     cache = str(tmp_path / "cache")  # the token cache is keyed by content: shared, as a user's reruns share it
     flags = {name: tiny_overrides(tmp_path / name, shared_data, **{"train.steps": 30, "checkpoint.every": 10,
@@ -126,8 +127,11 @@ def test_resume_across_processes_and_after_sigkill_is_exact(tmp_path, shared_dat
     complete = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
     assert 20 not in complete and 10 in complete, sorted(p.name for p in ckpt_dir.iterdir())
 
-    for name in ("stopped", "killed"):
-        resumed = train_cli("configs/kan_cheb2.py", flags[name])
+    names = ("stopped", "killed")
+    with ThreadPoolExecutor(2) as pool:  # the two resumes are independent too: side by side
+        results = dict(zip(names, pool.map(lambda n: train_cli("configs/kan_cheb2.py", flags[n]), names)))
+    for name in names:
+        resumed = results[name]
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "resumed from checkpoint step 10" in resumed.stdout, name
         for step in (20, 30):
