@@ -283,9 +283,26 @@ def same_run(args, phase: str, arm: Arm, seed: int, flags: dict) -> Path | None:
         for path in records_dir(args, other).glob(f"*__seed{seed}.json"):
             rec = json.loads(path.read_text())
             if "resolved_config" in rec and "reused_from" not in rec and \
-                    training_key(rec["resolved_config"]) == key:
+                    training_key(with_new_defaults(rec)) == key:
                 return path
     return None
+
+
+def _overlay(base: dict, top: dict) -> dict:
+    return {**base, **{k: _overlay(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                       for k, v in top.items()}}
+
+
+def with_new_defaults(rec: dict) -> dict:
+    """A record's resolved config with the keys added since its commit at their defaults (a new key's
+    default keeps the old behaviour), so a record stays comparable as the config schema grows."""
+    import importlib
+
+    from kanjax import config as config_lib
+
+    module = Path(rec["config"]).stem
+    defaults = config_lib.config_to_json(importlib.import_module(f"configs.{module}").get_config())
+    return _overlay(defaults, rec["resolved_config"])
 
 
 def write_atomic(path: Path, text: str) -> None:

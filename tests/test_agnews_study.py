@@ -110,3 +110,23 @@ def test_tuned_rates_pick_the_best_mean_validation_accuracy_once_the_grid_is_com
     recs += [_tune_record("kan_chebyshev2", lr, s, 0.7 + 0.02 * (lr == lrs[-1])) for lr in lrs for s in range(3)]
     assert study.tuned_rates(recs) == {"linear": lrs[1], "kan": lrs[-1]}
     assert "kan" not in study.tuned_rates(recs[:-1])  # a missing run: no choice yet
+
+
+def test_an_older_record_of_the_same_training_is_reused_and_a_different_one_is_not(tmp_path):
+    """A record written before the config schema grew (keys missing) still counts as the same run;
+    checkpointing settings never matter; any training setting that differs does."""
+    import json
+
+    args = _args(tmp_path)
+    arm = next(a for a in study.TUNE if a.name == "kan_chebyshev2_lr0.001")
+    flags = study.run_overrides("tune", arm, 0, args, {})
+    old = study.resolved_config(arm, {**flags, "checkpoint.every": 0})
+    del old["train"]["eps"], old["data"]["split_seed"]  # keys an older commit did not have
+    rec = {"name": "kan_linear_bottleneck", "seed": 0, "config": "configs/kan_cheb2.py", "resolved_config": old}
+    folder = tmp_path / "rec" / "recipe"
+    folder.mkdir(parents=True)
+    (folder / "kan_linear_bottleneck__seed0.json").write_text(json.dumps(rec))
+    assert study.same_run(args, "tune", arm, 0, flags) == folder / "kan_linear_bottleneck__seed0.json"
+    other = next(a for a in study.TUNE if a.name == "kan_chebyshev2_lr0.003")
+    assert study.same_run(args, "tune", other, 0, study.run_overrides("tune", other, 0, args, {})) is None
+    assert study.same_run(args, "tune", arm, 1, study.run_overrides("tune", arm, 1, args, {})) is None
