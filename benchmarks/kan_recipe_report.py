@@ -190,6 +190,12 @@ def seed_spread(chosen: dict) -> str:
     lin, kan = chosen.get("linear"), chosen.get("kan_chebyshev2")
     if not lin or not kan:
         return "The tuning grid is incomplete: no verdict on the seed spread yet."
+    missing = set(lin["grid"]) ^ set(kan["grid"])
+    if missing or min(len(lin["runs"]), len(kan["runs"])) < 2:
+        # A std needs two seeds, and a rate chosen from half a grid may not be the one kept.
+        return (f"The tuning grid is incomplete (rates run: linear {sorted(lin['grid'])}, KAN {sorted(kan['grid'])}; "
+                f"seeds at the chosen rates: linear {len(lin['runs'])}, KAN {len(kan['runs'])}): the chosen rates "
+                "are provisional and the seed spread has no verdict yet.")
     s_lin = mean_std([100 * r["test_accuracy"] for r in lin["runs"]])[1]
     s_kan = mean_std([100 * r["test_accuracy"] for r in kan["runs"]])[1]
     chance = sum(map(at_chance, kan["runs"]))

@@ -68,3 +68,13 @@ def test_learning_rate_grid_and_seed_spread(tmp_path, kan_tests, verdict):
     assert len(grid) == 2
     assert all(line.rstrip(" |").endswith("0.001") for line in grid), grid  # the best mean validation accuracy
     assert f"**{verdict}**" in text
+
+
+def test_an_incomplete_grid_gives_no_seed_spread_verdict(tmp_path):
+    """One seed per rate, and the KAN at one rate only: no std exists, so neither "met" nor "not met"."""
+    records = [record("tune", f"linear_lr{lr:g}", 0, test=0.83, val50=0.7, signal=0.9, lr=lr) for lr in (3e-4, 1e-3)]
+    records.append(record("tune", "kan_chebyshev2_lr0.001", 0, test=0.82, val50=0.7, signal=0.9, lr=1e-3))
+    write(tmp_path / "rec", records)
+    text = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
+    assert "The tuning grid is incomplete" in text and "no verdict yet" in text
+    assert "target met" not in text and "target not met" not in text and "nan" not in text
