@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -255,14 +256,20 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args) -> dict:
     }
 
 
-def resolved_config(arm: Arm, flags: dict) -> dict:
-    """The run's whole config (the arm's config file with the overrides) as JSON-able dict."""
+@functools.cache
+def _config_json(module: str, flags_json: str) -> str:
     import importlib
 
     from kanjax import config as config_lib
 
-    config = config_lib.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(), flags)
-    return config_lib.config_to_json(config)
+    config = config_lib.apply_overrides(importlib.import_module(f"configs.{module}").get_config(),
+                                        json.loads(flags_json))
+    return json.dumps(config_lib.config_to_json(config))
+
+
+def resolved_config(arm: Arm, flags: dict) -> dict:
+    """The run's whole config (the arm's config file with the overrides) as JSON-able dict."""
+    return json.loads(_config_json(arm.config, json.dumps(flags, sort_keys=True)))
 
 
 def training_key(config: dict) -> str:
@@ -296,13 +303,7 @@ def _overlay(base: dict, top: dict) -> dict:
 def with_new_defaults(rec: dict) -> dict:
     """A record's resolved config with the keys added since its commit at their defaults (a new key's
     default keeps the old behaviour), so a record stays comparable as the config schema grows."""
-    import importlib
-
-    from kanjax import config as config_lib
-
-    module = Path(rec["config"]).stem
-    defaults = config_lib.config_to_json(importlib.import_module(f"configs.{module}").get_config())
-    return _overlay(defaults, rec["resolved_config"])
+    return _overlay(json.loads(_config_json(Path(rec["config"]).stem, "{}")), rec["resolved_config"])
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -327,10 +328,15 @@ def _launch(args, phase: str, arm: Arm, seed: int, flags: dict) -> tuple[subproc
     return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env), f, log
 
 
-def run_plan(args) -> set:
+def _wait_for_one(running: dict, poll_s: float) -> None:
+    while all(entry[0].poll() is None for entry in running.values()):
+        time.sleep(poll_s)
+
+
+def run_plan(args) -> tuple[set, int]:
     """Train every planned run without a record, up to args.workers at once (an accelerator host runs
     several; a 2-core CPU one). Study runs start once the tuning records fix their rates. Returns the
-    failed (phase, arm, seed)."""
+    failed (phase, arm, seed) and how many runs still wait for tuned rates."""
     done, failed, running = 0, set(), {}  # running: key -> (process, log file, log path, flags, start)
     while True:
         for key, (proc, f, log, flags, t0) in list(running.items()):
@@ -352,17 +358,17 @@ def run_plan(args) -> set:
                 if not record_path(args, ph, a.name, s).exists()]
         ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed | set(running)]
         waiting = sum(t[3] is None for t in todo)
-        if not ready and not running:
+        if ready and len(running) < args.workers or not running:
             print(f"{len(todo)} run(s) to do ({waiting} waiting for tuned learning rates); records in {args.records}",
                   flush=True)
-            return failed
+        if not ready and not running:
+            return failed, waiting
         if not ready or len(running) >= args.workers:
-            time.sleep(1.0 if args.quick else 5.0)
+            # Nothing can start until a run ends (its record may fix the tuned rates): no re-planning until then.
+            _wait_for_one(running, 1.0 if args.quick else 5.0)
             continue
         phase, arm, seed, flags = ready[0]
         done += 1
-        print(f"{len(todo)} run(s) to do ({waiting} waiting for tuned learning rates); records in {args.records}",
-              flush=True)
         twin = same_run(args, phase, arm, seed, flags)
         if twin is not None:  # this exact training already ran in another phase: reuse its record
             rec = json.loads(twin.read_text())
@@ -412,11 +418,9 @@ def main(argv=None) -> None:
     if not args.report_only:
         if not Path(args.data_dir, "ag_news").exists():
             sys.exit(f"no AGNews data under {args.data_dir}/ag_news: pass --data_dir")
-        failed = run_plan(args)
-        waiting = [t for t in planned_runs(args, tuned_rates(read_records(records_dir(args, "tune"))))
-                   if t[3] is None]
+        failed, waiting = run_plan(args)
         if waiting:
-            print(f"{len(waiting)} study run(s) wait for the tuning phase (--phase tune)", flush=True)
+            print(f"{waiting} study run(s) wait for the tuning phase (--phase tune)", flush=True)
         if failed:
             print(f"{len(failed)} run(s) failed: {sorted(failed)}", flush=True)
     if not args.no_report:
