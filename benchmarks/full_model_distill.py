@@ -141,9 +141,15 @@ def plan(args, s) -> list[str]:
 
 
 def tokenizer(args):
+    return _tokenizer(args.tokenizer or str(Path(args.data_dir) / "smollm2_tokenizer"))
+
+
+@functools.cache
+def _tokenizer(path: str):
+    """One tokenizer per process (--in_process runs every unit in one): loading takes ~0.4 s."""
     from kanjax.data import load_tokenizer
 
-    tok = load_tokenizer(args.tokenizer or str(Path(args.data_dir) / "smollm2_tokenizer"))
+    tok = load_tokenizer(path)
     tok.model_max_length = 1 << 30  # whole texts are encoded once, then cut into windows: no length warning
     return tok
 
@@ -383,11 +389,11 @@ def perplexities(args, s, model, tok) -> dict:
 
     from full_model_study import chat_split
 
-    from kanjax import data_arrays, distill, evaluate
+    from kanjax import data_arrays, evaluate
 
     prefix = evaluate.prefix_token_id(tok)
-    text = (Path(args.data_dir) / "text" / "wikitext2_test.txt").read_text()
-    windows = distill.token_windows(data_arrays.encode_text(tok, [text]), s["ppl_seq_len"], s["ppl_windows"])
+    windows = _wikitext_windows(Path(args.data_dir) / "text" / "wikitext2_test.txt", tok, s["ppl_seq_len"],
+                                s["ppl_windows"])
     rows = [(np.concatenate([[prefix], w]).astype(np.int32), np.concatenate([[0], np.ones(len(w))]).astype(bool))
             for w in windows]
     wiki = masked_nll(model, rows)
@@ -401,6 +407,14 @@ def perplexities(args, s, model, tok) -> dict:
     chat = masked_nll(model, list(zip(ids, masks)))
     return {"wikitext": {"windows": len(windows), "seq_len": s["ppl_seq_len"], **wiki},
             "mt_bench": {**chat, "v1_heldout": [l in held_v1 for l in lines[:len(convs)]]}}
+
+
+@functools.cache
+def _wikitext_windows(path: Path, tok, seq_len: int, count: int):
+    """The WikiText-2 test windows, encoded once per process and tokenizer (every judged model reads them)."""
+    from kanjax import data_arrays, distill
+
+    return distill.token_windows(data_arrays.encode_text(tok, [path.read_text()]), seq_len, count)
 
 
 @functools.cache

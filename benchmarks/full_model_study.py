@@ -122,9 +122,10 @@ def _config(row: str, flags: dict):
     return apply_overrides(importlib.import_module(f"configs.{module}").get_config(), flags)
 
 
-def chat_perplexity(model, config, tokenizer) -> dict:
+def chat_perplexity(model, config, tokenizer, max_rows: int = 0) -> dict:
     """Token perplexity of the assistant turns of the held-out chat conversations (validation
-    split), each scored whole: rows of HELDOUT_SEQ_LEN tokens, so none is truncated."""
+    split), each scored whole: rows of HELDOUT_SEQ_LEN tokens, so none is truncated. max_rows > 0
+    scores only the first max_rows packed rows (the conversations in them, still whole: a smoke test)."""
     import jax
     from flax import nnx
 
@@ -148,13 +149,15 @@ def chat_perplexity(model, config, tokenizer) -> dict:
     def sums(model, batch):
         return train_lib.causal_lm_loss(model, batch)[1]
 
+    if max_rows:
+        arrays = {k: v[:max_rows] for k, v in arrays.items()}
     loss_sum = count = 0.0
     for batch in data_lib.eval_batches(arrays, data_cfg.batch_size):
         batch.pop("weight")
         out = jax.device_get(sums(model, batch))
         loss_sum, count = loss_sum + float(out["loss_sum"]), count + float(out["count"])
     return {"chat_loss": loss_sum / count, "chat_perplexity": math.exp(loss_sum / count), "chat_tokens": count,
-            "chat_conversations": info["conversations_kept"]}
+            "chat_conversations": info["conversations_kept"], "chat_rows": data_lib.num_rows(arrays)}
 
 
 def per_question(metrics: dict) -> dict:
@@ -213,7 +216,7 @@ def run_row(row: str, seed: int, args) -> dict:
                               limit=args.limit or None, batch_size=args.batch_size, progress=False)
     record["tasks"] = {k: {**{m: v[m] for m in ("n", "acc", "acc_norm", "acc_stderr")}, **per_question(v)}
                        for k, v in results["tasks"].items()}
-    record.update(chat_perplexity(model, config, tokenizer))
+    record.update(chat_perplexity(model, config, tokenizer, max_rows=args.chat_rows))
     record["eval_seconds"] = time.perf_counter() - t1
     record["wall_seconds"] = time.perf_counter() - t0
     return record
@@ -234,6 +237,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=0)
     p.add_argument("--limit", type=int, default=300, help="first N questions per task (0 = all)")
     p.add_argument("--batch_size", type=int, default=32, help="scoring batch")
+    p.add_argument("--chat_rows", type=int, default=0,
+                   help="score only the first N packed rows of held-out chat (0 = all: the study's number)")
     p.add_argument("--only", default="", help="regex over the row names to run")
     p.add_argument("--records", default="")
     p.add_argument("--workdirs", default="/tmp/kanjax_full_model_study")
@@ -264,7 +269,7 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             cmd = [sys.executable, __file__, "--one", row, str(seed), "--records", str(records), "--workdirs",
                    args.workdirs, "--data_dir", args.data_dir, "--source", args.source, "--limit", str(args.limit),
-                   "--batch_size", str(args.batch_size)] + ["--quick"] * args.quick
+                   "--batch_size", str(args.batch_size), "--chat_rows", str(args.chat_rows)] + ["--quick"] * args.quick
             cmd += ["--steps", str(args.steps)] if args.steps else []
             cmd += [f"--set={item}" for item in args.set]
             log = Path(args.workdirs) / f"{row}__seed{seed}.log"

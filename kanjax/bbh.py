@@ -27,6 +27,7 @@ import functools
 import json
 import re
 import urllib.request
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -194,9 +195,20 @@ def load_docs(name: str, data_dir=None, path=None, limit: int | None = None, cot
 # ----------------------------------------------------------------------------- generation
 
 
+_STOP_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {cot: ids}
+
+
 def stop_token_ids(tokenizer, cot: bool = False) -> list[int]:
     """Ids at which decoding may stop: EOS, and every token whose text holds a newline (answer-only)
-    or a blank line (CoT). The text is still cut by `truncate`: stopping is only a saving."""
+    or a blank line (CoT). The text is still cut by `truncate`: stopping is only a saving. Kept per
+    tokenizer object: decoding the whole vocabulary takes about a second, and every task asks."""
+    cached = _STOP_IDS.setdefault(tokenizer, {})
+    if cot not in cached:
+        cached[cot] = _stop_token_ids(tokenizer, cot)
+    return list(cached[cot])
+
+
+def _stop_token_ids(tokenizer, cot: bool) -> list[int]:
     marker = "\n\n" if cot else "\n"
     base = getattr(tokenizer, "tokenizer", tokenizer)  # a MappedTokenizer's own vocabulary
     vocab = sorted(base.get_vocab().values())

@@ -185,3 +185,14 @@ def test_shared_prefix_generation_equals_whole_prompts(tiny_folder, tokenizer, s
     shared = bbh.generate_texts(model, tokenizer, prompts, max_new_tokens=6, batch_size=2)
     whole = bbh.generate_texts(model, tokenizer, prompts, max_new_tokens=6, batch_size=2, shared_prefix=False)
     assert shared == whole and len(set(shared)) > 1
+
+
+def test_stop_token_ids_are_newline_tokens_and_eos_once_per_tokenizer(tokenizer):
+    ids = bbh.stop_token_ids(tokenizer)
+    texts = {i: tokenizer.decode([i]) for i in ids}
+    assert tokenizer.eos_token_id in ids and tokenizer.encode("\n")[-1] in ids
+    assert all("\n" in t for i, t in texts.items() if i != tokenizer.eos_token_id)
+    cot = bbh.stop_token_ids(tokenizer, cot=True)
+    assert set(cot) < set(ids) and all("\n\n" in texts[i] for i in cot if i != tokenizer.eos_token_id)
+    ids.clear()  # the caller's copy: the kept list is not touched
+    assert bbh.stop_token_ids(tokenizer) == sorted(texts)
