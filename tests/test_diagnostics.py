@@ -47,7 +47,8 @@ def test_projection_stats_cover_every_kind_and_match_the_gradient():
     assert set(stats) == {f"{k}/{s}" for k in diagnostics.KINDS for s in diagnostics.STATS}
     assert all(np.isfinite(float(v)) for v in stats.values())
     # grad_norm: the L2 norm over one kind's parameters, averaged over the blocks.
-    grads = jax.grad(lambda p: train_lib.classification_loss(nnx.merge(graphdef, p), batch)[0])(params)
+    # jitted: op by op, the gradient of this tiny model compiles some 300 kernels (~8 s)
+    grads = jax.jit(jax.grad(lambda p: train_lib.classification_loss(nnx.merge(graphdef, p), batch)[0]))(params)
     flat = {train_lib.path_string(p): g for p, g in jax.tree_util.tree_leaves_with_path(grads)}
     per_block = [np.sqrt(sum(float(jnp.sum(g ** 2)) for k, g in flat.items() if f"layers/{i}/mlp/up_proj/" in k))
                  for i in range(TINY.num_hidden_layers)]
@@ -61,11 +62,12 @@ def test_random_kan_init_shows_up_as_a_constant_output():
     """The v1 KAN init (coef_init="random") makes the MLP outputs nearly input-independent; the linear
     init does not: the statistic the recipe diagnosis rests on."""
     batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    stats_fn = jax.jit(diagnostics.projection_stats, static_argnums=(0, 3))  # both inits: one compilation
 
     def signal(coef_init):
         model = build_model(LlamaForSequenceClassification, dataclasses.replace(TINY, hidden_size=64),
                             dict(targets=["mlp"], coef_init=coef_init))
         g, p = nnx.split(model, nnx.Param)
-        return float(diagnostics.projection_stats(g, p, batch, train_lib.classification_loss)["gate/out_signal"])
+        return float(stats_fn(g, p, batch, train_lib.classification_loss)["gate/out_signal"])
 
     assert signal("random") < 0.2 < signal("linear")

@@ -21,8 +21,10 @@ def _run(script, *args):
 def test_converted_full_smollm2_scores_like_the_pretrained_one(tmp_path, shared_data, smollm2_gguf):
     """Arm (d) of the full-model study before fine-tuning: all 30 blocks, last-5 MLPs converted to
     KAN with from_linear; the same answers as the pretrained model on the first 20 questions of
-    every shared benchmark, and the same held-out chat perplexity (MT-Bench conversations)."""
-    _run("full_model_study.py", "--only", "reference|d_before", "--limit", "20", "--records", str(tmp_path / "rec"),
+    every shared benchmark, and the same held-out chat perplexity (the MT-Bench conversations of the
+    first two packed rows, each whole)."""
+    _run("full_model_study.py", "--only", "reference|d_before", "--limit", "20", "--chat_rows", "2",
+         "--records", str(tmp_path / "rec"),
          "--workdirs", str(tmp_path / "work"), "--data_dir", str(shared_data))
     ref = json.loads((tmp_path / "rec" / "reference__seed0.json").read_text())
     conv = json.loads((tmp_path / "rec" / "d_before_finetuning__seed0.json").read_text())
@@ -31,6 +33,7 @@ def test_converted_full_smollm2_scores_like_the_pretrained_one(tmp_path, shared_
         assert r["n"] == 20 or task == "copa"
         # Question by question: the converted model picks the same answer under both metrics.
         assert (conv["tasks"][task]["correct"], conv["tasks"][task]["correct_norm"]) == (r["correct"], r["correct_norm"]), task
+    assert ref["chat_rows"] == 2 and ref["chat_conversations"] == 10  # every held-out one tokenised, 2 rows scored
     assert abs(conv["chat_perplexity"] / ref["chat_perplexity"] - 1) < 1e-3
     assert 1.0 < ref["chat_perplexity"] < 50.0  # the pretrained chat model predicts held-out chats
 

@@ -205,12 +205,14 @@ def test_bad_input_fails_before_training(tmp_path, shared_data, problem):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config_name", ["linear", "kan_cheb2"])
-def test_mini_smollm2_learns_agnews(tmp_path, shared_data, config_name):
+@pytest.mark.parametrize("config_name,steps", [("linear", 80), ("kan_cheb2", 120)])
+def test_mini_smollm2_learns_agnews(tmp_path, shared_data, config_name, steps):
     """The main job's model (3 blocks of SmolLM2's shape from scratch, trimmed vocabulary; linear,
-    and with every projection a parameter-matched chebyshev2 KAN with the default recipe), the same
-    shortened budget for both, on the real AGNews sample; accuracy on the first 2,000 texts of the
-    official test split (chance: 0.25; its standard error at 0.7 is 0.01)."""
+    and with every projection a parameter-matched chebyshev2 KAN with the default recipe) learns the
+    real AGNews sample in a shortened budget: 120 steps of 16 × 64 tokens for the KAN, 80 for linear
+    (it leaves the ln 4 plateau sooner; this is no comparison, each clears the bar on its own).
+    Accuracy on the first 1,000 texts of the official test split (chance: 0.25; its standard error at
+    0.7 is 0.015, the bar 0.6 is 7 of them below: the first 1,000 decide it as well as all 7,600)."""
     import importlib
 
     from kanjax.train_loop import run
@@ -220,8 +222,9 @@ def test_mini_smollm2_learns_agnews(tmp_path, shared_data, config_name):
         "workdir": str(tmp_path / "run"),
         "data.path": str(shared_data / "ag_news"), "data.tokenizer": str(shared_data / "smollm2_tokenizer"),
         "data.cache_dir": str(tmp_path / "cache"), "data.seq_len": 64, "data.batch_size": 16,
-        "train.steps": 120, "train.warmup": 20, "train.log_every": 20, "eval.every": 0, "checkpoint.every": 0,
-        "eval.test_limit": 2000})
+        "train.steps": steps, "train.warmup": 20, "train.log_every": 20, "eval.every": 0, "checkpoint.every": 0,
+        # The final validation only feeds the summary here: 200 rows of it.
+        "eval.limit": 200, "eval.test_limit": 1000})
     summary = run(config)
     rows = [r for r in map(__import__("json").loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
             if r["split"] == "train"]
