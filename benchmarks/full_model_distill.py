@@ -40,15 +40,14 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    five shared multiple-choice sets in full (--mc_limit 0).
 Then benchmarks/full_model_distill_report.py writes the report from the records.
 
-Time on the 2-core CPU this was written on, measured while another long job shared it (so roughly
-twice what the machine does alone): `--quick` took 4.5 min (the slow test in
-tests/test_full_model_distill.py runs it). The default run, extrapolated
-from measured pieces of it: record ~10 min (300 tokens/s through 30 blocks); 10 fit units ~45 min
-(3 lrs × 400 steps × ~0.2 s); in situ ~5 min; per judged model ~8 min perplexity, ~20 min BBH
-(30 × 27 questions, ~1.1 s each with the shared few-shot prefix, plus compilation) and ~65 min for
-the full multiple-choice sets (~0.9 s per ARC question) -> about 1.5 h per model, 5.5-6 h in all for
-the three models under load, about 3-3.5 h on an idle machine. --mc_limit / --bbh_limit trade
-questions (interval width) for time; --sequential and --finetune_steps add one judged model per arm.
+Time on the 2-core CPU, measured while another long job shared it: `--quick` took 2.5 min (the slow
+test in tests/test_full_model_distill.py runs it). The default run: record ~10 min (300 tokens/s through
+30 blocks); 10 fit units ~45 min (3 lrs × 400 steps × ~0.2 s); in situ ~5 min; per judged model (the
+reference's records, 2026-12-02, with one AGNews training run beside it) 6.3 min perplexity, 12.8 min
+BBH (30 × 27 questions, shared few-shot prefix) and 10.9 min for the full multiple-choice sets (5,415
+questions, packed scoring) -> about 30 min per model, 2.5 h in all for the three models.
+--mc_limit / --bbh_limit trade questions (interval width) for time; --sequential and --finetune_steps
+add one judged model per arm.
 """
 
 from __future__ import annotations
