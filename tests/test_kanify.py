@@ -127,11 +127,11 @@ def test_param_match_hits_linear_count_on_smollm2_shape(family, params, targets,
 
 def test_whole_smollm2_is_embedding_plus_30_blocks(linear_smollm2_parts):
     parts = linear_smollm2_parts
-    assert _abstract_params(SMOLLM2, None) == 134_515_008 == parts["embed"] + 30 * parts["block"]  # tied embeddings
+    assert _abstract_params(SMOLLM2, None) == 134_515_008 == parts["embed"] + SMOLLM2.num_hidden_layers * parts["block"]  # tied
     spec = dict(targets=["all"], basis="chebyshev2", degree=2, param_match="width")
     kan_block = _abstract_params(ONE_BLOCK, spec) - parts["embed"]
     kan = _abstract_params(SMOLLM2, spec)
-    assert kan == parts["embed"] + 30 * kan_block and abs(kan - 134_515_008) / 134_515_008 <= 0.01
+    assert kan == parts["embed"] + SMOLLM2.num_hidden_layers * kan_block and abs(kan - 134_515_008) / 134_515_008 <= 0.01
 
 
 def test_param_report_totals(tiny_lm):
