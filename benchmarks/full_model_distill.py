@@ -20,8 +20,9 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    recorded pairs: (i) `linear`, the GLU MLP of the original width 1536; (ii) `kan`, the original
    study's arm (configs/full_kan_reinit.py): Chebyshev-2 degree-2 KAN MLP, tanh domain, random init,
    width matched to the same parameter count (512); optional families with --arms (OPTIONAL_ARMS).
-   Same budget for every arm: 400 AdamW steps of 1,024 tokens (warmup + cosine), each lr of 1e-3, 3e-3, 1e-2;
-   the lr with the lowest val error is kept; its relative error ‖ŷ−y‖/‖y‖ on test windows is reported.
+   Same budget for every arm: 400 AdamW steps of 1,024 tokens (warmup + cosine), each lr of 1e-3, 3e-3, 1e-2,
+   3e-2; the lr with the lowest val error is kept; its relative error ‖ŷ−y‖/‖y‖ on test windows is reported.
+   A wider --lrs grid than a record's fits only the new lrs (the unit's earlier ones are kept).
 3. insitu__<model>: every block replaced at once, the errors compound: run from the recorded residual
    entering block 25, per block the MLP error on its own (drifted) inputs and the residual-stream drift,
    and the next-token KL to the pretrained model on the test windows.
@@ -74,7 +75,7 @@ OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardis
                  "kan_legendre3": {**_KAN, "basis": "legendre", "degree": 3}}
 SEQ_LEN = 256
 SOURCES = {"tinyshakespeare": 160, "wikitext2_valid": 160, "ag_news_train": 160, "fastchat": 160}  # windows
-FIT_STEPS, FIT_BATCH, LRS = 400, 1024, (1e-3, 3e-3, 1e-2)  # spans both arms' optima (block 29: linear 1e-2, KAN 3e-3)
+FIT_STEPS, FIT_BATCH, LRS = 400, 1024, (1e-3, 3e-3, 1e-2, 3e-2)  # linear's val error still fell at 1e-2
 PPL_WINDOWS, PPL_SEQ_LEN = 48, 1024
 MC_TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "copa", "winogrande")
 QUICK = {"layers": (4, 5), "num_layers": 6, "seq_len": 64, "windows": 8, "fit_steps": 20, "fit_batch": 256,
@@ -280,8 +281,26 @@ def run_record(args, s) -> dict:
             "record_seconds": manifest["seconds"], "splits": {k: len(v) for k, v in recording(args).splits.items()}}
 
 
+def earlier_fit(args, s, unit: str) -> dict | None:
+    """The unit's record from a run with the same fit budget, whose lrs (with saved parameters) a wider
+    grid keeps instead of refitting; None if there is none."""
+    path = Path(args.records) / f"{unit}.json"
+    if not path.is_file():
+        return None
+    r = json.loads(path.read_text())
+    same = r["fit"]["steps"] == s["fit_steps"] and r["fit"]["batch_tokens"] == s["fit_batch"]
+    return r if same else None
+
+
+def missing_lrs(args, s, unit: str) -> list[float]:
+    """The grid's lrs that the unit's record does not hold yet (all of them if there is no record)."""
+    r = earlier_fit(args, s, unit)
+    return [lr for lr in s["lrs"] if r is None or f"{lr:g}" not in r["lrs"]]
+
+
 def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
-    """Fit a fresh replacement at every lr of the grid on (x, y); save each; choose by val error."""
+    """Fit a fresh replacement at every lr of the grid on (x, y) (lrs an earlier record of the same
+    budget already holds are kept, not refitted); save each; choose by val error."""
     import numpy as np
 
     from kanjax import distill
@@ -289,9 +308,16 @@ def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
 
     spec = arm_spec(arm)
     train = rec.token_index(rec.splits["train"])
+    earlier = earlier_fit(args, s, unit)
     out = {"arm": arm, "layer": layer, "spec": None if spec is None else spec.to_dict(), "lrs": {},
-           "fit": {"steps": s["fit_steps"], "batch_tokens": s["fit_batch"], "train_tokens": int(len(train))}}
+           "fit": {"steps": s["fit_steps"], "batch_tokens": s["fit_batch"], "train_tokens": int(len(train))},
+           "earlier_seconds": earlier["seconds"] if earlier else 0.0}
+    probe = distill.replacement_mlp(rec.config, layer, spec, seed=args.seed)
+    out["params"], out["width"] = count_params(probe), distill.mlp_width(probe)
     for lr in s["lrs"]:
+        if earlier and f"{lr:g}" in earlier["lrs"] and params_file(args, unit, lr).is_file():
+            out["lrs"][f"{lr:g}"] = earlier["lrs"][f"{lr:g}"]
+            continue
         mlp = distill.replacement_mlp(rec.config, layer, spec, seed=args.seed)
         cfg = distill.FitConfig(steps=s["fit_steps"], batch_tokens=s["fit_batch"], lr=lr,
                                 warmup=max(1, s["fit_steps"] // 20), seed=args.seed,
@@ -303,7 +329,6 @@ def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
         path = params_file(args, unit, lr)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **distill.mlp_state(mlp))
-        out["params"], out["width"] = count_params(mlp), distill.mlp_width(mlp)
         print(f"{unit} lr {lr:g}: val {entry['val']['rel_err']:.4f} test {entry['test']['rel_err']:.4f} "
               f"({info['seconds']:.0f} s)", flush=True)
     out["best_lr"] = float(min(s["lrs"], key=lambda lr: out["lrs"][f"{lr:g}"]["val"]["rel_err"]))
@@ -474,7 +499,8 @@ def run_unit(args, unit: str) -> dict:
         out = run_eval(args, s, kind[5:], rest[0])
     else:
         raise ValueError(f"unknown unit {unit!r}")
-    return {"unit": unit, "kind": kind, **out, "seconds": time.perf_counter() - t0, "quick": bool(args.quick),
+    seconds = time.perf_counter() - t0 + out.pop("earlier_seconds", 0.0)  # a widened grid adds to its first fit
+    return {"unit": unit, "kind": kind, **out, "seconds": seconds, "quick": bool(args.quick),
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
             "source": args.source, "commit": experiment.git_commit(REPO), "cpus": os.cpu_count(),
             "device": jax.devices()[0].device_kind, "jax": jax.__version__}
@@ -534,6 +560,23 @@ def parse_args(argv=None):
     return args
 
 
+def pending(args, s) -> list[str]:
+    """The plan's units without a record, and fit units whose record lacks an lr of the grid. Records
+    of units built on a fit that a wider grid may change (in situ, evaluations of that arm) stop the
+    run: they would no longer describe the fit that is kept."""
+    records = Path(args.records)
+    units = plan(args, s)
+    todo = [u for u in units if not (records / f"{u}.json").exists()
+            or (u.startswith(("fit__", "seqfit__")) and missing_lrs(args, s, u))]
+    widened = {u.split("__")[1] for u in todo if u.startswith(("fit__", "seqfit__")) and (records / f"{u}.json").exists()}
+    stale = [u for u in units if u.startswith(("insitu__", "eval_", "finetune__")) and (records / f"{u}.json").exists()
+             and re.sub(r"_(seq|ft)$", "", u.split("__")[1]) in widened]
+    if stale:
+        raise SystemExit(f"--lrs widens the fits of {', '.join(sorted(widened))}, but these records were made from "
+                         f"the narrower fits: {', '.join(stale)}. Delete them from {records} to redo them.")
+    return todo
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -543,7 +586,7 @@ def main(argv=None) -> None:
         return
     if not args.report_only:
         s = settings(args)
-        todo = [u for u in plan(args, s) if not (records / f"{u}.json").exists()]
+        todo = pending(args, s)
         print(f"{len(todo)} unit(s) to do; records in {records}, work in {args.workdir}", flush=True)
         t_all = time.perf_counter()
         for i, unit in enumerate(todo, 1):

@@ -69,11 +69,16 @@ def stratified_boot(groups: list[np.ndarray], n_boot: int = BOOTSTRAP) -> np.nda
     return 100.0 * out / len(groups)
 
 
+def ratio_boot(num: list[list[float]], den: list[list[float]], n_boot: int = BOOTSTRAP) -> np.ndarray:
+    """(n_boot, models): Σ num / Σ den over windows / conversations resampled together."""
+    a, t = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    idx = _rng().integers(0, a.shape[1], (n_boot, a.shape[1]))
+    return (a[:, idx].sum(-1) / t[:, idx].sum(-1)).T
+
+
 def ppl_boot(nll: list[list[float]], tokens: list[list[int]], n_boot: int = BOOTSTRAP) -> np.ndarray:
     """(n_boot, models): exp(Σ nll / Σ tokens) over windows / conversations resampled together."""
-    a, t = np.asarray(nll, np.float64), np.asarray(tokens, np.float64)
-    idx = _rng().integers(0, a.shape[1], (n_boot, a.shape[1]))
-    return np.exp(a[:, idx].sum(-1) / t[:, idx].sum(-1)).T
+    return np.exp(ratio_boot(nll, tokens, n_boot))
 
 
 def ppl(nll, tokens) -> float:
@@ -173,6 +178,31 @@ def insitu_table(R: dict) -> str:
                          f"{math.sqrt(sum(b['h_err2']) / sum(b['h2'])):.3f}")
         lines.append(f"| {r['model']} | " + " | ".join(cells) +
                      f" | {sum(r['kl']) / sum(r['tokens']):.3f} | {100 * sum(r['top1']) / sum(r['tokens']):.1f}% |")
+    return "\n".join(lines)
+
+
+def insitu_comparisons(R: dict) -> str:
+    """Paired differences of the spliced models' next-token KL to the pretrained model (KAN vs linear;
+    each arm's sequential fit vs its independent fit), with the sentence each interval supports."""
+    runs = {r["model"]: r for r in R.values() if r["kind"] == "insitu"}
+    pairs = [("kan", "linear")] if {"kan", "linear"} <= set(runs) else []
+    pairs += [(f"{a}_seq", a) for a in sorted(runs, key=model_rank) if f"{a}_seq" in runs]
+    if not pairs:
+        return ""
+    lines = ["Next-token KL to the pretrained model, paired over the test windows (95% bootstrap):", ""]
+    for a, b in pairs:
+        if len(runs[a]["kl"]) != len(runs[b]["kl"]):
+            continue
+        boot = ratio_boot([runs[a]["kl"], runs[b]["kl"]], [runs[a]["tokens"], runs[b]["tokens"]])
+        ka, kb = (sum(runs[m]["kl"]) / sum(runs[m]["tokens"]) for m in (a, b))
+        lo, hi = ci(boot[:, 0] - boot[:, 1])
+        word = "lower" if hi < 0 else "higher" if lo > 0 else "no different (the interval covers 0)"
+        what = ("fitting each block on the spliced model's own activations " +
+                ("helps" if hi < 0 else "hurts" if lo > 0 else "makes no clear difference")
+                if a.endswith("_seq") else f"{a}'s KL is {word} than {b}'s")
+        lines.append(f"- {a} − {b}: {ka:.3f} − {kb:.3f} = {ka - kb:+.3f} nats/token [{lo:+.3f}, {hi:+.3f}]: {what}.")
+    if not any(m.endswith("_seq") for m in runs):
+        lines.append("- Sequential fitting (`--sequential`) was not run: whether it helps is not measured here.")
     return "\n".join(lines)
 
 
@@ -457,7 +487,7 @@ def write_report(records: Path, out_dir: Path, quick: bool = False) -> Path | No
               "‖y'−y‖/‖y‖ of the block's MLP output on the inputs it really gets (from replaced blocks) against the "
               "pretrained MLP's output; *residual drift* = ‖h'−h‖/‖h‖ of the residual stream after the block. Then "
               "the KL divergence of the next-token distributions from the pretrained model's, and how often both "
-              "predict the same next token.", "", insitu_table(R), "",
+              "predict the same next token.", "", insitu_table(R), "", insitu_comparisons(R), "",
               "## The spliced models judged", "", benchmark_table(R, names), "",
               f"Intervals: 95% bootstrap (questions stratified by task; windows; conversations). Reference BBH for "
               f"comparison: the model card's {MODEL_CARD_BBH} (3-shot, original weights).", "",

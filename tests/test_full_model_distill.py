@@ -41,7 +41,8 @@ def fake_records(folder: Path, *, kan_rel=0.30, lin_rel=0.30, kan_bbh=None, n_q=
                                "test": _errors(rel + d)} for lr, d in ((1e-3, 0.05), (1e-2, 0.0))}
             units[f"fit__{arm}__L{k}"] = {"kind": "fit", "arm": arm, "layer": k, "lrs": lrs, "best_lr": 1e-2,
                                           "params": 1000, "width": 48 if arm == "linear" else 16,
-                                          "fit": {"train_tokens": 896}}
+                                          "fit": {"steps": study.FIT_STEPS, "batch_tokens": study.FIT_BATCH,
+                                                  "train_tokens": 896}}
         units[f"insitu__{arm}"] = {"kind": "insitu", "model": arm, "kl": [0.1, 0.2], "top1": [10, 12],
                                    "tokens": [16, 16],
                                    "blocks": {str(k): {"mlp_err2": [1.0, 2.0], "y2": [10.0, 10.0],
@@ -78,6 +79,23 @@ def test_report_from_made_up_records(tmp_path):
     assert word in ("matches", "inconclusive") and "BBH: KAN − linear +0.0 pt [+0.0, +0.0]" in why
 
 
+def test_insitu_comparisons_say_whether_sequential_fitting_helps(tmp_path):
+    R = report.load(fake_records(tmp_path / "records"))
+    assert "kan − linear: 0.009 − 0.009 = +0.000" in report.insitu_comparisons(R)
+    assert "was not run" in report.insitu_comparisons(R)
+    windows = 40
+    kl = RNG.uniform(0.4, 0.6, windows)
+    for model, scale in (("kan", 1.0), ("kan_seq", 0.8), ("linear", 1.0), ("linear_seq", 1.0)):
+        R[f"insitu__{model}"] = {**R["insitu__kan"], "model": model, "kl": (kl * scale).tolist(),
+                                 "tokens": [16] * windows}
+    text = report.insitu_comparisons(R)
+    assert "kan_seq − kan" in text and "activations helps" in text
+    assert "linear_seq − linear: " in text and "makes no clear difference" in text
+    assert "was not run" not in text
+    R["insitu__kan_seq"]["kl"] = (kl * 1.3).tolist()
+    assert "activations hurts" in report.insitu_comparisons(R)
+
+
 def test_verdict_rules(tmp_path):
     worse_fit = report.load(fake_records(tmp_path / "a", kan_rel=0.6))
     assert report.verdict(worse_fit)[0] == "does not match"
@@ -94,6 +112,24 @@ def test_verdict_rules(tmp_path):
     partial = report.load(fake_records(tmp_path / "e"))
     del partial["eval_bbh__kan"]
     assert report.verdict(partial)[0] == "not measured yet"
+
+
+def test_wider_lr_grid_refits_only_new_lrs_and_refuses_stale_downstream_records(tmp_path):
+    records = fake_records(tmp_path / "records")  # fits at lrs 1e-3, 1e-2 for blocks 25, 26
+    args = study.parse_args(["--records", str(records), "--workdir", str(tmp_path / "work"), "--lrs", "1e-3,1e-2,3e-2"])
+    s = study.settings(args)
+    assert study.missing_lrs(args, s, "fit__kan__L25") == [3e-2]
+    assert study.missing_lrs(args, s, "fit__kan__L27") == [1e-3, 1e-2, 3e-2]  # no record
+    with pytest.raises(SystemExit, match="insitu__kan") as err:
+        study.pending(args, s)
+    assert "eval_bbh__reference" not in str(err.value)  # the pretrained model depends on no fit
+    for p in records.glob("*.json"):
+        if p.stem.startswith(("insitu__", "eval_")) and not p.stem.endswith("reference"):
+            p.unlink()
+    todo = study.pending(args, s)
+    assert "fit__kan__L25" in todo and "fit__linear__L26" in todo and "eval_bbh__reference" not in todo
+    narrow = study.parse_args(["--records", str(records), "--workdir", str(tmp_path / "work"), "--lrs", "1e-3,1e-2"])
+    assert "fit__kan__L25" not in study.pending(narrow, study.settings(narrow))
 
 
 def test_bootstrap_helpers():
