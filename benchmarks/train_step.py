@@ -21,6 +21,7 @@ TF32, so PyTorch is set to TF32 too (torch.set_float32_matmul_precision("high"))
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,11 +39,13 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs.base import get_config  # noqa: E402
-from timing import round_robin  # noqa: E402  (benchmarks/timing.py: run as a script, this folder is on the path)
-from kanjax import sharding, train_lib  # noqa: E402
+import step_profile  # noqa: E402  (benchmarks/: run as a script, this folder is on the path)
+from timing import round_robin  # noqa: E402
+from kanjax import kan, matmul, sharding, train_lib  # noqa: E402
 from kanjax.kan import KANLinear, count_params  # noqa: E402
 from kanjax.kanify import build_model  # noqa: E402
-from kanjax.llama import LlamaConfig, LlamaForSequenceClassification  # noqa: E402
+from kanjax.llama import (LlamaConfig, LlamaForSequenceClassification, last_token_index,  # noqa: E402
+                          take_rows)
 
 KAN = dict(targets=["all"], basis="chebyshev2", degree=2, param_match="width")
 ARMS = [("linear", None, "fp32"), ("KAN chebyshev2 deg 2, param-matched", KAN, "fp32"),
@@ -85,22 +88,54 @@ def step_flops(model, b: int, t: int, pooled_only: bool = True) -> float:
     return 3.0 * forward
 
 
-def kanjax_arm(spec, precision: str, batch: dict):
-    """(run one step, model): the training step jitted as train.py jits it."""
-    model = build_model(LlamaForSequenceClassification, mini_config(), spec,
-                        dtype=train_lib.compute_dtype(precision))
-    train = get_config().train
-    train.update(dict(lr=LR, steps=1000, warmup=10, precision=precision))
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    trainer, state = train_lib.create_trainer(model, train, "classify", mesh)
-    step = train_lib.jit_train_step(trainer, batch)
-    data = sharding.host_batch_to_global(batch, mesh)
-    box = [state]
+class EveryTokenClassifier(LlamaForSequenceClassification):
+    """Ablation: the last block at every token, then the pooled row (kanjax's classifier skips that work)."""
 
-    def run():
-        box[0], metrics = step(box[0], data)
-        jax.block_until_ready(metrics)
-    return run, model
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None):
+        idx = last_token_index(input_ids, attention_mask, self.config.pad_token_id)
+        hidden = self.model(input_ids, attention_mask, positions, segment_ids=segment_ids)
+        return self.score(take_rows(hidden, idx[:, None])[:, 0]).astype(jnp.float32)
+
+
+@contextlib.contextmanager
+def plain_matmul():
+    """Ablation: every projection through jax's own dot_general and its autodiff backward, without
+    kanjax.matmul's custom VJP (patched while the model is built and its step traced)."""
+    saved = matmul.dot_general, kan.dense
+    matmul.dot_general = jax.lax.dot_general
+    kan.dense = lambda x, w: jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+    try:
+        yield
+    finally:
+        matmul.dot_general, kan.dense = saved
+
+
+# (label suffix, model class, build-and-trace context): each change of the step undone on its own
+ABLATIONS = {"": (LlamaForSequenceClassification, contextlib.nullcontext),
+             ", jax autodiff matmul": (LlamaForSequenceClassification, plain_matmul),
+             ", last block at every token": (EveryTokenClassifier, contextlib.nullcontext)}
+
+
+def kanjax_arm(spec, precision: str, batch: dict, ablation: str = "", want_hlo: bool = False):
+    """(run one step, model, compiled HLO text of the step or None): the training step jitted as train.py
+    jits it."""
+    cls, context = ABLATIONS[ablation]
+    with context():
+        model = build_model(cls, mini_config(), spec, dtype=train_lib.compute_dtype(precision))
+        train = get_config().train
+        train.update(dict(lr=LR, steps=1000, warmup=10, precision=precision))
+        mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+        trainer, state = train_lib.create_trainer(model, train, "classify", mesh)
+        step = train_lib.jit_train_step(trainer, batch)
+        data = sharding.host_batch_to_global(batch, mesh)
+        hlo = step.lower(state, data).compile().as_text() if want_hlo else None  # a second compilation
+        box = [state]
+
+        def run():
+            box[0], metrics = step(box[0], data)
+            jax.block_until_ready(metrics)
+        run()  # traced here, inside the ablation's context
+    return run, model, hlo
 
 
 def torch_arm(batch: dict, device: str):
@@ -160,6 +195,10 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, nargs="*", default=[1],
                         help="CPU: PyTorch is timed at its default thread count and at each of these")
     parser.add_argument("--no-torch", action="store_true", help="leave the transformers rows out")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also time fp32 arms with one of the step's optimisations undone (ABLATIONS)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, trace STEPS steps of each plain fp32 kanjax arm: time per op kind and pass")
     parser.add_argument("--out-md", default=None)
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
@@ -170,11 +209,18 @@ def main() -> None:
              "attention_mask": np.ones((b, t), np.int32),
              "labels": rng.integers(0, 4, (b,)).astype(np.int32)}
     fns, info = {}, {}  # name -> run one step; name -> (kind, label, precision, params, FLOPs per step)
-    for label, spec, precision in ARMS:
-        run, model = kanjax_arm(spec, precision, batch)
-        fns[f"{label} {precision}"] = run
-        info[f"{label} {precision}"] = ("kanjax", label, precision, count_params(model), step_flops(model, b, t))
-        if spec is None and precision == "fp32":
+    hlo = {}  # name -> compiled step (the fp32 arms, for --profile)
+    arms = [(label, spec, precision, "") for label, spec, precision in ARMS]
+    if args.ablations:
+        arms += [("linear", None, "fp32", ", jax autodiff matmul"), ("KAN chebyshev2 deg 2, param-matched", KAN,
+                  "fp32", ", jax autodiff matmul"), ("linear", None, "fp32", ", last block at every token")]
+    for label, spec, precision, ablation in arms:
+        name = f"{label}{ablation} {precision}"
+        run, model, hlo[name] = kanjax_arm(spec, precision, batch, ablation, want_hlo=args.profile > 0)
+        fns[name] = run
+        pooled = ABLATIONS[ablation][0] is not EveryTokenClassifier
+        info[name] = ("kanjax", label + ablation, precision, count_params(model), step_flops(model, b, t, pooled))
+        if spec is None and precision == "fp32" and not ablation:
             torch_flops = step_flops(model, b, t, pooled_only=False)
     device = None if args.no_torch else torch_device()
     if device:
@@ -233,6 +279,24 @@ def main() -> None:
                  + (" (on a loaded CPU OpenMP's spinning barriers can make more threads slower)."
                     if device == "cpu" else ", TF32 matmuls.") if device
                  else "No transformers row (--no-torch, no torch, or torch cannot reach JAX's device).")]
+    if args.ablations:
+        lines += ["", "What each change of the kanjax step buys: an ablation row undoes one, all else equal, timed in the "
+                  "same rounds. *jax autodiff matmul*: every projection through `jax.lax.dot_general` and JAX's own "
+                  "backward instead of `kanjax.matmul.dense` (whose weight gradient skips XLA:CPU's transposed copies "
+                  "of the activations); *last block at every token*: the classifier's last block at every position "
+                  "(its GFLOP/step counts that work) instead of at the pooled token only. The row's ÷ linear against "
+                  "the plain arm's is what the change buys."]
+    profiles = {}
+    if args.profile:
+        profiles = {info[name][1]: step_profile.profile(fns[name], hlo[name], args.profile)
+                    for name, (_, _, precision, ablation) in zip(fns, arms) if precision == "fp32" and not ablation}
+        lines += ["", f"### Profile: XLA op time per step ({args.profile} traced steps, `benchmarks/step_profile.py`)",
+                  "", step_profile.table(profiles), "",
+                  "Op kinds: what each compiled instruction (a fusion: its fused computation) contains, by priority "
+                  "matmul > scatter > gather > reduction > layout copy (copies, transposes only) > elementwise. Pass: "
+                  "from JAX's op_name metadata (jvp = forward, transpose(jvp) = backward; the rest is AdamW, "
+                  "clipping and norms). Op times are summed, so ops that overlap on the two threads both count; "
+                  "the share is of that sum."]
     table = "\n".join(lines)
     print(table)
     command = " ".join(["python benchmarks/train_step.py"] + sys.argv[1:])
@@ -243,7 +307,9 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"command": command, "batch": b, "seq": t, "runs": args.runs, "jax": jax.__version__,
                        "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-                       "torch_device": device, "load_before": load, "rows": rows, "times_s": times}, f, indent=1)
+                       "torch_device": device, "load_before": load, "rows": rows, "times_s": times,
+                       "profile_s": {arm: [{"kind": k, "pass": p, "seconds": v} for (k, p), v in prof.items()]
+                                     for arm, prof in profiles.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":
