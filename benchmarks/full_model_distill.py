@@ -23,6 +23,8 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    Same budget for every arm: 400 AdamW steps of 1,024 tokens (warmup + cosine), each lr of 1e-3, 3e-3, 1e-2,
    3e-2; the lr with the lowest val error is kept; its relative error ‖ŷ−y‖/‖y‖ on test windows is reported.
    A wider --lrs grid than a record's fits only the new lrs (the unit's earlier ones are kept).
+   firsttoken__<arm>: the kept fits' test errors at each window's first token and at the rest apart
+   (SmolLM2's late MLPs put most of their output energy on the first token: an attention-sink activation).
 3. insitu__<model>: every block replaced at once, the errors compound: run from the recorded residual
    entering block 25, per block the MLP error on its own (drifted) inputs and the residual-stream drift,
    and the next-token KL to the pretrained model on the test windows.
@@ -132,6 +134,7 @@ def plan(args, s) -> list[str]:
     if s["finetune_steps"]:
         units += [f"finetune__{a}" for a in s["arms"]]
     judged = models(args, s)
+    units += [f"firsttoken__{a}" for a in s["arms"]]
     units += [f"insitu__{m}" for m in judged if m != "reference"]
     units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged]
     return [u for u in units if not args.only or re.search(args.only, u)]
@@ -369,6 +372,18 @@ def run_finetune(args, s, arm: str) -> dict:
     return {"arm": arm, "lr": args.finetune_lr, "steps": cfg.steps, "batch_windows": args.finetune_batch, **info}
 
 
+def run_first_token(args, s, arm: str) -> dict:
+    """The kept fits' test errors split into each window's first token and the rest (see distill.fit_errors)."""
+    from kanjax import distill
+
+    rec = recording(args)
+    out = {"arm": arm, "blocks": {}}
+    for k, mlp in fitted(args, s, arm, rec.config).items():
+        e = distill.fit_errors(mlp, rec.x(k), rec.y(k), rec.splits["test"], rec.seq_len)
+        out["blocks"][str(k)] = {key: e[key] for key in ("err2", "y2", "first_err2", "first_y2")}
+    return out
+
+
 def run_insitu(args, s, name: str) -> dict:
     from kanjax import distill_in_situ
 
@@ -493,6 +508,8 @@ def run_unit(args, unit: str) -> dict:
         out = (run_fit if kind == "fit" else run_seqfit)(args, s, rest[0], int(rest[1][1:]))
     elif kind == "finetune":
         out = run_finetune(args, s, rest[0])
+    elif kind == "firsttoken":
+        out = run_first_token(args, s, rest[0])
     elif kind == "insitu":
         out = run_insitu(args, s, rest[0])
     elif kind.startswith("eval_"):
@@ -569,7 +586,8 @@ def pending(args, s) -> list[str]:
     todo = [u for u in units if not (records / f"{u}.json").exists()
             or (u.startswith(("fit__", "seqfit__")) and missing_lrs(args, s, u))]
     widened = {u.split("__")[1] for u in todo if u.startswith(("fit__", "seqfit__")) and (records / f"{u}.json").exists()}
-    stale = [u for u in units if u.startswith(("insitu__", "eval_", "finetune__")) and (records / f"{u}.json").exists()
+    stale = [u for u in units if u.startswith(("firsttoken__", "insitu__", "eval_", "finetune__"))
+             and (records / f"{u}.json").exists()
              and re.sub(r"_(seq|ft)$", "", u.split("__")[1]) in widened]
     if stale:
         raise SystemExit(f"--lrs widens the fits of {', '.join(sorted(widened))}, but these records were made from "

@@ -134,6 +134,9 @@ def test_fit_recovers_a_known_small_function():
     assert info["train_mse"][-1] < info["train_mse"][0] and info["tokens"] == 600 * 256
     assert len(after["err2"]) == 4 and held.size == 64
     np.testing.assert_allclose(np.sqrt(sum(after["err2"]) / sum(after["y2"])), after["rel_err"])
+    first = np.asarray(student(jnp.asarray(x[[0, 16, 32, 48]])))  # each window's first token, computed directly
+    np.testing.assert_allclose(after["first_err2"], ((first - y[[0, 16, 32, 48]]) ** 2).sum(1), rtol=1e-4)
+    np.testing.assert_allclose(after["first_y2"], (y[[0, 16, 32, 48]] ** 2).sum(1), rtol=1e-5)
     # The parameter-matched KAN MLP (tanh domain, width 8) learns too, though less exactly here.
     kan = distill.replacement_mlp(cfg, 0, KAN, seed=0)
     kan_before = distill.fit_errors(kan, x, y, np.arange(4), 16)["rel_err"]

@@ -43,6 +43,9 @@ def fake_records(folder: Path, *, kan_rel=0.30, lin_rel=0.30, kan_bbh=None, n_q=
                                           "params": 1000, "width": 48 if arm == "linear" else 16,
                                           "fit": {"steps": study.FIT_STEPS, "batch_tokens": study.FIT_BATCH,
                                                   "train_tokens": 896}}
+        units[f"firsttoken__{arm}"] = {"kind": "firsttoken", "arm": arm, "blocks": {str(k): {
+            "err2": [10.0 if arm == "linear" else 91.0] * 10, "y2": [100.0] * 10,
+            "first_err2": [9.0 if arm == "linear" else 90.0] * 10, "first_y2": [90.0] * 10} for k in (25, 26)}}
         units[f"insitu__{arm}"] = {"kind": "insitu", "model": arm, "kl": [0.1, 0.2], "top1": [10, 12],
                                    "tokens": [16, 16],
                                    "blocks": {str(k): {"mlp_err2": [1.0, 2.0], "y2": [10.0, 10.0],
@@ -71,7 +74,7 @@ def test_report_from_made_up_records(tmp_path):
     path = report.write_report(fake_records(tmp_path / "records"), tmp_path / "out")
     text = path.read_text()
     assert (tmp_path / "out" / "full_model_distill.png").stat().st_size > 10_000
-    for needle in ("## Verdict", "Layer-wise fits", "How errors compound", "WikiText-2 test ppl", "kan − linear",
+    for needle in ("## Verdict", "Layer-wise fits", "first token / other tokens", "How errors compound", "WikiText-2 test ppl", "kan − linear",
                    "linear − reference", "One seed per arm", "How this differs from the original", "## Time"):
         assert needle in text, needle
     # Identical arms on every measure: every interval of a difference is [0, 0] except fit noise.
@@ -94,6 +97,15 @@ def test_insitu_comparisons_say_whether_sequential_fitting_helps(tmp_path):
     assert "was not run" not in text
     R["insitu__kan_seq"]["kl"] = (kl * 1.3).tolist()
     assert "activations hurts" in report.insitu_comparisons(R)
+
+
+def test_first_token_table_splits_the_error(tmp_path):
+    R = report.load(fake_records(tmp_path / "records"))
+    # 90% of ‖y‖² at first tokens; kan misses them entirely (error 1.0 there) and equals linear elsewhere
+    assert "| 25 | 90% | 0.316 / 0.316 | 1.000 / 0.316 | +0.000 [+0.000, +0.000] |" in report.first_token_table(
+        R, ["linear", "kan"])
+    del R["firsttoken__kan"]
+    assert "No first-token records" in report.first_token_table(R, ["linear", "kan"])
 
 
 def test_verdict_rules(tmp_path):
@@ -124,7 +136,7 @@ def test_wider_lr_grid_refits_only_new_lrs_and_refuses_stale_downstream_records(
         study.pending(args, s)
     assert "eval_bbh__reference" not in str(err.value)  # the pretrained model depends on no fit
     for p in records.glob("*.json"):
-        if p.stem.startswith(("insitu__", "eval_")) and not p.stem.endswith("reference"):
+        if p.stem.startswith(("firsttoken__", "insitu__", "eval_")) and not p.stem.endswith("reference"):
             p.unlink()
     todo = study.pending(args, s)
     assert "fit__kan__L25" in todo and "fit__linear__L26" in todo and "eval_bbh__reference" not in todo
@@ -173,7 +185,7 @@ def test_quick_run_writes_records_and_report(tmp_path, shared_data, smollm2_gguf
     args = study.parse_args(["--quick", "--sequential"])
     assert units == set(study.plan(args, study.settings(args))), sorted(units)
     text = (tmp_path / "full_model_distill_quick.md").read_text()
-    assert "## Verdict" in text and "(--quick: not results)" in text
+    assert "## Verdict" in text and "(--quick: not results)" in text and "first token / other tokens" in text
     bbh = json.loads((tmp_path / "records" / "eval_bbh__kan.json").read_text())
     assert set(bbh["tasks"]) == set(study.QUICK["bbh_tasks"]) and all(t["n"] == 2 for t in bbh["tasks"].values())
     print(f"--quick --sequential took {time.perf_counter() - t0:.0f} s")
