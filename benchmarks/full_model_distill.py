@@ -25,6 +25,7 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    A wider --lrs grid than a record's fits only the new lrs (the unit's earlier ones are kept).
    firsttoken__<arm>: the kept fits' test errors at each window's first token and at the rest apart
    (SmolLM2's late MLPs put most of their output energy on the first token: an attention-sink activation).
+   bbh_floor: BBH with no model (each task's most frequent answer, on the judged questions).
 3. insitu__<model>: every block replaced at once, the errors compound: run from the recorded residual
    entering block 25, per block the MLP error on its own (drifted) inputs and the residual-stream drift,
    and the next-token KL to the pretrained model on the test windows.
@@ -134,7 +135,7 @@ def plan(args, s) -> list[str]:
     if s["finetune_steps"]:
         units += [f"finetune__{a}" for a in s["arms"]]
     judged = models(args, s)
-    units += [f"firsttoken__{a}" for a in s["arms"]]
+    units += [f"firsttoken__{a}" for a in s["arms"]] + ["bbh_floor"]
     units += [f"insitu__{m}" for m in judged if m != "reference"]
     units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged]
     return [u for u in units if not args.only or re.search(args.only, u)]
@@ -372,6 +373,25 @@ def run_finetune(args, s, arm: str) -> dict:
     return {"arm": arm, "lr": args.finetune_lr, "steps": cfg.steps, "batch_windows": args.finetune_batch, **info}
 
 
+def run_bbh_floor(args, s) -> dict:
+    """What BBH gives with no model: per task, always answering the task's most frequent target (over all
+    its rows), scored on the judged questions -> {"tasks": {name: {"n", "answer", "correct"}}}."""
+    import collections
+
+    from kanjax import bbh
+
+    names = bbh.task_names() if tuple(s["bbh_tasks"]) == ("bbh",) else s["bbh_tasks"]
+    out = {"tasks": {}}
+    for name in names:
+        rows, _ = bbh.load_rows(name, data_dir=Path(args.data_dir) / "bbh")
+        answer = collections.Counter(str(r["target"]).strip() for r in rows).most_common(1)[0][0]
+        judged = rows[:s["bbh_limit"]] if s["bbh_limit"] else rows
+        out["tasks"][name] = {"n": len(judged), "answer": answer,
+                              "correct": "".join("1" if bbh.is_correct(answer, str(r["target"])) else "0"
+                                                 for r in judged)}
+    return out
+
+
 def run_first_token(args, s, arm: str) -> dict:
     """The kept fits' test errors split into each window's first token and the rest (see distill.fit_errors)."""
     from kanjax import distill
@@ -508,6 +528,8 @@ def run_unit(args, unit: str) -> dict:
         out = (run_fit if kind == "fit" else run_seqfit)(args, s, rest[0], int(rest[1][1:]))
     elif kind == "finetune":
         out = run_finetune(args, s, rest[0])
+    elif kind == "bbh_floor":
+        out = run_bbh_floor(args, s)
     elif kind == "firsttoken":
         out = run_first_token(args, s, rest[0])
     elif kind == "insitu":

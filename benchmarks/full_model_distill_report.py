@@ -302,7 +302,36 @@ def benchmark_table(R: dict, names: list[str]) -> str:
         else:
             cells += ["–"] * (len(MC_TASKS) + 1)
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    floor = R.get("bbh_floor")
+    if floor:
+        g = [bits(floor["tasks"][t]["correct"])[None] for t in sorted(floor["tasks"])]
+        mean = 100 * float(np.mean([x.mean() for x in g]))
+        lines.append("| no model: each BBH task's most frequent answer | – | – | – | "
+                     f"{score_cell(mean, stratified_boot(g)[:, 0])} | " + " | ".join("–" for _ in MC_TASKS) + " | – |")
     return "\n".join(lines)
+
+
+def bbh_floor_text(R: dict, names: list[str]) -> str:
+    """Each judged model's BBH minus the no-model floor, paired over the same questions."""
+    floor = R.get("bbh_floor")
+    if not floor:
+        return ""
+    parts = []
+    for n in names:
+        runs = R.get(f"eval_bbh__{n}")
+        if runs is None or set(runs["tasks"]) != set(floor["tasks"]):
+            continue
+        groups = [np.stack([bits(runs["tasks"][t]["correct"]), bits(floor["tasks"][t]["correct"])])
+                  for t in sorted(floor["tasks"])]
+        boot = stratified_boot(groups)
+        point = 100 * float(np.mean([g[0].mean() - g[1].mean() for g in groups]))
+        lo, hi = ci(boot[:, 0] - boot[:, 1])
+        parts.append(f"{n} {point:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+    if not parts:
+        return ""
+    return ("BBH minus the no-model floor (points, paired over the same questions): " + "; ".join(parts) +
+            ". Where an interval reaches 0, that model's BBH is not above answering each task's most frequent "
+            "target, and BBH cannot separate the models at this size.")
 
 
 def paired(R: dict, a: str, b: str) -> dict:
@@ -526,6 +555,7 @@ def write_report(records: Path, out_dir: Path, quick: bool = False) -> Path | No
               "## The spliced models judged", "", benchmark_table(R, names), "",
               f"Intervals: 95% bootstrap (questions stratified by task; windows; conversations). Reference BBH for "
               f"comparison: the model card's {MODEL_CARD_BBH} (3-shot, original weights).", "",
+              bbh_floor_text(R, names), "",
               comparisons_table(R, pairs), "", f"![distillation]({stem}.png)", "",
               "## How this differs from the original setting", "", differences_text(), ""]
     timing = {}

@@ -52,6 +52,8 @@ def fake_records(folder: Path, *, kan_rel=0.30, lin_rel=0.30, kan_bbh=None, n_q=
                                                        "h_err2": [0.5, 0.5], "h2": [100.0, 100.0]} for k in (25, 26)}}
     lin_bits = {f"bbh_t{i}": _bits(0.3, n_q) for i in range(3)}
     mc_bits = {t: _bits(0.5, 60) for t in report.MC_TASKS}
+    units["bbh_floor"] = {"kind": "bbh_floor", "tasks": {t: {"n": n_q, "answer": "x", "correct": b}
+                                                          for t, b in lin_bits.items()}}
     for model in ("reference", "linear", "kan"):
         bbh_bits = lin_bits if model != "kan" or kan_bbh is None else {t: _bits(kan_bbh, n_q) for t in lin_bits}
         units[f"eval_bbh__{model}"] = {"kind": "eval_bbh", "model": model, "tasks": {
@@ -74,7 +76,8 @@ def test_report_from_made_up_records(tmp_path):
     path = report.write_report(fake_records(tmp_path / "records"), tmp_path / "out")
     text = path.read_text()
     assert (tmp_path / "out" / "full_model_distill.png").stat().st_size > 10_000
-    for needle in ("## Verdict", "Layer-wise fits", "first token / other tokens", "How errors compound", "WikiText-2 test ppl", "kan − linear",
+    for needle in ("## Verdict", "Layer-wise fits", "first token / other tokens", "How errors compound",
+                   "WikiText-2 test ppl", "kan − linear",
                    "linear − reference", "One seed per arm", "How this differs from the original", "## Time"):
         assert needle in text, needle
     # Identical arms on every measure: every interval of a difference is [0, 0] except fit noise.
@@ -106,6 +109,18 @@ def test_first_token_table_splits_the_error(tmp_path):
         R, ["linear", "kan"])
     del R["firsttoken__kan"]
     assert "No first-token records" in report.first_token_table(R, ["linear", "kan"])
+
+
+def test_bbh_floor_row_and_paired_difference(tmp_path):
+    R = report.load(fake_records(tmp_path / "records", kan_bbh=0.9))  # the floor answers as linear does
+    names = report.judged(R)
+    assert "| no model: each BBH task's most frequent answer |" in report.benchmark_table(R, names)
+    text = report.bbh_floor_text(R, names)
+    assert "linear +0.0 [+0.0, +0.0]" in text and "reference +0.0 [+0.0, +0.0]" in text
+    kan = float(text.split("kan ")[1].split(" ")[0])
+    assert kan > 40  # 0.9 against 0.3 of the questions
+    del R["bbh_floor"]
+    assert report.bbh_floor_text(R, names) == ""
 
 
 def test_verdict_rules(tmp_path):
