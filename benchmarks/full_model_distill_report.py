@@ -316,7 +316,7 @@ def bbh_floor_text(R: dict, names: list[str]) -> str:
     floor = R.get("bbh_floor")
     if not floor:
         return ""
-    parts = []
+    parts, side = [], {"above": [], "not distinguishable from": [], "below": []}
     for n in names:
         runs = R.get(f"eval_bbh__{n}")
         if runs is None or set(runs["tasks"]) != set(floor["tasks"]):
@@ -327,11 +327,14 @@ def bbh_floor_text(R: dict, names: list[str]) -> str:
         point = 100 * float(np.mean([g[0].mean() - g[1].mean() for g in groups]))
         lo, hi = ci(boot[:, 0] - boot[:, 1])
         parts.append(f"{n} {point:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        side["above" if lo > 0 else "below" if hi < 0 else "not distinguishable from"].append(n)
     if not parts:
         return ""
+    where = "; ".join(f"{k} it: {', '.join(v)}" for k, v in side.items() if v)
     return ("BBH minus the no-model floor (points, paired over the same questions): " + "; ".join(parts) +
-            ". Where an interval reaches 0, that model's BBH is not above answering each task's most frequent "
-            "target, and BBH cannot separate the models at this size.")
+            f". {where[0].upper() + where[1:]}. BBH can only separate models that score above this floor; "
+            + ("none does here, so the BBH part of the verdict says little at this model size."
+               if not side["above"] else "read the BBH comparisons with that in mind."))
 
 
 def paired(R: dict, a: str, b: str) -> dict:

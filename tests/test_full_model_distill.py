@@ -119,6 +119,7 @@ def test_bbh_floor_row_and_paired_difference(tmp_path):
     assert "linear +0.0 [+0.0, +0.0]" in text and "reference +0.0 [+0.0, +0.0]" in text
     kan = float(text.split("kan ")[1].split(" ")[0])
     assert kan > 40  # 0.9 against 0.3 of the questions
+    assert "Above it: kan; not distinguishable from it: reference, linear." in text
     del R["bbh_floor"]
     assert report.bbh_floor_text(R, names) == ""
 
