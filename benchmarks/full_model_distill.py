@@ -44,14 +44,13 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    five shared multiple-choice sets in full (--mc_limit 0).
 Then benchmarks/full_model_distill_report.py writes the report from the records.
 
-Time on the 2-core CPU, measured while another long job shared it: `--quick` took 2.5 min (the slow
-test in tests/test_full_model_distill.py runs it). The default run: record ~10 min (300 tokens/s through
-30 blocks); 10 fit units ~45 min (3 lrs × 400 steps × ~0.2 s); in situ ~5 min; per judged model (the
-reference's records, 2026-12-02, with one AGNews training run beside it) 6.3 min perplexity, 12.8 min
-BBH (30 × 27 questions, shared few-shot prefix) and 10.9 min for the full multiple-choice sets (5,415
-questions, packed scoring) -> about 30 min per model, 2.5 h in all for the three models.
---mc_limit / --bbh_limit trade questions (interval width) for time; --sequential and --finetune_steps
-add one judged model per arm.
+Time on the 2-core CPU (the committed records, 2026-12-02; "Time" in the report): `--quick` takes 2.5 min
+(the slow test in tests/test_full_model_distill.py runs it). The default run: record 7 min; 10 fit units
+29 min (4 lrs × 400 steps, ~45 s a fit); in situ 1 min; per judged model 6 min perplexity, 10-13 min
+BBH (30 × 27 questions, shared few-shot prefix) and 10 min for the full multiple-choice sets (5,415
+questions, packed scoring) -> about 2 h in all for the three models. --sequential adds 8 seqfit units
+(~4 min each) and, unless --only leaves their evaluations out, one judged model per arm (~28 min each).
+--mc_limit / --bbh_limit trade questions (interval width) for time.
 """
 
 from __future__ import annotations
