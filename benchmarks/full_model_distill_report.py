@@ -171,20 +171,19 @@ def first_token_table(R: dict, arms: list[str]) -> str:
         b = {a: runs[a]["blocks"][str(k)] for a in arms}
         rest = {a: (np.subtract(b[a]["err2"], b[a]["first_err2"]), np.subtract(b[a]["y2"], b[a]["first_y2"]))
                 for a in arms}
+        rest_err = {a: math.sqrt(e.sum() / y.sum()) for a, (e, y) in rest.items()}
         y0 = b[arms[0]]
         cells = [f"{100 * sum(y0['first_y2']) / sum(y0['y2']):.0f}%"]
         for a in arms:
             first = math.sqrt(sum(b[a]["first_err2"]) / max(sum(b[a]["first_y2"]), 1e-30))
-            cells.append(f"{first:.3f} / {math.sqrt(rest[a][0].sum() / rest[a][1].sum()):.3f}")
+            cells.append(f"{first:.3f} / {rest_err[a]:.3f}")
         if "linear" in arms:
             boot = rel_err_boot([rest[a][0] for a in arms], [rest[a][1] for a in arms])
             j = arms.index("linear")
             for i, a in enumerate(arms):
                 if a != "linear":
                     lo, hi = ci(boot[:, i] - boot[:, j])
-                    d = math.sqrt(rest[a][0].sum() / rest[a][1].sum()) - math.sqrt(rest["linear"][0].sum() /
-                                                                                 rest["linear"][1].sum())
-                    cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                    cells.append(f"{rest_err[a] - rest_err['linear']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -209,14 +209,15 @@ def main() -> None:
              "attention_mask": np.ones((b, t), np.int32),
              "labels": rng.integers(0, 4, (b,)).astype(np.int32)}
     fns, info = {}, {}  # name -> run one step; name -> (kind, label, precision, params, FLOPs per step)
-    hlo = {}  # name -> compiled step (the fp32 arms, for --profile)
+    hlo = {}  # name -> compiled step text of the plain fp32 arms (--profile), else None
     arms = [(label, spec, precision, "") for label, spec, precision in ARMS]
     if args.ablations:
         arms += [("linear", None, "fp32", ", jax autodiff matmul"), ("KAN chebyshev2 deg 2, param-matched", KAN,
                   "fp32", ", jax autodiff matmul"), ("linear", None, "fp32", ", last block at every token")]
     for label, spec, precision, ablation in arms:
         name = f"{label}{ablation} {precision}"
-        run, model, hlo[name] = kanjax_arm(spec, precision, batch, ablation, want_hlo=args.profile > 0)
+        profiled = args.profile > 0 and precision == "fp32" and not ablation  # the arms --profile traces
+        run, model, hlo[name] = kanjax_arm(spec, precision, batch, ablation, want_hlo=profiled)
         fns[name] = run
         pooled = ABLATIONS[ablation][0] is not EveryTokenClassifier
         info[name] = ("kanjax", label + ablation, precision, count_params(model), step_flops(model, b, t, pooled))

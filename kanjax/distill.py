@@ -383,14 +383,15 @@ def fit_errors(mlp: nnx.Module, x: np.ndarray, y: np.ndarray, windows: np.ndarra
     SmolLM2's late MLPs put most of their output there (an attention-sink activation: 94% of block 28's
     ‖y‖² in the distillation study's recording)."""
     graphdef, state = nnx.split(mlp)
-    err2, y2 = np.zeros((0, seq_len)), np.zeros((0, seq_len))
+    err_parts, y_parts = [], []  # per batch: (windows, seq_len) squared norms per token
     windows = np.asarray(windows)
     for s in range(0, len(windows), batch_windows):
         w = windows[s:s + batch_windows]
         idx = (w[:, None] * seq_len + np.arange(seq_len)[None]).reshape(-1)
         e, n = jax.device_get(_sq_errors(graphdef, state, _rows(x, idx), _rows(y, idx)))
-        err2 = np.concatenate([err2, np.asarray(e, np.float64).reshape(len(w), seq_len)])
-        y2 = np.concatenate([y2, np.asarray(n, np.float64).reshape(len(w), seq_len)])
+        err_parts.append(np.asarray(e, np.float64).reshape(len(w), seq_len))
+        y_parts.append(np.asarray(n, np.float64).reshape(len(w), seq_len))
+    err2, y2 = np.concatenate(err_parts), np.concatenate(y_parts)
     total = float(err2.sum())
     return {"rel_err": math.sqrt(total / max(float(y2.sum()), 1e-30)),
             "mse": total / (len(windows) * seq_len * x.shape[-1]), "err2": err2.sum(1).tolist(),
