@@ -87,5 +87,7 @@ def test_convert_pretrained_runs_headless(tmp_path, shared_data, smollm2_gguf):
     assert value(none_line) < 1e-3 < value(tanh_line), (none_line, tanh_line)
     assert "identical: True" in text
     assert "perplexity" in text and "after:" in text
+    moved = text.split("fine-tuning changed ")[1].splitlines()[0].split()
+    assert int(moved[0]) > 0 and moved[-1] == "0", moved  # the converted MLPs trained, nothing else
     diff = float(text.split("max |logit difference| kanjax vs transformers:")[1].split()[0])
     assert diff < 1e-3, diff
