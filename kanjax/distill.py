@@ -282,9 +282,9 @@ def splice(model, mlps: Mapping[int, nnx.Module], spec: KANSpec | None = None):
 
 def mlp_state(mlp: nnx.Module) -> dict[str, np.ndarray]:
     """{parameter path: array} of a module, for np.savez."""
-    from kanjax.surgery import path_string
+    from kanjax.surgery import param_arrays
 
-    return {path_string(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(mlp, nnx.Param))}
+    return param_arrays(mlp)
 
 
 def load_mlp_state(mlp: nnx.Module, arrays: Mapping[str, np.ndarray]) -> nnx.Module:

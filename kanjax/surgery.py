@@ -122,6 +122,12 @@ def path_string(path) -> str:
     return "/".join(parts)
 
 
+def param_arrays(module) -> dict[str, np.ndarray]:
+    """{'model/layers/3/mlp/up_proj/kernel': array} of every nnx.Param of `module`, on the host."""
+    state = nnx.state(module, nnx.Param)
+    return {path_string(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state)}
+
+
 def vocab_record(id_map: np.ndarray, kept: np.ndarray) -> dict:
     """trim_vocab's id map as {"kept": new → old ids, "unk": the new id every dropped id maps to,
     "source_vocab_size"}: a few kB of JSON that `id_map_from_record` turns back into the map."""
@@ -139,5 +145,5 @@ def id_map_from_record(record: dict | None) -> np.ndarray | None:
     return id_map
 
 
-__all__ = ["with_config", "truncate_layers", "trim_vocab", "reinitialise", "path_string", "vocab_record",
-           "id_map_from_record"]
+__all__ = ["with_config", "truncate_layers", "trim_vocab", "reinitialise", "path_string", "param_arrays",
+           "vocab_record", "id_map_from_record"]

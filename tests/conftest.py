@@ -16,8 +16,8 @@ SHARED_DATA = Path(os.environ.get("KANJAX_SHARED_DATA", REPO_ROOT.parent / "shar
 # Every compile is cached, however short: a fresh train.py process builds its model op by op, some
 # 60 compiles of ~0.1 s each that every later process reads back (the resume test's five processes:
 # 76 s -> 62 s alone). No size limit: with one, every write scans the whole directory to evict (the
-# suite ends with ~4,300 entries), which cost more than the cache saved. Without the limit's file lock a reader can
-# meet an entry being written; JAX then warns and compiles it itself.
+# suite ends with ~4,300 entries), which cost more than the cache saved. Without the limit's file
+# lock a reader can meet an entry being written; JAX then warns and compiles it itself.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cache" / "jax_compilation_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
