@@ -55,7 +55,7 @@ def test_findings_follow_the_records(tmp_path):
                                                 ((0.70, 0.85, 0.78), "target not met")])  # 3x linear's spread
 def test_learning_rate_grid_and_seed_spread(tmp_path, kan_tests, verdict):
     records = []
-    for lr, shift in ((3e-4, -0.05), (1e-3, 0.0), (3e-3, -0.10)):
+    for lr, shift in ((1e-4, -0.08), (3e-4, -0.05), (1e-3, 0.0), (3e-3, -0.10)):
         for seed in range(3):
             records.append(record("tune", f"linear_lr{lr:g}", seed, test=0.83 + 0.02 * (seed - 1) + shift,
                                   val50=0.7, signal=0.9, lr=lr))
@@ -78,3 +78,33 @@ def test_an_incomplete_grid_gives_no_seed_spread_verdict(tmp_path):
     text = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
     assert "The tuning grid is incomplete" in text and "no verdict yet" in text
     assert "target met" not in text and "target not met" not in text and "nan" not in text
+
+
+def test_seed_spread_adds_the_study_seeds_and_gives_the_ratio_interval(tmp_path):
+    """Seeds 3+ of the chosen arms come from the study phase (same rate and budget; another rate's
+    study runs are ignored); the ratio's F interval is the textbook one; a rate chosen at the
+    grid's edge is flagged."""
+    from scipy import stats
+
+    records = []
+    for lr in (1e-4, 3e-4, 1e-3, 3e-3):
+        best = lr == 1e-4  # the KAN's best: the grid's lowest
+        for seed in range(3):
+            records.append(record("tune", f"linear_lr{lr:g}", seed, test=0.83 + 0.01 * seed - 0.1 * (lr != 1e-3),
+                                  val50=0.7, signal=0.9, lr=lr))
+            records.append(record("tune", f"kan_chebyshev2_lr{lr:g}", seed, test=0.80 + 0.02 * seed - 0.1 * (not best),
+                                  val50=0.7, signal=0.9, lr=lr))
+    lin_extra = [0.86, 0.80]
+    records += [record("study", "linear", 3 + i, test=t, val50=0.7, signal=0.9, lr=1e-3) for i, t in enumerate(lin_extra)]
+    records += [record("study", "kan_chebyshev2", 3, test=0.2, val50=0.7, signal=0.9, lr=3e-3)]  # another rate
+    write(tmp_path / "rec", records)
+    text = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
+    lin = [83.0, 84.0, 85.0, 86.0, 80.0]
+    kan = [80.0, 82.0, 84.0]
+    ratio = stats.tstd(kan) / stats.tstd(lin)
+    f = ratio ** 2
+    lo, hi = (f / stats.f.ppf(0.95, 2, 4)) ** 0.5, (f / stats.f.ppf(0.05, 2, 4)) ** 0.5
+    assert f"seed std is {stats.tstd(kan):.2f} pt (3 seeds) against linear's {stats.tstd(lin):.2f} pt (5 seeds)" in text
+    assert f"ratio {ratio:.2f}, 90% interval {lo:.2f}–{hi:.2f}" in text
+    assert "0 of 3 KAN runs at chance" in text  # the study run at another rate is not counted
+    assert "the KAN's chosen rate 0.0001 is the grid's lowest" in text and "linear's chosen rate 0.001 is" not in text
