@@ -81,6 +81,10 @@ RECIPE = [
     Arm("kan_linear_bottleneck", "kan_cheb2", FIXED, 3),
     Arm("kan_linear_bottleneck_centred", "kan_cheb2", {**FIXED, "kan.center": "zero"}, 3),
     Arm("kan_linear_bottleneck_layernorm", "kan_cheb2", {**FIXED, "kan.domain": "layernorm"}, 2),
+    # The recipe before centring became the default, over the learning-rate grid (its 0.001 is
+    # kan_linear_bottleneck): the grid it was tuned on as the tune phase's KAN until then.
+    *[Arm(f"kan_linear_bottleneck_lr{lr:g}", "kan_cheb2", {**FIXED, "train.lr": lr}, 3)
+      for lr in LEARNING_RATES if lr != 1e-3],
     Arm("init_coef_linear_only", "kan_cheb2", {**V1, "kan.coef_init": "linear", **INIT_ONLY}, 3),
     Arm("init_bottleneck_only", "kan_cheb2", {**V1, "kan.bottleneck_init": "output", **INIT_ONLY}, 3),
 ]

@@ -72,7 +72,7 @@ class KANSpec:
     param_ratio: float = 1.0
     init: str = "random"
     coef_init: str = "linear"
-    center: str = "none"
+    center: str = "zero"
     bottleneck_init: str = "output"
 
     def __post_init__(self):

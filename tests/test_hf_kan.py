@@ -132,7 +132,8 @@ CASES = {
     "no_silu": (dict(targets=["mlp"], layers="last:1", mlp_activation="none", basis="gegenbauer"), {}),
     "param_match": (dict(targets=["all"], param_match="width", basis="chebyshev2"), {}),
     "layernorm_silu": (dict(targets=["all"], domain="layernorm", base="silu", basis="laguerre"), {}),
-    "centred_degree5": (dict(targets=["all"], center="zero", basis="chebyshev", degree=5), {}),
+    # center="zero" is the default: every case above is centred
+    "uncentred_degree5": (dict(targets=["all"], center="none", basis="chebyshev", degree=5), {}),
 }
 
 
@@ -141,6 +142,24 @@ def test_export_loads_in_transformers_and_round_trips(case, tmp_path):
     spec, config = CASES[case]
     model = _tiny_kan(spec, **config)
     _export_round_trip(model, tmp_path / case)
+
+
+def test_export_older_than_center_loads_uncentred(tmp_path):
+    """Exports written before `center` existed lack the key and hold uncentred layers: both
+    loaders must read them so, not with today's default ("zero")."""
+    model = _tiny_kan(dict(targets=["mlp", "q"], center="none", basis="legendre", degree=3))
+    out = hf.save_pretrained(model, tmp_path / "old")
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["kan"]["center"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    ids, mask = _batch()
+    ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    back = hf.load_pretrained(out)
+    assert back.kan_spec.center == "none"
+    np.testing.assert_array_equal(np.asarray(back(jnp.asarray(ids), jnp.asarray(mask))), ours)
+    ref = torch_logits(_load_remote(transformers.AutoModelForCausalLM, out), ids, mask)
+    real = mask.astype(bool)
+    assert float(np.max(np.abs(ours[real] - ref[real]))) <= TOL
 
 
 def test_exported_config_and_files(tmp_path):

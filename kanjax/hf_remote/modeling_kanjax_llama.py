@@ -126,10 +126,12 @@ class KanjaxKANProjection(nn.Module):
         final_bias = use_bias and not rank
 
         def kan_layer(n_in, n_out, bias):
-            # kanjax writes every field of its KANSpec into config.json: no defaults here.
+            # kanjax writes every field of its KANSpec into config.json: no defaults here, but for
+            # `center`, which exports older than it lack (their layers are uncentred).
             return KanjaxKANLinear(
                 n_in, n_out, basis=kan["basis"], degree=int(kan["degree"]), domain=kan["domain"],
-                center=kan["center"], base=kan["base"], den_degree=int(kan["den_degree"]), use_bias=bias,
+                center=kan.get("center", "none"), base=kan["base"], den_degree=int(kan["den_degree"]),
+                use_bias=bias,
                 basis_params=dict(kan["basis_params"] or {}))
 
         if self.strategy == "replace":
