@@ -15,7 +15,8 @@ against Chebyshev-2 degree 2, for benchmarks/agnews_report.py: --repeats rounds,
 forward+backward (the mean of --inner calls) of every layer round-robin; each layer's time ÷
 Chebyshev-2's in the same round; the median ratio over rounds with a distribution-free 95% interval
 (order statistics of the median, `median_interval`). --json writes them as
-{"ratios_to_chebyshev2": {layer: {"ratio", "lo", "hi", ...}}}, layer = the arm's name without "kan_".
+{"ratios_to_chebyshev2": {layer: {"ratio", "lo", "hi", ...}}}, layer = the arm's name without "kan_";
+a polynomial family's entry adds "vs_same_degree", its ratio to Chebyshev-2 of its own degree.
 """
 
 from __future__ import annotations
@@ -144,7 +145,21 @@ def study_ratios(n_in: int, n_out: int, x: jax.Array, repeats: int, inner: int) 
         result[name] = {"ratio": ratio, "lo": lo, "hi": hi, "ms": statistics.median(times[name]) * 1e3,
                         "width": width, "params": sum(int(p.size) for p in jax.tree.leaves(params)),
                         "kan": kw}
+        ref = same_degree_reference(name, kw, fns)
+        if ref is not None:  # the families are compared with Chebyshev-2 at their own degree
+            r, lo, hi = median_interval([a / c for a, c in zip(times[name], times[ref])])
+            result[name]["vs_same_degree"] = {"reference": ref, "ratio": r, "lo": lo, "hi": hi}
     return result
+
+
+def same_degree_reference(name: str, kw: dict, layers: dict) -> str | None:
+    """The Chebyshev-2 layer timed alongside with the same polynomial degree as `name`'s (Fibonacci's
+    F_d has degree d − 1), or None (no degree, Chebyshev-2 itself, or no such layer)."""
+    if "degree" not in kw or kw.get("basis") == "chebyshev2":
+        return None
+    degree = kw["degree"] - (kw["basis"] == "fibonacci")
+    ref = "chebyshev2" if degree == 2 else f"chebyshev2_deg{degree}"
+    return ref if ref in layers else None
 
 
 def basis_dtype_rows(n_in: int, width: int, x: jax.Array, runs: int) -> list[str]:
@@ -242,11 +257,14 @@ def main() -> None:
                   f"forward+backward time ÷ Chebyshev-2 degree 2 in the same round: median of {args.repeats} "
                   f"round-robin rounds (each the mean of {args.inner} calls), 95% interval of the median from order "
                   f"statistics; 1-min load average before: {load[0]}. Written to kan_layer.json for agnews_report.py.",
-                  "", "| layer | width | params | fwd+bwd ms | × chebyshev2 | 95% interval |",
-                  "|---|---:|---:|---:|---:|---|"]
+                  "", "| layer | width | params | fwd+bwd ms | × chebyshev2 | 95% interval "
+                  "| × chebyshev2 of the same degree (95% interval) |",
+                  "|---|---:|---:|---:|---:|---|---|"]
         for name, r in sorted(study.items(), key=lambda item: item[1]["ratio"]):
+            same = r.get("vs_same_degree")
+            same = f"{same['ratio']:.2f} ({same['lo']:.2f}–{same['hi']:.2f})" if same else "–"
             lines.append(f"| {name} | {r['width']} | {r['params']:,} | {r['ms']:.2f} | {r['ratio']:.2f} "
-                         f"| {r['lo']:.2f}–{r['hi']:.2f} |")
+                         f"| {r['lo']:.2f}–{r['hi']:.2f} | {same} |")
     table = "\n".join(lines)
     print(table)
     command = " ".join(["python benchmarks/kan_layer.py"] + sys.argv[1:])

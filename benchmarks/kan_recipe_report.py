@@ -252,8 +252,22 @@ def diagnosis_groups(recipe: dict, tune: dict) -> dict[str, list[dict]]:
         groups["linear"] = tune[f"linear_lr{BASE_LR}"]
     default = {r.get("reused_from", "").split("__seed")[0] for r in tune.get(f"kan_chebyshev2_lr{BASE_LR}", [])}
     for name, runs in recipe.items():
-        groups[name + (" (default)" if name in default else "")] = runs
+        if runs[0]["lr"] == float(BASE_LR):  # the others are a variant's learning-rate grid (below)
+            groups[name + (" (default)" if name in default else "")] = runs
     return groups
+
+
+def variant_grids(recipe: dict) -> dict[str, list[dict]]:
+    """{`<arm>_lr<rate>`: runs}: the recipe arms run over the learning-rate grid (named `<arm>_lr<rate>`),
+    their BASE_LR runs being the arm itself, in the form `tune_table` reads."""
+    out = {}
+    for name, runs in recipe.items():
+        if runs[0]["lr"] != float(BASE_LR) and "_lr" in name:
+            arm = name.rsplit("_lr", 1)[0]
+            out[name] = runs
+            if arm in recipe:
+                out[f"{arm}_lr{float(BASE_LR):g}"] = recipe[arm]
+    return dict(sorted(out.items(), key=lambda kv: kv[1][0]["lr"]))
 
 
 def write_report(records: Path, results: Path, quick: bool = False) -> Path | None:
@@ -288,10 +302,15 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
                 f"![per-projection diagnostics]({stem}_diagnostics.png)", ""]
         out += findings(diag)
     if tune:
-        table, chosen = tune_table(tune)
+        grids = variant_grids(recipe)
+        table, chosen = tune_table({**tune, **grids})
+        variants = sorted({n.rsplit("_lr", 1)[0] for n in grids})
         out += ["## Learning-rate grid (the same for linear and the KAN)", "",
                 "Final validation accuracy % (mean ± std over seeds; the 500 validation texts held out of train). "
-                "The study trains every linear arm at linear's chosen rate and every KAN arm at the KAN's.", "",
+                "The study trains every linear arm at linear's chosen rate and every KAN arm at the KAN's "
+                "(kan_chebyshev2: the layer's defaults, the recipe)."
+                + (f" {', '.join(variants)}: a recipe variant over the same grid, for comparison; not a study arm."
+                   if variants else ""), "",
                 table, "", seed_spread(chosen, study), ""]
     path = results / f"{stem}.md"
     path.write_text("\n".join(out))
@@ -353,6 +372,15 @@ def findings(diag: dict[str, list[dict]]) -> list[str]:
                 + "; ".join(f"{n}: {100 * (statistics.fmean(r['test_accuracy'] for r in runs) - base):+.1f} pt "
                             f"({len(runs)} seed(s))" for n, runs in more.items())
                 + " (means; paired per seed, the same data order).", ""]
+        candidates = {n: runs for n, runs in trained(diag).items()
+                      if n.split(" (")[0] not in ("linear", "kan_v1_defaults")}
+        val = {n: statistics.fmean(r["final_val_accuracy"] for r in runs) for n, runs in candidates.items()}
+        best = max(val, key=val.get)
+        out += [f"4. **The recipe, chosen on validation accuracy only:** {best.split(' (')[0]} has the highest mean "
+                "final validation accuracy at this rate (" + "; ".join(f"{n.split(' (')[0]}: {100 * v:.1f} %"
+                                                                     for n, v in val.items()) + "). "
+                + ("It is the layer's default (`KANLinear`, `KANSpec`), and the learning-rate grid below tunes it."
+                   if best.endswith("(default)") else "**It is not the layer's default.**"), ""]
     n_seeds = min((len(r) for r in (v1, fixed or v1)), default=0)
     if n_seeds < 3:
         out += [f"_Only {n_seeds} seed(s) per arm so far: the per-seed numbers above are what the records hold, "

@@ -9,7 +9,8 @@ def get_config():
     c.kan.targets = ("all",)
     c.kan.param_match = "width"  # the study compares at equal parameters
     c.kan.basis = "gegenbauer"
-    # λ = 2: λ = 3/2 is Jacobi(1, 1) after the per-column normalisation, λ = 1 Chebyshev-2 and
-    # λ = 1/2 Legendre, so any of those would repeat another arm of the study.
-    c.kan.basis_params.alpha = 2.0
+    # λ = 3: λ = 3/2 is Jacobi(1, 1) after the per-column normalisation, λ = 1 Chebyshev-2 and
+    # λ = 1/2 Legendre; centred at degree 3 a symmetric family's cubic column is x³ − 3x/(2(λ + 2))
+    # up to scale, which for λ = 2 is Hermite's on its interval. Any of those would repeat an arm.
+    c.kan.basis_params.alpha = 3.0
     return c

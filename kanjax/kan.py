@@ -116,6 +116,10 @@ class KANLinear(nnx.Module):
         self.interval = tuple(float(v) for v in basis_lib.BASES[basis].interval(**self.basis_params))
         self.center = center
         self.active, self.offsets, self.scales = basis_lib.column_layout(basis, self.basis_items, domain, center)
+        if not self.active:
+            raise ValueError(f"KANLinear: basis {basis!r} with {dict(self.basis_items)} and center={center!r} has no "
+                             "column that varies on its interval (a constant is all it has, and centring removes "
+                             "it); raise the degree or use center='none'")
         in_axis, out_axis = self.axes
 
         def param(value, names):

@@ -60,13 +60,16 @@ def test_every_pair_of_study_arms_computes_different_functions():
 
 
 def test_the_old_duplicate_arms_are_caught_by_that_check():
-    """The check above is able to fail: the v1 study's Jacobi/Gegenbauer and Fibonacci/Chebyshev-2 pairs."""
+    """The check above is able to fail: the v1 study's Jacobi/Gegenbauer and Fibonacci/Chebyshev-2 pairs,
+    and, centred (the default), every symmetric family at degree 2 (columns x and x²)."""
     jacobi = _arm_logits(study.Arm("j", "kan_jacobi", {}, 1))  # α = β = 1, the family's defaults
     gegen = _arm_logits(study.Arm("g", "kan_gegenbauer", {"kan.basis_params.alpha": 1.5}, 1))
     np.testing.assert_allclose(jacobi, gegen, atol=1e-5)
     fib = _arm_logits(study.Arm("f", "kan_fibonacci", {"kan.degree": 2}, 1))
     cheb1 = _arm_logits(study.Arm("c", "kan_cheb2", {"kan.degree": 1}, 1))
     np.testing.assert_allclose(fib, cheb1, atol=1e-5)
+    legendre2 = _arm_logits(study.Arm("l", "kan_legendre", {"kan.degree": 2}, 1))
+    np.testing.assert_allclose(legendre2, _arm_logits(study.Arm("c2", "kan_cheb2", {}, 1)), atol=1e-5)
 
 
 def _args(tmp_path, **kw):
@@ -93,8 +96,9 @@ def test_plan_pairs_seeds_and_waits_for_tuning(tmp_path):
     for ph, a, s, f in plan:
         if ph == "study":
             counts[a.name] = counts.get(a.name, 0) + 1
-    for name in ("linear", "kan_chebyshev2", "kan_jacobi", "kan_gegenbauer", "kan_chebyshev2_parallel",
-                 "kan_chebyshev2_sequential", "kan_chebyshev2_fp16", "kan_chebyshev2_nosilu"):
+    for name in ("linear", "kan_chebyshev2", "kan_jacobi_deg3", "kan_gegenbauer_deg3", "kan_chebyshev2_deg3",
+                 "kan_chebyshev2_parallel", "kan_chebyshev2_sequential", "kan_chebyshev2_fp16",
+                 "kan_chebyshev2_nosilu"):
         assert counts[name] >= 5, name
     assert min(counts.values()) >= 3
 

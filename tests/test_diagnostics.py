@@ -59,14 +59,14 @@ def test_projection_stats_cover_every_kind_and_match_the_gradient():
 
 
 def test_random_kan_init_shows_up_as_a_constant_output():
-    """The v1 KAN init (coef_init="random") makes the MLP outputs nearly input-independent; the linear
-    init does not: the statistic the recipe diagnosis rests on."""
+    """The v1 KAN init (coef_init="random", uncentred) makes the MLP outputs nearly input-independent;
+    the linear init does not: the statistic the recipe diagnosis rests on."""
     batch = {k: jnp.asarray(v) for k, v in _batch().items()}
     stats_fn = jax.jit(diagnostics.projection_stats, static_argnums=(0, 3))  # both inits: one compilation
 
     def signal(coef_init):
         model = build_model(LlamaForSequenceClassification, dataclasses.replace(TINY, hidden_size=64),
-                            dict(targets=["mlp"], coef_init=coef_init))
+                            dict(targets=["mlp"], coef_init=coef_init, center="none"))
         g, p = nnx.split(model, nnx.Param)
         return float(stats_fn(g, p, batch, train_lib.classification_loss)["gate/out_signal"])
 

@@ -47,9 +47,11 @@ def test_from_linear_is_exact(family):
 
 def test_from_linear_rejects_bases_without_affine_span():
     w = np.ones((3, 2), np.float32)
-    for family, kw in (("rbf", {}), ("bspline", {}), ("fibonacci", {"degree": 1})):
+    for family, kw in (("rbf", {}), ("bspline", {}), ("fibonacci", {"degree": 1, "center": "none"})):
         with pytest.raises(ValueError, match="cannot represent"):
             KANLinear.from_linear(w, None, basis=family, **kw)
+    with pytest.raises(ValueError, match="has no column that varies"):  # F_1 = 1 centred is 0
+        KANLinear.from_linear(w, None, basis="fibonacci", degree=1)
     with pytest.raises(ValueError, match="kernel must be"):
         KANLinear.from_linear(np.ones(3), None)
     with pytest.raises(ValueError, match=r"bias must be \(2,\)"):
@@ -147,8 +149,9 @@ def test_matched_width_hits_linear_param_count(family, base):
 
 
 def test_count_params_counts_every_parameter():
-    layer = KANLinear(10, 4, basis="rational", degree=3, den_degree=2, base="linear", rngs=nnx.Rngs(0))
-    # coef (10, 4, 4) + base (10, 4) + bias (4) + denominator (10, 2)
+    layer = KANLinear(10, 4, basis="rational", degree=3, den_degree=2, base="linear", center="none",
+                      rngs=nnx.Rngs(0))
+    # coef (10, 4, 4) + base (10, 4) + bias (4) + denominator (10, 2); centred, the constant column drops
     assert count_params(layer) == 10 * 4 * 4 + 10 * 4 + 4 + 10 * 2
     layer = KANLinear(10, 4, basis="bspline", grid=5, order=3, use_bias=False, rngs=nnx.Rngs(0))
     assert count_params(layer) == 10 * 8 * 4

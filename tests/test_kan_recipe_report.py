@@ -108,3 +108,28 @@ def test_seed_spread_adds_the_study_seeds_and_gives_the_ratio_interval(tmp_path)
     assert f"ratio {ratio:.2f}, 90% interval {lo:.2f}–{hi:.2f}" in text
     assert "0 of 3 KAN runs at chance" in text  # the study run at another rate is not counted
     assert "the KAN's chosen rate 0.0001 is the grid's lowest" in text and "linear's chosen rate 0.001 is" not in text
+
+
+def test_the_recipe_is_chosen_on_validation_and_a_variant_grid_is_its_own_row(tmp_path):
+    """Finding 4 names the fixed-init variant with the best mean final validation accuracy and says
+    whether it is the default (the arm the tune phase reused at the recipe rate); a recipe arm run at
+    other rates (`<arm>_lr<rate>`) is a row of the grid, never a row of the diagnosis."""
+    records = [record("tune", "linear_lr0.001", 0, test=0.84, val50=0.78, signal=0.9),
+               record("recipe", "kan_v1_defaults", 0, test=0.90, val50=0.37, signal=0.02),  # never the recipe
+               record("recipe", "kan_linear_bottleneck", 0, test=0.82, val50=0.75, signal=0.88),
+               record("recipe", "kan_linear_bottleneck_centred", 0, test=0.85, val50=0.75, signal=0.88),
+               record("recipe", "kan_linear_bottleneck_lr0.0003", 0, test=0.83, val50=0.7, signal=0.9, lr=3e-4),
+               {**record("tune", "kan_chebyshev2_lr0.001", 0, test=0.85, val50=0.75, signal=0.88),
+                "reused_from": "kan_linear_bottleneck_centred__seed0.json"}]
+    write(tmp_path / "rec", records)
+    text = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
+    assert ("kan_linear_bottleneck_centred has the highest mean final validation accuracy at this rate "
+            "(kan_linear_bottleneck: 83.0 %; kan_linear_bottleneck_centred: 86.0 %). It is the layer's default") in text
+    diagnosis, grid = text.split("## Learning-rate grid")
+    assert "_lr0.0003" not in diagnosis and "| kan_linear_bottleneck_centred (default) |" in diagnosis
+    assert "| kan_linear_bottleneck | 84.0 | 83.0 | 0.0003 |" in grid  # its 0.001 is the recipe arm's run
+    assert "| kan_chebyshev2 | – | 86.0 | 0.001 |" in grid
+
+    records[-1]["reused_from"] = "kan_linear_bottleneck__seed0.json"  # the default is another arm
+    write(tmp_path / "rec", records)
+    assert "**It is not the layer's default.**" in report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
