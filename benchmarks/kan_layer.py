@@ -155,7 +155,7 @@ def study_ratios(n_in: int, n_out: int, x: jax.Array, repeats: int, inner: int) 
 def same_degree_reference(name: str, kw: dict, layers: dict) -> str | None:
     """The Chebyshev-2 layer timed alongside with the same polynomial degree as `name`'s (Fibonacci's
     F_d has degree d − 1), or None (no degree, Chebyshev-2 itself, or no such layer)."""
-    if "degree" not in kw or kw.get("basis") == "chebyshev2":
+    if "degree" not in kw or kw["basis"] == "chebyshev2" or not basis_lib.BASES[kw["basis"]].polynomial:
         return None
     degree = kw["degree"] - (kw["basis"] == "fibonacci")
     ref = "chebyshev2" if degree == 2 else f"chebyshev2_deg{degree}"
