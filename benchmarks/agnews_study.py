@@ -98,6 +98,12 @@ FAMILY_DEGREE = {"chebyshev": 3, "legendre": 3, "hermite": 3, "laguerre": 3, "be
                  "jacobi": 3, "gegenbauer": 3}
 FAMILY_SEEDS = {"jacobi": 5, "gegenbauer": 5}
 OTHER_BASES = ["bspline", "rbf", "rational"]  # no polynomial degree: their own configs' grid / P/Q degree
+BASIS_AND_DEGREE = [
+    *[Arm(f"kan_chebyshev2_deg{d}", "kan_cheb2", {"kan.degree": d}, 5 if d == 3 else 3, "kan") for d in (1, 3, 4, 5)],
+    *[Arm(f"kan_{f}_deg{d}", f"kan_{f}", {"kan.degree": d}, FAMILY_SEEDS.get(f, 3), "kan")
+      for f, d in FAMILY_DEGREE.items()],
+    *[Arm(f"kan_{f}", f"kan_{f}", {}, 3, "kan") for f in OTHER_BASES],
+]
 FULL_WIDTH = {"kan.param_match": "none"}
 STUDY = [
     Arm("linear", "linear", {}, 5, "linear"),
@@ -111,11 +117,10 @@ STUDY = [
     Arm("kan_chebyshev2_parallel_matched", "kan_cheb2_parallel", {}, 3, "kan"),
     Arm("kan_chebyshev2_sequential_matched", "kan_cheb2_sequential", {}, 3, "kan"),
     Arm("kan_chebyshev2_half", "kan_cheb2", {"kan.param_ratio": 0.5}, 3, "kan"),
-    *[Arm(f"kan_chebyshev2_deg{d}", "kan_cheb2", {"kan.degree": d}, 5 if d == 3 else 3, "kan") for d in (1, 3, 4, 5)],
-    *[Arm(f"kan_{f}_deg{d}", f"kan_{f}", {"kan.degree": d}, FAMILY_SEEDS.get(f, 3), "kan")
-      for f, d in FAMILY_DEGREE.items()],
-    *[Arm(f"kan_{f}", f"kan_{f}", {}, 3, "kan") for f in OTHER_BASES],
+    *BASIS_AND_DEGREE,
 ]
+# The arms that differ from Chebyshev-2 degree 2 in basis or degree only: claim 1's rivals.
+BASIS_DEGREE_ARMS = [a.name for a in BASIS_AND_DEGREE]
 PHASES = {"recipe": RECIPE, "tune": TUNE, "study": STUDY}
 
 
