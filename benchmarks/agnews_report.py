@@ -31,6 +31,7 @@ import agnews_study  # the arm list (it imports nothing heavy); run from benchma
 REPO = Path(__file__).resolve().parents[1]
 CLOSE = 1.0  # accuracy points: a difference whose 95% interval lies inside ±CLOSE is "close"
 CHANCE_ACC = 0.30
+CONVERGED = 0.5  # points: linear's largest gain over the last quarter for a budget to count as converged
 SLOWER = 1.05  # forward+backward time ratio above which a layer counts as slower
 BASE = "kan_chebyshev2"
 # The families are run at degree 3 (centred, their degree-2 layers are Chebyshev-2's: agnews_study.py),
@@ -364,11 +365,12 @@ def verdicts(G: dict, T: dict, speed: dict) -> list[tuple[str, str, str]]:
 # ----------------------------------------------------------------------------- tables and plots
 
 
-def results_table(G: dict, speed: dict) -> str:
-    lines = ["| arm | seeds | params | lr | test % (mean ± std, runs that learned) | per seed | at chance "
+def results_table(G: dict, speed: dict, quick: bool = False) -> str:
+    lines = ["| arm | seeds (done/planned) | params | lr | test % (mean ± std, runs that learned) | per seed | at chance "
              "| − linear (paired) | layer time × cheb2 | step s | skipped / non-finite |",
              "|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|"]
     order = sorted(G, key=lambda n: -arm_stats(G[n])["mean"] if not math.isnan(arm_stats(G[n])["mean"]) else 1e9)
+    plan = planned_seeds(quick)
     for name in order:
         s = arm_stats(G[name])
         std = f" ± {s['std']:.1f}" if s["n_ok"] >= 2 else ""
@@ -377,7 +379,8 @@ def results_table(G: dict, speed: dict) -> str:
         sp = speed_of(speed, name)
         sp_s = f"{sp['ratio']:.2f}" if sp else "–"
         per_seed = ", ".join(f"{100 * r['test_accuracy']:.1f}" for r in G[name])
-        lines.append(f"| {name} | {s['n']} | {s['params']:,} | {s['lr']:g} | {s['mean']:.1f}{std} | {per_seed} | "
+        seeds = f"{s['n']}/{plan[name]}" if name in plan else str(s["n"])
+        lines.append(f"| {name} | {seeds} | {s['params']:,} | {s['lr']:g} | {s['mean']:.1f}{std} | {per_seed} | "
                      f"{chance} | {vs} | {sp_s} | {s['step_s']:.2f} | {s['skipped']} / {s['nonfinite']} |")
     return "\n".join(lines)
 
@@ -391,18 +394,44 @@ def mean_val_curve(runs: list[dict]) -> tuple[list[int], list[float]]:
     return steps, curve
 
 
-def convergence(G: dict) -> str:
-    """Linear's gain in mean validation accuracy over the last quarter of the budget."""
+def last_quarter_gain(G: dict) -> dict | None:
+    """Linear's gain in mean validation accuracy (points) over the last quarter of the budget."""
     if "linear" not in G:
-        return "Linear has not run yet."
+        return None
     steps, curve = mean_val_curve(G["linear"])
-    end = steps[-1]
-    q = min(range(len(steps)), key=lambda i: abs(steps[i] - 0.75 * end))
-    gain = curve[-1] - curve[q]
-    ok = gain < 0.5
-    return (f"Budget check: linear's mean validation accuracy (over {len(G['linear'])} seeds) goes from "
-            f"{curve[q]:.1f}% at step {steps[q]} to {curve[-1]:.1f}% at step {end}: {gain:+.1f} pt over the last "
-            f"quarter ({'under' if ok else 'NOT under'} the 0.5-point convergence criterion).")
+    q = min(range(len(steps)), key=lambda i: abs(steps[i] - 0.75 * steps[-1]))
+    return {"from_step": steps[q], "to_step": steps[-1], "from": curve[q], "to": curve[-1],
+            "gain": curve[-1] - curve[q], "seeds": len(G["linear"]), "converged": curve[-1] - curve[q] < CONVERGED}
+
+
+def convergence(G: dict) -> str:
+    c = last_quarter_gain(G)
+    if c is None:
+        return "Linear has not run yet."
+    return (f"Budget check: linear's mean validation accuracy (over {c['seeds']} seeds) goes from "
+            f"{c['from']:.1f}% at step {c['from_step']} to {c['to']:.1f}% at step {c['to_step']}: {c['gain']:+.1f} pt "
+            f"over the last quarter ({'under' if c['converged'] else 'NOT under'} the {CONVERGED}-point "
+            f"convergence criterion).")
+
+
+def planned_seeds(quick: bool) -> dict[str, int]:
+    """{study arm: seeds the study plans for it} (agnews_study.STUDY; --quick runs one seed per arm)."""
+    return {a.name: 1 if quick else a.seeds for a in agnews_study.STUDY}
+
+
+def progress(G: dict, quick: bool = False) -> dict:
+    """How much of the planned study the records hold: runs done of planned, and the arms short of seeds."""
+    plan = planned_seeds(quick)
+    done = {name: len({r["seed"] for r in G.get(name, [])} & set(range(k))) for name, k in plan.items()}
+    return {"done": sum(done.values()), "planned": sum(plan.values()),
+            "short": [(name, done[name], k) for name, k in plan.items() if done[name] < k]}
+
+
+def progress_line(P: dict) -> str:
+    if not P["short"]:
+        return f"Progress: all {P['planned']} planned study runs are in."
+    return (f"Progress: **interim**, {P['done']} of {P['planned']} planned study runs; arms short of their planned "
+            f"seeds (done/planned): " + ", ".join(f"{n} {d}/{k}" for n, d, k in P["short"]) + ".")
 
 
 def plot_curves(G: dict, path: Path) -> None:
@@ -498,6 +527,7 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
     plot_curves(G, results / f"{stem}_curves.png")
     plot_scatter(G, speed, results / f"{stem}_scatter.png")
     V = verdicts(G, T, speed)
+    P = progress(G, quick)
     commits = sorted({r["commit"][:12] for runs in G.values() for r in runs})
     devices = sorted({f"{r['device']} ({r['cpus']} CPUs), jax {r['jax']}" for runs in G.values() for r in runs})
     counts = {v: sum(x[1] == v for x in V) for v in ("confirmed", "refuted", "inconclusive", "not yet measured")}
@@ -505,7 +535,7 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
     out = [f"# AGNews study (v2){' (--quick: tiny budgets, not results)' if quick else ''}", "",
            "Command (resumable; records in `benchmarks/results/agnews_runs/{recipe,tune,study}/`, one JSON per run):",
            "", "```", f"python benchmarks/agnews_study.py{' --quick' if quick else ''}", "```", "",
-           summary_sentence(G, V, counts), "",
+           summary_sentence(G, V, counts, P), "", progress_line(P), "",
            f"Budget per run: {o['train.steps']} steps × batch {o['data.batch_size']} × {o['data.seq_len']} tokens, "
            f"AdamW (warmup {o['train.warmup']}, cosine decay), every arm at the tuned learning rate of its kind "
            f"(kan_recipe.md), validation every {o['eval.every']} steps on the 500 texts held out of train, test "
@@ -513,7 +543,7 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
            f"{', '.join('`' + c + '`' for c in commits)}; {'; '.join(devices)}.", "",
            convergence(G), "", f"![validation accuracy against steps]({stem}_curves.png)", "",
            "### How this differs from the original study", "", differences(o, G), "", family_note(), "",
-           "## Results", "", __doc__.split("Statistics. ", 1)[1].strip(), "", results_table(G, speed), "",
+           "## Results", "", __doc__.split("Statistics. ", 1)[1].strip(), "", results_table(G, speed, quick), "",
            f"Runs at chance ({len(chance)}): " + (", ".join(f"{n} seed {s} ({a:.1f}%)" for n, s, a in chance)
                                                    if chance else "none") + ".", "",
            "Layer time: forward + backward of one KAN layer at the study's MLP shape, relative to Chebyshev-2 degree "
@@ -522,11 +552,16 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
            f"![accuracy vs layer speed]({stem}_scatter.png)", "", "## The claims of the original research", ""]
     for title, verdict, text in V:
         out += [f"### {title}: **{verdict}**", "", text, ""]
-    if (results / "agnews_learned_functions.png").exists() and not quick:
+    figure_run = next((r for r in G.get(BASE, []) if r["seed"] == 0), None)
+    if (results / "agnews_learned_functions.png").exists() and figure_run is not None and not quick:
+        reused = (f" That run's record is {figure_run['reused_from']}'s (the same training in another phase, whose "
+                  f"trained weights are not kept): `agnews_study.py --replay study {BASE} 0` trained it again and "
+                  f"draws the figure only when the replay classifies every test text as the record does, with the "
+                  f"same test loss." if figure_run.get("reused_from") else "")
         out += ["## What the Chebyshev-2 KAN learned", "",
-                "Nine edges (inputs 0–2 → outputs 0–2) of one KAN layer (named in the title) of `kan_chebyshev2` seed "
-                "0 after training, drawn with `kanjax.viz.plot_functions` (x is the layer input before the tanh; the "
-                "bias is left out).", "", "![learned functions](agnews_learned_functions.png)", ""]
+                f"Nine edges (inputs 0–2 → outputs 0–2) of one KAN layer (named in the title) of `{BASE}` seed 0 after "
+                "training, drawn with `kanjax.viz.plot_functions` (x is the layer input before the tanh; the bias is "
+                f"left out).{reused}", "", "![learned functions](agnews_learned_functions.png)", ""]
     path = results / f"{stem}.md"
     path.write_text("\n".join(out))
     print(f"wrote {path} ({sum(len(r) for r in G.values())} study runs in {len(G)} arms; "
@@ -534,14 +569,23 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
     return path
 
 
-def summary_sentence(G: dict, V: list, counts: dict) -> str:
+def _std(s: dict) -> str:
+    return f"seed std {s['std']:.1f}" if s["n_ok"] >= 2 else "one seed"
+
+
+def summary_sentence(G: dict, V: list, counts: dict, P: dict) -> str:
+    head = "**Summary:**" if not P["short"] else \
+        f"**Interim summary** ({P['done']} of {P['planned']} planned runs; verdicts can still change):"
     if "linear" not in G or BASE not in G:
-        return "**Summary:** the study has not run its linear and Chebyshev-2 arms yet."
+        return f"{head} the study has not run its linear and Chebyshev-2 arms yet."
     lin, kan = arm_stats(G["linear"]), arm_stats(G[BASE])
-    d = paired_diff(G[BASE], G["linear"])
-    return (f"**Summary:** at a budget where linear has converged, the parameter-matched Chebyshev-2 KAN reaches "
-            f"{kan['mean']:.1f}% (seed std {kan['std']:.1f}) against linear's {lin['mean']:.1f}% (std {lin['std']:.1f}): "
-            f"{fmt(d)}. Of the eight claims: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
+    c = last_quarter_gain(G)
+    budget = (f"at a budget where linear has converged ({c['gain']:+.1f} pt of validation accuracy over the last "
+              f"quarter)" if c["converged"] else
+              f"at a budget where linear has NOT converged ({c['gain']:+.1f} pt over the last quarter)")
+    return (f"{head} {budget}, the parameter-matched Chebyshev-2 KAN reaches {kan['mean']:.1f}% ({_std(kan)}) against "
+            f"linear's {lin['mean']:.1f}% ({_std(lin)}): {fmt(paired_diff(G[BASE], G['linear']))}. Of the eight "
+            f"claims: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,8 @@ STUDY = [
 # The arms that differ from Chebyshev-2 degree 2 in basis or degree only: claim 1's rivals.
 BASIS_DEGREE_ARMS = [a.name for a in BASIS_AND_DEGREE]
 PHASES = {"recipe": RECIPE, "tune": TUNE, "study": STUDY}
+# The run whose trained KAN agnews.md draws (kanjax.viz): the study's Chebyshev-2 seed 0.
+FIGURE_RUN = ("study", "kan_chebyshev2", 0)
 
 
 def records_dir(args, phase: str) -> Path:
@@ -219,8 +221,9 @@ def _plot_learned_functions(summary, path: Path) -> None:
                                  f"{'/'.join(map(str, where))}")
 
 
-def run_one(phase: str, name: str, seed: int, flags: dict, args) -> dict:
-    """Train one (arm, seed) in this process and return its record."""
+def run_one(phase: str, name: str, seed: int, flags: dict, args, learned_functions: Path | None = None) -> dict:
+    """Train one (arm, seed) in this process and return its record; draw the learned functions of its
+    first KAN layer to `learned_functions` when given."""
     import importlib
     import resource
     import statistics
@@ -245,8 +248,8 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args) -> dict:
     # The first logging window holds the compilation; the step time is the median of the rest.
     step_times = [r["step_time"] for r in train[1:]] or [r["step_time"] for r in train]
     losses = [r["loss"] for r in train]
-    if phase == "study" and name == "kan_chebyshev2" and seed == 0 and not args.quick:
-        _plot_learned_functions(summary, Path(args.records).parent / "agnews_learned_functions.png")
+    if learned_functions is not None:
+        _plot_learned_functions(summary, learned_functions)
     correct = np.asarray(summary["test_correct"], bool)
     return {
         "phase": phase, "name": name, "seed": seed, "config": f"configs/{arm.config}.py", "overrides": flags,
@@ -321,6 +324,33 @@ def with_new_defaults(rec: dict) -> dict:
     """A record's resolved config with the keys added since its commit at their defaults (a new key's
     default keeps the old behaviour), so a record stays comparable as the config schema grows."""
     return _overlay(json.loads(_config_json(Path(rec["config"]).stem, "{}")), rec["resolved_config"])
+
+
+def learned_functions_path(args) -> Path:
+    return Path(args.records).parent / f"agnews{'_quick' if args.quick else ''}_learned_functions.png"
+
+
+def replay(args, phase: str, name: str, seed: int) -> bool:
+    """Train a recorded run again from its record's overrides (in <workdirs>/replay/) and check that it
+    classifies every test text as the record says: the study's runs are deterministic, so a record
+    reused from another phase (whose trained weights were not kept) can be redrawn. The replay of
+    FIGURE_RUN writes agnews.md's learned-functions figure, only when the replay is identical."""
+    rec = json.loads(record_path(args, phase, name, seed).read_text())
+    flags = {**rec["overrides"], "workdir": str(Path(args.workdirs) / "replay" / f"{name}__seed{seed}")}
+    shutil.rmtree(flags["workdir"], ignore_errors=True)  # from scratch: no checkpoint to resume
+    figure = learned_functions_path(args)
+    tmp = figure.with_name(f".{figure.stem}.replay.png")
+    again = run_one(phase, name, seed, flags, args, learned_functions=tmp if (phase, name, seed) == FIGURE_RUN else None)
+    same = again["test_correct_hex"] == rec["test_correct_hex"] and again["test_loss"] == rec["test_loss"]
+    print(f"replay of {phase} {name} seed {seed}: test accuracy {again['test_accuracy']} (record "
+          f"{rec['test_accuracy']}), test loss {again['test_loss']} (record {rec['test_loss']}): "
+          f"{'identical' if same else 'DIFFERENT'}", flush=True)
+    if tmp.exists():
+        if same:
+            os.replace(tmp, figure)
+        else:
+            tmp.unlink()
+    return same
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -413,6 +443,8 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=1, help="runs trained at once (e.g. 8 on an accelerator host)")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--no_report", action="store_true")
+    p.add_argument("--replay", nargs=3, metavar=("PHASE", "NAME", "SEED"),
+                   help="train a recorded run again and check it is identical (FIGURE_RUN: draws its figure)")
     p.add_argument("--one", nargs=4, metavar=("PHASE", "NAME", "SEED", "FLAGS_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     unknown = set(args.phase.split(",")) - set(PHASES)
@@ -428,14 +460,21 @@ def main(argv=None) -> None:
 
     if args.one:
         phase, name, seed, flags = args.one[0], args.one[1], int(args.one[2]), json.loads(args.one[3])
-        record = run_one(phase, name, seed, flags, args)
+        figure = learned_functions_path(args) if (phase, name, seed) == FIGURE_RUN else None
+        record = run_one(phase, name, seed, flags, args, learned_functions=figure)
         write_atomic(record_path(args, phase, name, seed), json.dumps(record, indent=1))
         return
+
+    if args.replay:
+        sys.exit(0 if replay(args, args.replay[0], args.replay[1], int(args.replay[2])) else 1)
 
     if not args.report_only:
         if not Path(args.data_dir, "ag_news").exists():
             sys.exit(f"no AGNews data under {args.data_dir}/ag_news: pass --data_dir")
         failed, waiting = run_plan(args)
+        if record_path(args, *FIGURE_RUN).exists() and not learned_functions_path(args).exists():
+            # Its record came from another phase (the tune grid's run at the tuned rate): train it again.
+            replay(args, *FIGURE_RUN)
         if waiting:
             print(f"{waiting} study run(s) wait for the tuning phase (--phase tune)", flush=True)
         if failed:

@@ -158,3 +158,29 @@ def test_report_writes_every_claim_and_lists_what_is_missing(tmp_path):
     assert "### 3. A parameter-matched KAN everywhere comes close to linear (linear slightly better): **refuted**" in text
     assert "not yet measured" in text and "kan_jacobi_deg3" in text
     assert (tmp_path / "agnews_quick_curves.png").stat().st_size > 1000
+
+
+def _flat(runs):
+    """Validation curves that have stopped rising (the last quarter gains nothing)."""
+    return [{**r, "val_curve": [[s, r["test_accuracy"], 0.5] for s in (10, 20, 30, 40)]} for r in runs]
+
+
+def test_interim_report_says_how_far_the_study_is_and_whether_linear_converged():
+    plan = report.planned_seeds(quick=False)
+    partial = G(linear=[0.8, 0.81, 0.79], kan_chebyshev2=[0.7])
+    P = report.progress(partial)
+    assert (P["done"], P["planned"]) == (4, sum(plan.values()))
+    assert ("linear", 3, plan["linear"]) in P["short"] and ("kan_chebyshev2", 1, plan["kan_chebyshev2"]) in P["short"]
+    assert f"4 of {P['planned']} planned study runs" in report.progress_line(P)
+    counts = {"inconclusive": 8}
+    text = report.summary_sentence(partial, [], counts, P)
+    # The made-up curves rise 30 points from step 10 to 20: not converged, and the summary says so.
+    assert text.startswith("**Interim summary**") and "has NOT converged" in text and "(one seed)" in text
+    full = {a: _flat(arm(a, [0.8] * k)) for a, k in plan.items()}
+    P = report.progress(full)
+    assert P["done"] == P["planned"] and not P["short"] and "all" in report.progress_line(P)
+    text = report.summary_sentence(full, [], counts, P)
+    assert text.startswith("**Summary:**") and "where linear has converged (+0.0 pt" in text and "seed std 0.0" in text
+    # A seed beyond the plan (or a repeated one) does not count twice.
+    extra = {**full, "linear": full["linear"] + _flat([run("linear", plan["linear"], 0.8)])}
+    assert report.progress(extra)["done"] == P["planned"]
