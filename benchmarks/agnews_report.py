@@ -486,13 +486,22 @@ def plot_scatter(G: dict, speed: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------- the report
 
 
-def differences(o: dict, G: dict) -> str:
+def coverage_text(cover: dict | None, seq_len: int) -> str:
+    """How many texts fit whole, from the records' text_coverage.json (agnews_study.text_coverage)."""
+    if not cover or cover["seq_len"] != seq_len:
+        return "how many texts fit whole is not measured yet: agnews_study.py measures it"
+    parts = [f"{100 * cover[s]['whole']:.0f}% of the {cover[s]['texts']:,} {s} texts" for s in ("train", "validation", "test")]
+    return (f"{', '.join(parts)} fit whole; training texts: median {cover['train']['median']:.0f}, 90th percentile "
+            f"{cover['train']['p90']:.0f} tokens")
+
+
+def differences(o: dict, G: dict, cover: dict | None = None) -> str:
     steps, batch, seq = o["train.steps"], o["data.batch_size"], o["data.seq_len"]
     return (f"The original trained its 3-block SmolLM2 on AGNews and reports 60.8% (linear) vs 60.3% (KAN) test "
             f"accuracy; its number of training rows, steps and vocabulary size are not given in the material we "
             f"have. Here: the shared AGNews sample (5,000 training rows, of which 500 are held out for validation, "
             f"vs 120,000 in the full release), {steps} steps of {batch} examples ≈ {steps * batch / 4500:.1f} epochs, "
-            f"texts cut to {seq} tokens (93% of the training texts and 94% of the test texts fit whole), "
+            f"texts cut to {seq} tokens ({coverage_text(cover, seq)}), "
             f"vocabulary trimmed to {o.get('model.vocab_size', 8192):,} tokens, float32 unless a row says fp16, "
             f"CPU. The KAN layers use this project's recipe (kan_recipe.md): coefficients start as a random "
             f"linear map of the squashed input, rank bottlenecks start at the replaced layer's output scale, and "
@@ -528,6 +537,8 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
     plot_scatter(G, speed, results / f"{stem}_scatter.png")
     V = verdicts(G, T, speed)
     P = progress(G, quick)
+    cover_path = records / "text_coverage.json"
+    cover = json.loads(cover_path.read_text()) if cover_path.exists() else None
     commits = sorted({r["commit"][:12] for runs in G.values() for r in runs})
     devices = sorted({f"{r['device']} ({r['cpus']} CPUs), jax {r['jax']}" for runs in G.values() for r in runs})
     counts = {v: sum(x[1] == v for x in V) for v in ("confirmed", "refuted", "inconclusive", "not yet measured")}
@@ -542,7 +553,7 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
            f"accuracy on the official 7,600-text test split at the end. Records: commit(s) "
            f"{', '.join('`' + c + '`' for c in commits)}; {'; '.join(devices)}.", "",
            convergence(G), "", f"![validation accuracy against steps]({stem}_curves.png)", "",
-           "### How this differs from the original study", "", differences(o, G), "", family_note(), "",
+           "### How this differs from the original study", "", differences(o, G, cover), "", family_note(), "",
            "## Results", "", __doc__.split("Statistics. ", 1)[1].strip(), "", results_table(G, speed, quick), "",
            f"Runs at chance ({len(chance)}): " + (", ".join(f"{n} seed {s} ({a:.1f}%)" for n, s, a in chance)
                                                    if chance else "none") + ".", "",

@@ -44,7 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # The budget every run gets. 80 tokens hold 93% of the shared AGNews training texts whole (the
-# SmolLM2 tokenizer: median 53, 90th percentile 75 tokens; 94% of the test texts).
+# SmolLM2 tokenizer: median 53, 90th percentile 75 tokens; 94% of the test texts): text_coverage
+# measures it at every study start, into the records (agnews.md states it from there).
 SEQ_LEN = 80
 BUDGET = {"data.seq_len": SEQ_LEN, "data.batch_size": 32, "train.steps": 600, "train.warmup": 30,
           "train.log_every": 10, "eval.every": 50, "eval.batch_size": 200,
@@ -326,6 +327,29 @@ def with_new_defaults(rec: dict) -> dict:
     return _overlay(json.loads(_config_json(Path(rec["config"]).stem, "{}")), rec["resolved_config"])
 
 
+def text_coverage(data_dir: str, seq_len: int) -> dict:
+    """{"seq_len", split: {"texts", "whole" (fraction of texts that fit in seq_len tokens untruncated),
+    "median", "p90" (tokens)}} for the train, validation and test splits of <data_dir>/ag_news, counted
+    as the classification data encodes them (kanjax.data_arrays.encode_classify: the tokenizer's ids)."""
+    import importlib
+
+    import numpy as np
+
+    from kanjax import config as config_lib
+    from kanjax import data as data_lib
+
+    config = config_lib.apply_overrides(importlib.import_module("configs.linear").get_config(),
+                                        {"data.path": str(Path(data_dir) / "ag_news")})
+    tokenizer = data_lib.load_tokenizer(str(Path(data_dir) / "smollm2_tokenizer"))
+    out = {"seq_len": seq_len}
+    for split in ("train", "validation", "test"):
+        ids = tokenizer(list(data_lib.load_raw(config.data, split)["text"]))["input_ids"]
+        n = np.array([len(x) for x in ids])
+        out[split] = {"texts": int(n.size), "whole": float(np.mean(n <= seq_len)),
+                      "median": float(np.median(n)), "p90": float(np.percentile(n, 90))}
+    return out
+
+
 def learned_functions_path(args) -> Path:
     return Path(args.records).parent / f"agnews{'_quick' if args.quick else ''}_learned_functions.png"
 
@@ -471,6 +495,8 @@ def main(argv=None) -> None:
     if not args.report_only:
         if not Path(args.data_dir, "ag_news").exists():
             sys.exit(f"no AGNews data under {args.data_dir}/ag_news: pass --data_dir")
+        seq_len = (QUICK if args.quick else BUDGET)["data.seq_len"]
+        write_atomic(Path(args.records) / "text_coverage.json", json.dumps(text_coverage(args.data_dir, seq_len), indent=1))
         failed, waiting = run_plan(args)
         if record_path(args, *FIGURE_RUN).exists() and not learned_functions_path(args).exists():
             # Its record came from another phase (the tune grid's run at the tuned rate): train it again.

@@ -134,3 +134,23 @@ def test_an_older_record_of_the_same_training_is_reused_and_a_different_one_is_n
     other = next(a for a in study.TUNE if a.name == "kan_chebyshev2_lr0.003")
     assert study.same_run(args, "tune", other, 0, study.run_overrides("tune", other, 0, args, {})) is None
     assert study.same_run(args, "tune", arm, 1, study.run_overrides("tune", arm, 1, args, {})) is None
+
+
+def test_the_budget_holds_at_least_90_percent_of_the_texts_whole(shared_data):
+    """The issue's bar for the sequence length, on the shared data, against a count made without kanjax
+    (the csv module and the `tokenizers` library on the tokenizer's own file)."""
+    import csv
+
+    from tokenizers import Tokenizer
+
+    cover = study.text_coverage(str(shared_data), study.SEQ_LEN)
+    assert min(cover[s]["whole"] for s in ("train", "validation", "test")) >= 0.9
+    tok = Tokenizer.from_file(str(shared_data / "smollm2_tokenizer" / "tokenizer.json"))
+    for files, splits in ((["train.csv"], ("train", "validation")), (["test.csv"], ("test",))):
+        with open(shared_data / "ag_news" / files[0], newline="") as f:
+            texts = [row["text"] for row in csv.DictReader(f)]
+        lengths = np.array([len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=True)])
+        assert sum(cover[s]["texts"] for s in splits) == len(texts)
+        whole = sum(round(cover[s]["whole"] * cover[s]["texts"]) for s in splits)
+        assert whole == int(np.sum(lengths <= study.SEQ_LEN)), files
+    assert cover["test"]["median"] == float(np.median(lengths))
