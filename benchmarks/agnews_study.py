@@ -498,7 +498,9 @@ def main(argv=None) -> None:
         seq_len = (QUICK if args.quick else BUDGET)["data.seq_len"]
         write_atomic(Path(args.records) / "text_coverage.json", json.dumps(text_coverage(args.data_dir, seq_len), indent=1))
         failed, waiting = run_plan(args)
-        if record_path(args, *FIGURE_RUN).exists() and not learned_functions_path(args).exists():
+        planned = {(ph, a.name, s) for ph, a, s, _ in
+                   planned_runs(args, tuned_rates(read_records(records_dir(args, "tune"))))}
+        if FIGURE_RUN in planned and record_path(args, *FIGURE_RUN).exists() and not learned_functions_path(args).exists():
             # Its record came from another phase (the tune grid's run at the tuned rate): train it again.
             replay(args, *FIGURE_RUN)
         if waiting:
