@@ -565,14 +565,11 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
         out += [f"### {title}: **{verdict}**", "", text, ""]
     figure_run = next((r for r in G.get(BASE, []) if r["seed"] == 0), None)
     if (results / "agnews_learned_functions.png").exists() and figure_run is not None and not quick:
-        reused = (f" That run's record is {figure_run['reused_from']}'s (the same training in another phase, whose "
-                  f"trained weights are not kept): `agnews_study.py --replay study {BASE} 0` trained it again and "
-                  f"draws the figure only when the replay classifies every test text as the record does, with the "
-                  f"same test loss." if figure_run.get("reused_from") else "")
         out += ["## What the Chebyshev-2 KAN learned", "",
                 f"Nine edges (inputs 0–2 → outputs 0–2) of one KAN layer (named in the title) of `{BASE}` seed 0 after "
                 "training, drawn with `kanjax.viz.plot_functions` (x is the layer input before the tanh; the bias is "
-                f"left out).{reused}", "", "![learned functions](agnews_learned_functions.png)", ""]
+                f"left out).{replay_note(records / 'replays' / f'study__{BASE}__seed0.json')}", "",
+                "![learned functions](agnews_learned_functions.png)", ""]
     path = results / f"{stem}.md"
     path.write_text("\n".join(out))
     print(f"wrote {path} ({sum(len(r) for r in G.values())} study runs in {len(G)} arms; "
@@ -582,6 +579,21 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
 
 def _std(s: dict) -> str:
     return f"seed std {s['std']:.1f}" if s["n_ok"] >= 2 else "one seed"
+
+
+def replay_note(path: Path) -> str:
+    """What the figure's replay (agnews_study.py --replay) says about the run it drew, if it came from one."""
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    how = ("classifies every test text as the record does, with the same test loss" if r["identical"] else
+           f"is not bitwise the recorded run (XLA's CPU code follows the processor: recorded on "
+           f"{(r['record_machine'] or {}).get('cpu') or 'an unrecorded machine'}, replayed on {r['machine']['cpu']}): "
+           f"test accuracy {100 * r['test_accuracy']:.2f}% against {100 * r['record_test_accuracy']:.2f}% recorded, the "
+           f"same right/wrong on {100 * r['same_outcome_fraction']:.1f}% of the test texts")
+    return (f" The run's trained weights were not kept (its record is the same training in another phase), so the "
+            f"figure comes from `agnews_study.py --replay study {r['name']} {r['seed']}`, which trains it again; the "
+            f"replay {how}.")
 
 
 def summary_sentence(G: dict, V: list, counts: dict, P: dict) -> str:

@@ -271,7 +271,7 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args, learned_functio
         # included); nonfinite: a NaN/inf reached the parameters or the logged loss.
         "skipped_steps": int(summary["skipped_steps"]),
         "nonfinite": not (_params_finite(summary["state"]) and _finite(losses)),
-        "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpus": os.cpu_count(),
+        "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpus": os.cpu_count(), "machine": machine(),
         # 1-minute load averages before and after: other work on the machine inflates the times.
         "load_before": load_before, "load_after": os.getloadavg()[0],
     }
@@ -354,26 +354,45 @@ def learned_functions_path(args) -> Path:
     return Path(args.records).parent / f"agnews{'_quick' if args.quick else ''}_learned_functions.png"
 
 
+def machine() -> dict:
+    """Which machine a run trained on: XLA's CPU code, hence the float rounding, follows the processor,
+    so runs repeat bitwise on one machine (boot) and agree only statistically across machines."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    return {"cpu": cpu, "boot_id": boot.read_text().strip() if boot.exists() else ""}
+
+
+def replay_path(args, phase: str, name: str, seed: int) -> Path:
+    return Path(args.records) / "replays" / f"{phase}__{name}__seed{seed}.json"
+
+
 def replay(args, phase: str, name: str, seed: int) -> bool:
-    """Train a recorded run again from its record's overrides (in <workdirs>/replay/) and check that it
-    classifies every test text as the record says: the study's runs are deterministic, so a record
-    reused from another phase (whose trained weights were not kept) can be redrawn. The replay of
-    FIGURE_RUN writes agnews.md's learned-functions figure, only when the replay is identical."""
+    """Train a recorded run again from its record's overrides (in <workdirs>/replay/), compare it with the
+    record and write the comparison to records/replays/ (agnews.md states it). Returns whether it is
+    identical: every test text classified as the record says and the same test loss, which holds on the
+    machine the record was made on. The replay of FIGURE_RUN draws agnews.md's learned-functions figure
+    (its record may come from another phase, whose trained weights were not kept)."""
+    import numpy as np
+
     rec = json.loads(record_path(args, phase, name, seed).read_text())
     flags = {**rec["overrides"], "workdir": str(Path(args.workdirs) / "replay" / f"{name}__seed{seed}")}
     shutil.rmtree(flags["workdir"], ignore_errors=True)  # from scratch: no checkpoint to resume
-    figure = learned_functions_path(args)
-    tmp = figure.with_name(f".{figure.stem}.replay.png")
-    again = run_one(phase, name, seed, flags, args, learned_functions=tmp if (phase, name, seed) == FIGURE_RUN else None)
+    figure = learned_functions_path(args) if (phase, name, seed) == FIGURE_RUN else None
+    again = run_one(phase, name, seed, flags, args, learned_functions=figure)
+    bits = [np.unpackbits(np.frombuffer(bytes.fromhex(r["test_correct_hex"]), np.uint8))[: r["test_n"]]
+            for r in (again, rec)]
     same = again["test_correct_hex"] == rec["test_correct_hex"] and again["test_loss"] == rec["test_loss"]
+    out = {"phase": phase, "name": name, "seed": seed, "identical": same,
+           "test_accuracy": again["test_accuracy"], "record_test_accuracy": rec["test_accuracy"],
+           "test_loss": again["test_loss"], "record_test_loss": rec["test_loss"],
+           "same_outcome_fraction": float(np.mean(bits[0] == bits[1])), "commit": again["commit"],
+           "record_commit": rec["commit"], "machine": again["machine"], "record_machine": rec.get("machine")}
+    write_atomic(replay_path(args, phase, name, seed), json.dumps(out, indent=1))
     print(f"replay of {phase} {name} seed {seed}: test accuracy {again['test_accuracy']} (record "
-          f"{rec['test_accuracy']}), test loss {again['test_loss']} (record {rec['test_loss']}): "
+          f"{rec['test_accuracy']}), test loss {again['test_loss']} (record {rec['test_loss']}), the same "
+          f"right/wrong on {100 * out['same_outcome_fraction']:.2f}% of test texts: "
           f"{'identical' if same else 'DIFFERENT'}", flush=True)
-    if tmp.exists():
-        if same:
-            os.replace(tmp, figure)
-        else:
-            tmp.unlink()
     return same
 
 

@@ -184,3 +184,17 @@ def test_interim_report_says_how_far_the_study_is_and_whether_linear_converged()
     # A seed beyond the plan (or a repeated one) does not count twice.
     extra = {**full, "linear": full["linear"] + _flat([run("linear", plan["linear"], 0.8)])}
     assert report.progress(extra)["done"] == P["planned"]
+
+
+def test_the_figure_caption_says_how_its_replay_compares_with_the_record(tmp_path):
+    path = tmp_path / "study__kan_chebyshev2__seed0.json"
+    assert report.replay_note(path) == ""  # drawn from the run itself: nothing to say
+    r = {"name": "kan_chebyshev2", "seed": 0, "identical": True, "test_accuracy": 0.846, "record_test_accuracy": 0.846,
+         "same_outcome_fraction": 1.0, "machine": {"cpu": "A"}, "record_machine": {"cpu": "A"}}
+    path.write_text(json.dumps(r))
+    assert "classifies every test text as the record does" in report.replay_note(path)
+    path.write_text(json.dumps({**r, "identical": False, "test_accuracy": 0.8441, "same_outcome_fraction": 0.971,
+                                "record_machine": None}))
+    note = report.replay_note(path)
+    assert "is not bitwise the recorded run" in note and "84.41% against 84.60%" in note and "97.1%" in note
+    assert "an unrecorded machine" in note
