@@ -449,6 +449,10 @@ def plot_curves(G: dict, path: Path) -> None:
             ax.plot(s, [100 * v for v in a], color=colour, alpha=0.25, lw=0.8)
         steps, curve = mean_val_curve(G[name])
         ax.plot(steps, curve, color=colour, lw=2, label=f"{name} (mean of {len(G[name])} seeds)")
+    c = last_quarter_gain(G)
+    if c is not None:
+        ax.axvspan(c["from_step"], c["to_step"], color="0.92", zorder=0,
+                   label=f"last quarter: linear {c['gain']:+.1f} pt (converged if < {CONVERGED})")
     ax.set_xlabel("step")
     ax.set_ylabel("validation accuracy %")
     ax.set_title("AGNews: validation accuracy against steps (thin: single seeds)")
