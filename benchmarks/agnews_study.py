@@ -7,6 +7,7 @@
     python benchmarks/agnews_study.py --phase study --only '^linear$' --lr 1e-3   # one arm, a given rate
     python benchmarks/agnews_study.py --report_only      # agnews.md and kan_recipe.md from the records
     python benchmarks/agnews_study.py --workers 8        # an accelerator host: 8 runs at once, one GPU shared
+    python benchmarks/agnews_study.py --replay study kan_chebyshev2 0   # train a recorded run again, compare
 
 Three phases, each a list of arms (name, config file, overrides, seeds):
 
@@ -509,7 +510,10 @@ def main(argv=None) -> None:
         return
 
     if args.replay:
-        sys.exit(0 if replay(args, args.replay[0], args.replay[1], int(args.replay[2])) else 1)
+        phase, name, seed = args.replay[0], args.replay[1], int(args.replay[2])
+        if not record_path(args, phase, name, seed).exists():
+            sys.exit(f"--replay: no record {record_path(args, phase, name, seed)} to replay (see --records)")
+        sys.exit(0 if replay(args, phase, name, seed) else 1)
 
     if not args.report_only:
         if not Path(args.data_dir, "ag_news").exists():
