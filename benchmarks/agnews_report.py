@@ -53,10 +53,7 @@ def load_records(folder: Path) -> dict[str, list[dict]]:
     return groups
 
 
-def correct_bits(r: dict) -> np.ndarray:
-    """(N,) bool: per test text, whether the run classified it right."""
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(r["test_correct_hex"]), np.uint8))
-    return bits[: r["test_n"]].astype(bool)
+correct_bits = agnews_study.correct_bits  # (N,) bool per test text, from a record
 
 
 def at_chance(r: dict) -> bool:

@@ -364,6 +364,14 @@ def machine() -> dict:
     return {"cpu": cpu, "boot_id": boot.read_text().strip() if boot.exists() else ""}
 
 
+def correct_bits(record: dict):
+    """(N,) bool: per test text, whether the run classified it right (the record's test_correct_hex)."""
+    import numpy as np
+
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(record["test_correct_hex"]), np.uint8))
+    return bits[: record["test_n"]].astype(bool)
+
+
 def replay_path(args, phase: str, name: str, seed: int) -> Path:
     return Path(args.records) / "replays" / f"{phase}__{name}__seed{seed}.json"
 
@@ -381,8 +389,7 @@ def replay(args, phase: str, name: str, seed: int) -> bool:
     shutil.rmtree(flags["workdir"], ignore_errors=True)  # from scratch: no checkpoint to resume
     figure = learned_functions_path(args) if (phase, name, seed) == FIGURE_RUN else None
     again = run_one(phase, name, seed, flags, args, learned_functions=figure)
-    bits = [np.unpackbits(np.frombuffer(bytes.fromhex(r["test_correct_hex"]), np.uint8))[: r["test_n"]]
-            for r in (again, rec)]
+    bits = [correct_bits(r) for r in (again, rec)]
     same = again["test_correct_hex"] == rec["test_correct_hex"] and again["test_loss"] == rec["test_loss"]
     out = {"phase": phase, "name": name, "seed": seed, "identical": same,
            "test_accuracy": again["test_accuracy"], "record_test_accuracy": rec["test_accuracy"],
