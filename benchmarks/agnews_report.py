@@ -1,11 +1,12 @@
 """benchmarks/results/agnews.md and its plots, from the AGNews study's records only.
 
-    python benchmarks/agnews_report.py [--records benchmarks/results/agnews_runs]
+    python benchmarks/agnews_report.py [--records benchmarks/results/agnews_runs] [--readme README.md]
 
 Reads records/study (every arm over paired seeds), records/tune (the learning-rate grid) and
 benchmarks/results/kan_layer.json (the idle-machine layer benchmark, for the speed claims). Every
 verdict is computed here by the rule printed beside it, so rerunning the study rewrites the
-conclusions with the numbers.
+conclusions with the numbers. README.md's headline is the report's summary and claim verdicts, written
+between its agnews-headline markers by the same run, so the two cannot disagree.
 
 Statistics. Seed k of every arm sees the same data order, so arms are compared by paired
 differences over their common seeds: d_k = acc_A,k − acc_B,k (test accuracy on the same 7,600
@@ -38,6 +39,8 @@ BASE = "kan_chebyshev2"
 # so claim 2 compares Jacobi and Gegenbauer with Chebyshev-2 of that degree.
 JACOBI, GEGENBAUER = (f"kan_{f}_deg{agnews_study.FAMILY_DEGREE[f]}" for f in ("jacobi", "gegenbauer"))
 SAME_DEGREE_BASE = f"kan_chebyshev2_deg{agnews_study.FAMILY_DEGREE['jacobi']}"
+HEADLINE_BEGIN = "<!-- agnews-headline: written by benchmarks/agnews_report.py from the study records -->"
+HEADLINE_END = "<!-- /agnews-headline -->"
 
 
 # ----------------------------------------------------------------------------- records
@@ -525,7 +528,7 @@ def family_note() -> str:
             "functions from the same initial random numbers.")
 
 
-def write_report(records: Path, results: Path, quick: bool = False) -> Path | None:
+def write_report(records: Path, results: Path, quick: bool = False, readme: Path | None = None) -> Path | None:
     G, T = load_records(records / "study"), load_records(records / "tune")
     if not G:
         print(f"no study records in {records / 'study'}")
@@ -573,6 +576,8 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
                 "![learned functions](agnews_learned_functions.png)", ""]
     path = results / f"{stem}.md"
     path.write_text("\n".join(out))
+    if readme is not None:
+        write_headline(readme, headline(summary_sentence(G, V, counts, P), V))
     print(f"wrote {path} ({sum(len(r) for r in G.values())} study runs in {len(G)} arms; "
           f"{', '.join(f'{k}: {v}' for k, v in counts.items() if v)})")
     return path
@@ -612,10 +617,32 @@ def summary_sentence(G: dict, V: list, counts: dict, P: dict) -> str:
             f"claims: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
 
 
+def headline(summary: str, V: list) -> str:
+    """README's block: the report's summary sentence and one line per claim with its verdict."""
+    return "\n".join([f"From the AGNews study v2 ([`agnews.md`](benchmarks/results/agnews.md)). {summary}", "",
+                      "| Claim of the original research | Verdict |", "|---|---|",
+                      *[f"| {title} | **{verdict}** |" for title, verdict, _ in V]])
+
+
+def write_headline(readme: Path, block: str) -> None:
+    """Replace what lies between README's headline markers by `block`; the rest of the file is untouched."""
+    text = readme.read_text()
+    if text.count(HEADLINE_BEGIN) != 1 or text.count(HEADLINE_END) != 1 or \
+            text.index(HEADLINE_BEGIN) > text.index(HEADLINE_END):
+        raise ValueError(f"{readme}: needs exactly one line {HEADLINE_BEGIN!r} followed by one line "
+                         f"{HEADLINE_END!r} around the study's headline; not rewriting it")
+    head, rest = text.split(HEADLINE_BEGIN)
+    _, tail = rest.split(HEADLINE_END)
+    readme.write_text(f"{head}{HEADLINE_BEGIN}\n{block}\n{HEADLINE_END}{tail}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", default=str(REPO / "benchmarks" / "results" / "agnews_runs"))
     p.add_argument("--out_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--readme", default=str(REPO / "README.md"),
+                   help="file whose agnews-headline block gets the summary ('' or --quick: none)")
     a = p.parse_args()
-    write_report(Path(a.records), Path(a.out_dir), quick=a.quick)
+    write_report(Path(a.records), Path(a.out_dir), quick=a.quick,
+                 readme=Path(a.readme) if a.readme and not a.quick else None)

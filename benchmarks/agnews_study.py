@@ -543,7 +543,9 @@ def main(argv=None) -> None:
         import kan_recipe_report
 
         kan_recipe_report.write_report(Path(args.records), results, quick=args.quick)
-        agnews_report.write_report(Path(args.records), results, quick=args.quick)
+        in_repo = results.resolve() == (REPO / "benchmarks" / "results").resolve() and not args.quick
+        agnews_report.write_report(Path(args.records), results, quick=args.quick,
+                                   readme=REPO / "README.md" if in_repo else None)
 
 
 if __name__ == "__main__":

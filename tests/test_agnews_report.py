@@ -198,3 +198,30 @@ def test_the_figure_caption_says_how_its_replay_compares_with_the_record(tmp_pat
     note = report.replay_note(path)
     assert "is not bitwise the recorded run" in note and "84.41% against 84.60%" in note and "97.1%" in note
     assert "an unrecorded machine" in note
+
+
+def test_readme_headline_is_the_reports_summary_and_verdicts_and_nothing_else_changes(tmp_path):
+    recs = tmp_path / "records"
+    (recs / "study").mkdir(parents=True)
+    for r in arm("linear", [0.8, 0.81, 0.79]) + arm("kan_chebyshev2", [0.7, 0.72, 0.71]):
+        (recs / "study" / f"{r['name']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    readme = tmp_path / "README.md"
+    before, after = "# title\n\nintro\n\n", "\n\n## Quickstart\n\nrest\n"
+    readme.write_text(f"{before}{report.HEADLINE_BEGIN}\nan old headline\n{report.HEADLINE_END}{after}")
+    md = report.write_report(recs, tmp_path, readme=readme).read_text()
+    text = readme.read_text()
+    assert text.startswith(before + report.HEADLINE_BEGIN + "\n") and text.endswith(report.HEADLINE_END + after)
+    assert "an old headline" not in text
+    summary = next(line for line in md.splitlines() if "summary" in line.lower() and line.startswith("**"))
+    assert summary in text
+    claims = [line[4:].split(": **") for line in md.splitlines() if line.startswith("### ") and ": **" in line]
+    assert len(claims) == 8
+    for title, verdict in claims:
+        assert f"| {title} | **{verdict.rstrip('*')}** |" in text
+    report.write_report(recs, tmp_path, readme=readme)
+    assert readme.read_text() == text  # rerunning changes nothing
+
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match=f"{readme}.*agnews-headline"):
+        report.write_report(recs, tmp_path, readme=readme)
+    assert readme.read_text() == "# no markers\n"
