@@ -24,7 +24,7 @@ record; a run whose record exists is not redone, so the study resumes where it s
 across machines when the records are committed. A run cut short resumes from its last checkpoint
 (every 100 steps), bitwise as if never stopped. Records carry the commit, the full overrides
 (steps, sequence length, batch, learning rate, ...), the curves and the per-example test results;
-the reports (agnews_report.py, kan_recipe_report.py) read nothing else.
+the reports (agnews_report.py with agnews_claims.py, kan_recipe_report.py) read nothing else.
 """
 
 from __future__ import annotations
