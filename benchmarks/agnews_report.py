@@ -73,7 +73,7 @@ def convergence(G: dict) -> str:
     c = last_quarter_gain(G)
     if c is None:
         return "Linear has not run yet."
-    return (f"Budget check: linear's mean validation accuracy (over {c['seeds']} seeds) goes from "
+    return (f"Budget check: linear's mean validation accuracy (over {_seeds(c['seeds'])}) goes from "
             f"{c['from']:.1f}% at step {c['from_step']} to {c['to']:.1f}% at step {c['to_step']}: {c['gain']:+.1f} pt "
             f"over the last quarter ({'under' if c['converged'] else 'NOT under'} the {CONVERGED}-point "
             f"convergence criterion).")
@@ -113,7 +113,7 @@ def plot_curves(G: dict, path: Path) -> None:
             s, a, _ = zip(*r["val_curve"])
             ax.plot(s, [100 * v for v in a], color=colour, alpha=0.25, lw=0.8)
         steps, curve = mean_val_curve(G[name])
-        ax.plot(steps, curve, color=colour, lw=2, label=f"{name} (mean of {len(G[name])} seeds)")
+        ax.plot(steps, curve, color=colour, lw=2, label=f"{name} (mean of {_seeds(len(G[name]))})")
     c = last_quarter_gain(G)
     if c is not None:
         ax.axvspan(c["from_step"], c["to_step"], color="0.92", zorder=0,
@@ -246,6 +246,10 @@ def write_report(records: Path, results: Path, quick: bool = False, readme: Path
     print(f"wrote {path} ({sum(len(r) for r in G.values())} study runs in {len(G)} arms; "
           f"{', '.join(f'{k}: {v}' for k, v in counts.items() if v)})")
     return path
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'' if n == 1 else 's'}"
 
 
 def _std(s: dict) -> str:
