@@ -45,7 +45,8 @@ def results_table(G: dict, speed: dict, quick: bool = False) -> str:
         sp_s = f"{sp['ratio']:.2f}" if sp else "–"
         per_seed = ", ".join(f"{100 * r['test_accuracy']:.1f}" for r in G[name])
         seeds = f"{s['n']}/{plan[name]}" if name in plan else str(s["n"])
-        lines.append(f"| {name} | {seeds} | {s['params']:,} | {s['lr']:g} | {s['mean']:.1f}{std} | {per_seed} | "
+        mean = f"{s['mean']:.1f}{std}" if s["n_ok"] else "– (every run at chance)"
+        lines.append(f"| {name} | {seeds} | {s['params']:,} | {s['lr']:g} | {mean} | {per_seed} | "
                      f"{chance} | {vs} | {sp_s} | {s['step_s']:.2f} | {s['skipped']} / {s['nonfinite']} |")
     return "\n".join(lines)
 
@@ -283,7 +284,18 @@ def summary_sentence(G: dict, V: list, counts: dict, P: dict) -> str:
               f"at a budget where linear has NOT converged ({c['gain']:+.1f} pt over the last quarter)")
     return (f"{head} {budget}, the parameter-matched Chebyshev-2 KAN reaches {kan['mean']:.1f}% ({_std(kan)}) against "
             f"linear's {lin['mean']:.1f}% ({_std(lin)}): {fmt(paired_diff(G[BASE], G['linear']))}. Of the eight "
-            f"claims: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
+            f"claims: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f". {chance_sentence(G)}")
+
+
+def chance_sentence(G: dict) -> str:
+    """How many runs ended at chance, by arm: they are left out of the means, so the summary names them."""
+    by_arm = {n: len(arm_stats(runs)["chance"]) for n, runs in G.items()}
+    total = sum(len(runs) for runs in G.values())
+    hit = {n: k for n, k in by_arm.items() if k}
+    if not hit:
+        return f"No run ended at chance (of {total})."
+    return (f"{sum(hit.values())} of {total} runs ended at chance and are listed apart: "
+            + ", ".join(f"{n} {k} of {len(G[n])}" for n, k in hit.items()) + ".")
 
 
 def headline(summary: str, V: list) -> str:

@@ -15,9 +15,14 @@ from agnews_records import G, arm, run  # noqa: E402
 def test_report_writes_every_claim_and_lists_what_is_missing(tmp_path):
     recs = tmp_path / "records"
     (recs / "study").mkdir(parents=True)
-    for r in arm("linear", [0.8, 0.81, 0.79]) + arm("kan_chebyshev2", [0.7, 0.72, 0.71]):
+    for r in arm("linear", [0.8, 0.81, 0.79]) + arm("kan_chebyshev2", [0.7, 0.72, 0.71]) + arm("kan_rbf", [0.25, 0.26]):
         (recs / "study" / f"{r['name']}__seed{r['seed']}.json").write_text(json.dumps(r))
     text = report.write_report(recs, tmp_path, quick=True).read_text()
+    # An arm whose every run ends at chance has no mean: its row says so, and the runs are listed apart.
+    rbf_row = next(line for line in text.splitlines() if line.startswith("| kan_rbf |"))
+    assert "– (every run at chance)" in rbf_row and "nan" not in rbf_row
+    assert "Runs at chance (2): kan_rbf seed 0 (25.0%), kan_rbf seed 1 (26.0%)." in text
+    assert "2 of 8 runs ended at chance and are listed apart: kan_rbf 2 of 2." in text.split("\n## ")[0]
     assert text.count("\n### ") == 9  # eight claims + how the setting differs from the original
     assert "### 3. A parameter-matched KAN everywhere comes close to linear (linear slightly better): **refuted**" in text
     assert "not yet measured" in text and "kan_jacobi_deg3" in text
@@ -40,6 +45,7 @@ def test_interim_report_says_how_far_the_study_is_and_whether_linear_converged()
     text = report.summary_sentence(partial, [], counts, P)
     # The made-up curves rise 30 points from step 10 to 20: not converged, and the summary says so.
     assert text.startswith("**Interim summary**") and "has NOT converged" in text and "(one seed)" in text
+    assert text.endswith("No run ended at chance (of 4).")
     full = {a: _flat(arm(a, [0.8] * k)) for a, k in plan.items()}
     P = report.progress(full)
     assert P["done"] == P["planned"] and not P["short"] and "all" in report.progress_line(P)
