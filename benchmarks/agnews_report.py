@@ -80,23 +80,30 @@ def convergence(G: dict) -> str:
             f"convergence criterion).")
 
 
-def planned_seeds(quick: bool) -> dict[str, int]:
-    """{study arm: seeds the study plans for it} (agnews_study.STUDY; --quick runs one seed per arm)."""
-    return {a.name: 1 if quick else a.seeds for a in agnews_study.STUDY}
+def planned_seeds(quick: bool, phase: str = "study") -> dict[str, int]:
+    """{arm: seeds the runner plans for it} in one phase (agnews_study.PHASES; --quick runs one seed per arm)."""
+    return {a.name: 1 if quick else a.seeds for a in agnews_study.PHASES[phase]}
 
 
-def progress(G: dict, quick: bool = False) -> dict:
-    """How much of the planned study the records hold: runs done of planned, and the arms short of seeds."""
-    plan = planned_seeds(quick)
-    done = {name: len({r["seed"] for r in G.get(name, [])} & set(range(k))) for name, k in plan.items()}
-    return {"done": sum(done.values()), "planned": sum(plan.values()),
-            "short": [(name, done[name], k) for name, k in plan.items() if done[name] < k]}
+def progress(G: dict, quick: bool = False, T: dict | None = None) -> dict:
+    """How much of the plan the records hold: runs done of planned, and the arms short of seeds; the
+    study's arms, and with T the learning-rate grid's too (claim 7 reads its seeds 3-4)."""
+    phases = [(G, planned_seeds(quick))] + ([(T, planned_seeds(quick, "tune"))] if T is not None else [])
+    done, planned, short = 0, 0, []
+    for records, plan in phases:
+        for name, k in plan.items():
+            d = len({r["seed"] for r in records.get(name, [])} & set(range(k)))
+            done, planned = done + d, planned + k
+            if d < k:
+                short.append((name, d, k))
+    return {"done": done, "planned": planned, "short": short,
+            "what": "runs (study and learning-rate grid)" if T is not None else "study runs"}
 
 
 def progress_line(P: dict) -> str:
     if not P["short"]:
-        return f"Progress: all {P['planned']} planned study runs are in."
-    return (f"Progress: **interim**, {P['done']} of {P['planned']} planned study runs; arms short of their planned "
+        return f"Progress: all {P['planned']} planned {P['what']} are in."
+    return (f"Progress: **interim**, {P['done']} of {P['planned']} planned {P['what']}; arms short of their planned "
             f"seeds (done/planned): " + ", ".join(f"{n} {d}/{k}" for n, d, k in P["short"]) + ".")
 
 
@@ -206,7 +213,7 @@ def write_report(records: Path, results: Path, quick: bool = False, readme: Path
     plot_curves(G, results / f"{stem}_curves.png")
     plot_scatter(G, speed, results / f"{stem}_scatter.png")
     V = verdicts(G, T, speed)
-    P = progress(G, quick)
+    P = progress(G, quick, T)
     cover_path = records / "text_coverage.json"
     cover = json.loads(cover_path.read_text()) if cover_path.exists() else None
     commits = sorted({r["commit"][:12] for runs in G.values() for r in runs})

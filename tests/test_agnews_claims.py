@@ -11,6 +11,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import agnews_claims as claims  # noqa: E402
+import agnews_study  # noqa: E402
 from agnews_records import G, N, arm, run  # noqa: E402
 
 
@@ -108,13 +109,28 @@ def _tune(arm_name, by_lr):
 
 
 def test_claim7_less_tuning():
-    flat = {3e-4: [0.805, 0.815, 0.805], 1e-3: [0.81, 0.82, 0.81], 3e-3: [0.81, 0.8175, 0.81]}
-    peaked = {3e-4: [0.60, 0.61, 0.60], 1e-3: [0.70, 0.71, 0.70], 3e-3: [0.82, 0.83, 0.82]}
+    lrs = agnews_study.LEARNING_RATES
+    flat = dict(zip(lrs, ([0.80, 0.81, 0.80, 0.81, 0.80], [0.805, 0.815, 0.805, 0.81, 0.81],
+                          [0.81, 0.82, 0.81, 0.815, 0.81], [0.81, 0.8175, 0.81, 0.81, 0.815])))
+    peaked = dict(zip(lrs, ([0.55, 0.56, 0.55, 0.56, 0.55], [0.60, 0.61, 0.60, 0.61, 0.60],
+                            [0.70, 0.71, 0.70, 0.71, 0.70], [0.82, 0.83, 0.82, 0.83, 0.82])))
     robust_kan = {**_tune("linear", peaked), **_tune("kan_chebyshev2", flat)}
-    assert claims.claim_less_tuning(robust_kan)[0] == "confirmed"
+    verdict, text = claims.claim_less_tuning(robust_kan)
+    assert verdict == "confirmed" and "linear 0.003, KAN 0.001" in text and "5 paired seeds" in text
     fragile_kan = {**_tune("linear", flat), **_tune("kan_chebyshev2", peaked)}
     assert claims.claim_less_tuning(fragile_kan)[0] == "refuted"
     assert claims.claim_less_tuning({})[0] == "inconclusive"
+    # The rate is chosen on seeds 0-2 only: seeds 3-4 far better at another rate do not move it.
+    lucky = {**flat, lrs[0]: flat[lrs[0]][:3] + [0.95, 0.95]}
+    assert "KAN 0.001" in claims.claim_less_tuning({**_tune("linear", peaked), **_tune("kan_chebyshev2", lucky)})[1]
+    # Seeds 3-4 run at some rates only: the loss off the best rate is averaged over the seeds run at every rate.
+    half_done = {lr: accs[:3] if lr != lrs[-1] else accs for lr, accs in peaked.items()}
+    text = claims.claim_less_tuning({**_tune("linear", half_done), **_tune("kan_chebyshev2", flat)})[1]
+    assert "KAN − linear" in text and text.split("KAN − linear: ")[1].split(")")[0].endswith("3 paired seeds")
+    # A rate missing one of seeds 0-2: no choice, no verdict.
+    incomplete = {**_tune("linear", peaked), **_tune("kan_chebyshev2", {**flat, lrs[1]: flat[lrs[1]][:2]})}
+    verdict, text = claims.claim_less_tuning(incomplete)
+    assert verdict == "inconclusive" and "no best rate yet" in text
 
 
 def test_claim8_fewer_parameters():

@@ -51,6 +51,14 @@ def test_interim_report_says_how_far_the_study_is_and_whether_linear_converged()
     assert P["done"] == P["planned"] and not P["short"] and "all" in report.progress_line(P)
     text = report.summary_sentence(full, [], counts, P)
     assert text.startswith("**Summary:**") and "where linear has converged (+0.0 pt" in text and "seed std 0.0" in text
+    # With the learning-rate grid's records: the grid's claim-7 seeds still missing keep the summary interim.
+    tune_plan = report.planned_seeds(quick=False, phase="tune")
+    T = {a: arm(a, [0.8] * 3) for a in tune_plan}
+    PT = report.progress(full, T=T)
+    assert PT["planned"] == P["planned"] + sum(tune_plan.values()) and PT["done"] == P["done"] + 3 * len(tune_plan)
+    assert {(n, d) for n, d, _ in PT["short"]} == {(n, 3) for n in tune_plan}
+    assert "learning-rate grid" in report.progress_line(PT)
+    assert report.summary_sentence(full, [], counts, PT).startswith("**Interim summary**")
     # A seed beyond the plan (or a repeated one) does not count twice.
     extra = {**full, "linear": full["linear"] + _flat([run("linear", plan["linear"], 0.8)])}
     assert report.progress(extra)["done"] == P["planned"]

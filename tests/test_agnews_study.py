@@ -114,6 +114,11 @@ def test_tuned_rates_pick_the_best_mean_validation_accuracy_once_the_grid_is_com
     recs += [_tune_record("kan_chebyshev2", lr, s, 0.7 + 0.02 * (lr == lrs[-1])) for lr in lrs for s in range(3)]
     assert study.tuned_rates(recs) == {"linear": lrs[1], "kan": lrs[-1]}
     assert "kan" not in study.tuned_rates(recs[:-1])  # a missing run: no choice yet
+    # Seeds past the choice seeds (the grid's claim-7 seeds) never move the rate the study trains at.
+    extra = [_tune_record("kan_chebyshev2", lrs[0], s, 0.99) for s in range(study.CHOICE_SEEDS, 5)]
+    assert study.tuned_rates(recs + extra)["kan"] == lrs[-1]
+    assert "kan" not in study.tuned_rates(recs[:-1] + extra)
+    assert all(a.seeds > study.CHOICE_SEEDS for a in study.TUNE)
 
 
 def test_an_older_record_of_the_same_training_is_reused_and_a_different_one_is_not(tmp_path):

@@ -45,6 +45,13 @@ def test_findings_follow_the_records(tmp_path):
     assert "| kan_v1_defaults | 1 | 1,000 | 78.0 | 77.0 | 77.0 | 0 | 80 |" in text  # takeoff from the curve
     assert (tmp_path / "out" / "kan_recipe_curves.png").exists()
 
+    # A later seed of the grid, reused from the study (no diagnostics): the diagnosis keeps to the recipe's seeds.
+    study_seed = record("tune", "linear_lr0.001", 3, test=0.5, val50=0.1, signal=0.1)
+    del study_seed["diagnostics"]
+    write(tmp_path / "rec", [{**study_seed, "reused_from": "linear__seed3.json"}])
+    again = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
+    assert "is 0.02 for kan_v1_defaults against 0.90 for linear" in again and "linear: 78.0 %;" in again
+
     records[1]["diagnostics"][0] = {**records[1]["diagnostics"][0], **{f"{k}/out_signal": 0.3 for k in KINDS}}
     write(tmp_path / "rec", records)
     assert "is 0.30 for kan_v1_defaults" in report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
@@ -61,6 +68,9 @@ def test_learning_rate_grid_and_seed_spread(tmp_path, kan_tests, verdict):
                                   val50=0.7, signal=0.9, lr=lr))
             records.append(record("tune", f"kan_chebyshev2_lr{lr:g}", seed, test=kan_tests[seed] + shift,
                                   val50=0.7, signal=0.9, lr=lr))
+    # Seeds 3-4 far better at another rate (the grid's claim-7 seeds) do not move the choice made on seeds 0-2.
+    records += [record("tune", "kan_chebyshev2_lr0.0001", seed, test=0.99, val50=0.9, signal=0.9, lr=1e-4)
+                for seed in (3, 4)]
     write(tmp_path / "rec", records)
     text = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
     section = text.split("## Learning-rate grid")[1].splitlines()
