@@ -146,27 +146,28 @@ def read_records(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
 
 
-def best_rate(by_lr: dict[float, list[dict]]) -> float | None:
-    """The rate whose runs of seeds 0..CHOICE_SEEDS-1 have the highest mean final validation accuracy
+def best_rate(by_lr: dict[float, list[dict]], choice_seeds: int = CHOICE_SEEDS) -> float | None:
+    """The rate whose runs of seeds 0..choice_seeds-1 have the highest mean final validation accuracy
     (ties: the smaller rate); None until every rate of LEARNING_RATES has all those seeds."""
     import statistics
 
-    val = {lr: {r["seed"]: r["final_val_accuracy"] for r in runs if r["seed"] < CHOICE_SEEDS}
+    val = {lr: {r["seed"]: r["final_val_accuracy"] for r in runs if r["seed"] < choice_seeds}
            for lr, runs in by_lr.items()}
-    if set(val) != set(LEARNING_RATES) or any(len(v) < CHOICE_SEEDS for v in val.values()):
+    if set(val) != set(LEARNING_RATES) or any(len(v) < choice_seeds for v in val.values()):
         return None
     return max(val, key=lambda lr: (statistics.fmean(val[lr].values()), -lr))
 
 
-def tuned_rates(tune_records: list[dict]) -> dict[str, float]:
-    """{kind: best_rate of its arm's grid} per kind of TUNED_KINDS; a kind whose choice is not ready is absent."""
+def tuned_rates(tune_records: list[dict], quick: bool = False) -> dict[str, float]:
+    """{kind: best_rate of its arm's grid} per kind of TUNED_KINDS; a kind whose choice is not ready is absent.
+    --quick runs one seed per arm, and chooses on it."""
     out = {}
     for kind, arm in TUNED_KINDS.items():
         by_lr: dict[float, list[dict]] = {}
         for r in tune_records:
             if r["name"].startswith(f"{arm}_lr"):
                 by_lr.setdefault(r["lr"], []).append(r)
-        if (lr := best_rate(by_lr)) is not None:
+        if (lr := best_rate(by_lr, 1 if quick else CHOICE_SEEDS)) is not None:
             out[kind] = lr
     return out
 
@@ -466,7 +467,7 @@ def run_plan(args) -> tuple[set, int]:
                 failed.add(key)
             else:  # the record holds all a report reads; the optimizer state is ~12 bytes per parameter
                 shutil.rmtree(Path(flags["workdir"]) / "checkpoints", ignore_errors=True)
-        rates = tuned_rates(read_records(records_dir(args, "tune")))
+        rates = tuned_rates(read_records(records_dir(args, "tune")), args.quick)
         todo = [(ph, a, s, f) for ph, a, s, f in planned_runs(args, rates)
                 if not record_path(args, ph, a.name, s).exists()]
         ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed | set(running)]
@@ -544,7 +545,7 @@ def main(argv=None) -> None:
         write_atomic(Path(args.records) / "text_coverage.json", json.dumps(text_coverage(args.data_dir, seq_len), indent=1))
         failed, waiting = run_plan(args)
         planned = {(ph, a.name, s) for ph, a, s, _ in
-                   planned_runs(args, tuned_rates(read_records(records_dir(args, "tune"))))}
+                   planned_runs(args, tuned_rates(read_records(records_dir(args, "tune")), args.quick))}
         if FIGURE_RUN in planned and record_path(args, *FIGURE_RUN).exists() and not learned_functions_path(args).exists():
             # Its record came from another phase (the tune grid's run at the tuned rate): train it again.
             replay(args, *FIGURE_RUN)

@@ -119,6 +119,10 @@ def test_tuned_rates_pick_the_best_mean_validation_accuracy_once_the_grid_is_com
     assert study.tuned_rates(recs + extra)["kan"] == lrs[-1]
     assert "kan" not in study.tuned_rates(recs[:-1] + extra)
     assert all(a.seeds > study.CHOICE_SEEDS for a in study.TUNE)
+    # --quick trains one seed per rate and chooses on it; the full study waits for seeds 0-2.
+    one_seed = [r for r in recs if r["seed"] == 0]
+    assert study.tuned_rates(one_seed, quick=True) == {"linear": lrs[1], "kan": lrs[-1]}
+    assert study.tuned_rates(one_seed) == {}
 
 
 def test_an_older_record_of_the_same_training_is_reused_and_a_different_one_is_not(tmp_path):
