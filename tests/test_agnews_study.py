@@ -2,6 +2,7 @@
 
 import importlib
 import itertools
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 import agnews_study as study  # noqa: E402
 
 
@@ -101,6 +103,10 @@ def test_plan_pairs_seeds_and_waits_for_tuning(tmp_path):
                  "kan_chebyshev2_nosilu"):
         assert counts[name] >= 5, name
     assert min(counts.values()) >= 3
+    # Claim 1 is decided by the rivals whose layer is not measurably slower (kan_layer.json): they get five too.
+    speed = json.loads((REPO / "benchmarks" / "results" / "kan_layer.json").read_text())["ratios_to_chebyshev2"]
+    not_slower = [a for a in study.BASIS_DEGREE_ARMS if speed[a[len("kan_"):]]["lo"] <= 1.0]
+    assert all(counts[a] >= 5 for a in not_slower), not_slower
 
 
 def _tune_record(arm, lr, seed, val):
