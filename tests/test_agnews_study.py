@@ -100,7 +100,7 @@ def test_plan_pairs_seeds_and_waits_for_tuning(tmp_path):
             counts[a.name] = counts.get(a.name, 0) + 1
     for name in ("linear", "kan_chebyshev2", "kan_jacobi_deg3", "kan_gegenbauer_deg3", "kan_chebyshev2_deg3",
                  "kan_chebyshev2_parallel", "kan_chebyshev2_sequential", "kan_chebyshev2_fp16",
-                 "kan_chebyshev2_nosilu"):
+                 "kan_chebyshev2_nosilu", "kan_chebyshev2_half"):
         assert counts[name] >= 5, name
     assert min(counts.values()) >= 3
     # Claim 1 is decided by the rivals whose layer is not measurably slower (kan_layer.json): they get five too.
