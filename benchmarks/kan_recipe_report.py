@@ -178,7 +178,7 @@ def tune_table(groups: dict[str, list[dict]]) -> tuple[str, dict]:
         choice = {lr: [r for r in runs if r["seed"] < agnews_study.CHOICE_SEEDS] for lr, runs in by_lr.items()}
         means = {lr: statistics.fmean(r["final_val_accuracy"] for r in runs) for lr, runs in choice.items() if runs}
         best = agnews_study.best_rate(by_lr)
-        if best is None:  # the grid is not complete yet: the best so far, marked provisional below
+        if best is None:  # seeds 0-2 not all in at every rate (or --quick): the best of the seeds run so far
             best = max(means, key=lambda lr: (means[lr], -lr))
         chosen[arm] = {"lr": best, "runs": by_lr[best], "means": means, "grid": by_lr}
         cells = [(_pm([r["final_val_accuracy"] for r in choice[lr]]) +
