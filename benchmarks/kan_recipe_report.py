@@ -237,7 +237,7 @@ def seed_spread(chosen: dict, study: dict[str, list[dict]] | None = None) -> str
             f"{lo:.2f}–{hi:.2f} (F test); target ≤ 2, with {chance} of {len(kan_runs)} KAN runs at chance: "
             f"**{'target met' if ok else 'target not met'}**."
             + (" Seeds 3+ come from the study phase (the same arm, rate and budget)."
-               if len(lin_runs) > len(lin["runs"]) or len(kan_runs) > len(kan["runs"]) else "")
+               if any(r["seed"] >= agnews_study.CHOICE_SEEDS for r in lin_runs + kan_runs) else "")
             + (f" Note: {'; '.join(edges)}: the grid may not bracket its best rate." if edges else ""))
 
 

@@ -118,6 +118,12 @@ def test_seed_spread_adds_the_study_seeds_and_gives_the_ratio_interval(tmp_path)
     assert f"ratio {ratio:.2f}, 90% interval {lo:.2f}–{hi:.2f}" in text
     assert "0 of 3 KAN runs at chance" in text  # the study run at another rate is not counted
     assert "the KAN's chosen rate 0.0001 is the grid's lowest" in text and "linear's chosen rate 0.001 is" not in text
+    assert "Seeds 3+ come from the study phase" in text
+    # The grid's own seeds 3-4 at the chosen rate are those study runs, reused: the same numbers, the same note.
+    write(tmp_path / "rec", [{**r, "phase": "tune", "name": "linear_lr0.001", "reused_from": f"linear__seed{r['seed']}.json"}
+                             for r in records if r["phase"] == "study" and r["name"] == "linear"])
+    again = report.write_report(tmp_path / "rec", tmp_path / "out").read_text()
+    assert f"against linear's {stats.tstd(lin):.2f} pt (5 seeds)" in again and "Seeds 3+ come from the study phase" in again
 
 
 def test_the_recipe_is_chosen_on_validation_and_a_variant_grid_is_its_own_row(tmp_path):
