@@ -220,10 +220,11 @@ def write_report(records: Path, results: Path, quick: bool = False, readme: Path
     devices = sorted({f"{r['device']} ({r['cpus']} CPUs), jax {r['jax']}" for runs in G.values() for r in runs})
     counts = {v: sum(x[1] == v for x in V) for v in ("confirmed", "refuted", "inconclusive", "not yet measured")}
     chance = [(n, s, a) for n, runs in G.items() for s, a in arm_stats(runs)["chance"]]
+    summary = summary_sentence(G, V, counts, P)
     out = [f"# AGNews study (v2){' (--quick: tiny budgets, not results)' if quick else ''}", "",
            "Command (resumable; records in `benchmarks/results/agnews_runs/{recipe,tune,study}/`, one JSON per run):",
            "", "```", f"python benchmarks/agnews_study.py{' --quick' if quick else ''}", "```", "",
-           summary_sentence(G, V, counts, P), "", progress_line(P), "",
+           summary, "", progress_line(P), "",
            f"Budget per run: {o['train.steps']} steps × batch {o['data.batch_size']} × {o['data.seq_len']} tokens, "
            f"AdamW (warmup {o['train.warmup']}, cosine decay), every arm at the tuned learning rate of its kind "
            f"(kan_recipe.md), validation every {o['eval.every']} steps on the 500 texts held out of train, test "
@@ -250,7 +251,7 @@ def write_report(records: Path, results: Path, quick: bool = False, readme: Path
     path = results / f"{stem}.md"
     path.write_text("\n".join(out))
     if readme is not None:
-        write_headline(readme, headline(summary_sentence(G, V, counts, P), V))
+        write_headline(readme, headline(summary, V))
     print(f"wrote {path} ({sum(len(r) for r in G.values())} study runs in {len(G)} arms; "
           f"{', '.join(f'{k}: {v}' for k, v in counts.items() if v)})")
     return path
@@ -296,9 +297,8 @@ def summary_sentence(G: dict, V: list, counts: dict, P: dict) -> str:
 
 def chance_sentence(G: dict) -> str:
     """How many runs ended at chance, by arm: they are left out of the means, so the summary names them."""
-    by_arm = {n: len(arm_stats(runs)["chance"]) for n, runs in G.items()}
     total = sum(len(runs) for runs in G.values())
-    hit = {n: k for n, k in by_arm.items() if k}
+    hit = {n: k for n, runs in G.items() if (k := len(arm_stats(runs)["chance"]))}
     if not hit:
         return f"No run ended at chance (of {total})."
     return (f"{sum(hit.values())} of {total} runs ended at chance and are listed apart: "
