@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-import agnews_study  # the arm list (it imports nothing heavy); run from benchmarks/ or with it on sys.path
+import agnews_plan  # the arm list and the rate choice; run from benchmarks/ or with it on sys.path
 
 CLOSE = 1.0  # accuracy points: a difference whose 95% interval lies inside ±CLOSE is "close"
 CHANCE_ACC = 0.30
 SLOWER = 1.05  # forward+backward time ratio above which a layer counts as slower
 BASE = "kan_chebyshev2"
-# The families are run at degree 3 (centred, their degree-2 layers are Chebyshev-2's: agnews_study.py),
+# The families are run at degree 3 (centred, their degree-2 layers are Chebyshev-2's: agnews_plan.py),
 # so claim 2 compares Jacobi and Gegenbauer with Chebyshev-2 of that degree.
-JACOBI, GEGENBAUER = (f"kan_{f}_deg{agnews_study.FAMILY_DEGREE[f]}" for f in ("jacobi", "gegenbauer"))
-SAME_DEGREE_BASE = f"kan_chebyshev2_deg{agnews_study.FAMILY_DEGREE['jacobi']}"
+JACOBI, GEGENBAUER = (f"kan_{f}_deg{agnews_plan.FAMILY_DEGREE[f]}" for f in ("jacobi", "gegenbauer"))
+SAME_DEGREE_BASE = f"kan_chebyshev2_deg{agnews_plan.FAMILY_DEGREE['jacobi']}"
 
 
 # ----------------------------------------------------------------------------- records
@@ -48,7 +48,7 @@ def load_records(folder: Path) -> dict[str, list[dict]]:
     return groups
 
 
-correct_bits = agnews_study.correct_bits  # (N,) bool per test text, from a record
+correct_bits = agnews_plan.correct_bits  # (N,) bool per test text, from a record
 
 
 def at_chance(r: dict) -> bool:
@@ -149,7 +149,7 @@ def fmt_speed(s: dict | None) -> str:
 
 # ----------------------------------------------------------------------------- the eight claims
 
-RIVALS = agnews_study.BASIS_DEGREE_ARMS
+RIVALS = agnews_plan.BASIS_DEGREE_ARMS
 
 
 def claim_best_tradeoff(G: dict, speed: dict) -> tuple[str, str]:
@@ -293,17 +293,17 @@ def claim_less_tuning(T: dict) -> tuple[str, str]:
     if "linear" not in grid or BASE not in grid:
         return "inconclusive", "The learning-rate grid has not run."
     lin, kan = grid["linear"], grid[BASE]
-    lr_l, lr_k = agnews_study.best_rate(lin), agnews_study.best_rate(kan)
+    lr_l, lr_k = agnews_plan.best_rate(lin), agnews_plan.best_rate(kan)
     if lr_l is None or lr_k is None:
         return "inconclusive", (f"The learning-rate grid is not complete for the seeds the rate is chosen on "
-                                f"(0–{agnews_study.CHOICE_SEEDS - 1}): no best rate yet.")
+                                f"(0–{agnews_plan.CHOICE_SEEDS - 1}): no best rate yet.")
     at_lin = paired_diff(kan[lr_l], kan[lr_k])  # KAN at linear's rate − KAN at its own (≤ 0 expected)
     lin_at_kan = paired_diff(lin[lr_k], lin[lr_l])
     drop = _diff_of_drops(grid_drop(kan, lr_k), grid_drop(lin, lr_l))  # KAN's mean loss off its best − linear's
     part1 = "confirmed" if at_lin["lo"] > -CLOSE else "refuted" if at_lin["hi"] < -CLOSE else "inconclusive"
     # drop: (mean over grid − best) per arm, ≤ 0; KAN − linear > 0 means the KAN loses less off its best rate.
     part2 = "confirmed" if drop["lo"] > -CLOSE else "refuted" if drop["hi"] < -CLOSE else "inconclusive"
-    text = (f"Best rates on validation (seeds 0–{agnews_study.CHOICE_SEEDS - 1}): linear {lr_l:g}, KAN {lr_k:g}. "
+    text = (f"Best rates on validation (seeds 0–{agnews_plan.CHOICE_SEEDS - 1}): linear {lr_l:g}, KAN {lr_k:g}. "
             f"KAN at linear's best rate − at its own: "
             f"{fmt(at_lin)} (test accuracy; linear at the KAN's rate − its own: {fmt(lin_at_kan)}). Mean over the "
             f"grid minus the best rate, KAN − linear: {fmt(drop)} (positive: the KAN loses less away from its best "

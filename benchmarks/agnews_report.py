@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 import agnews_claims  # run from benchmarks/ or with it on sys.path
-import agnews_study
+import agnews_plan
 from agnews_claims import BASE, arm_stats, fmt, load_records, load_speed, paired_diff, speed_of, verdicts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,8 +81,8 @@ def convergence(G: dict) -> str:
 
 
 def planned_seeds(quick: bool, phase: str = "study") -> dict[str, int]:
-    """{arm: seeds the runner plans for it} in one phase (agnews_study.PHASES; --quick runs one seed per arm)."""
-    return {a.name: 1 if quick else a.seeds for a in agnews_study.PHASES[phase]}
+    """{arm: seeds the runner plans for it} in one phase (agnews_plan.PHASES; --quick runs one seed per arm)."""
+    return {a.name: 1 if quick else a.seeds for a in agnews_plan.PHASES[phase]}
 
 
 def progress(G: dict, quick: bool = False, T: dict | None = None) -> dict:
@@ -197,7 +197,7 @@ def family_note() -> str:
             "symmetric family's cubic column is x³ − c·x with its own c (Gegenbauer λ: c = 3/(2(λ + 2))), "
             "against Chebyshev-2 at degree 3. Jacobi(α=β=1) equals Gegenbauer(λ=3/2), and at degree 3 Hermite "
             "on [−2, 2] equals Gegenbauer(λ=2), so the Gegenbauer arm uses λ=3 (λ=1 is Chebyshev-2, λ=1/2 "
-            "Legendre). tests/test_agnews_study.py checks that every pair of study arms computes different "
+            "Legendre). tests/test_agnews_plan.py checks that every pair of study arms computes different "
             "functions from the same initial random numbers.")
 
 

@@ -9,7 +9,7 @@ same output width as the linear layer and at the parameter-matched width (`match
 Ratios are to `nnx.Linear(in, out)` measured in the same run. When the optional `jaxkan` package
 is importable its Chebyshev layer is timed at the same shape too.
 
-Then the AGNews study's layers (`study_layers`: every arm of benchmarks/agnews_study.py that changes
+Then the AGNews study's layers (`study_layers`: every arm of benchmarks/agnews_plan.py that changes
 only the basis or the degree, built from its configs/ file, at its param-matched MLP width, no bias)
 against Chebyshev-2 degree 2, for benchmarks/agnews_report.py: --repeats rounds, each timing one
 forward+backward (the mean of --inner calls) of every layer round-robin; each layer's time ÷
@@ -41,7 +41,7 @@ from kanjax.kan import KANLinear, count_params, matched_width
 from kanjax.kanify import KANSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import agnews_study  # noqa: E402  (its arm list; it imports nothing heavy)
+import agnews_plan  # noqa: E402  (the study's arm list)
 
 
 def median_seconds(fn, *args, runs: int) -> float:
@@ -92,11 +92,11 @@ def measure(module: nnx.Module, x: jax.Array, runs: int) -> dict:
 
 
 def study_layers(n_in: int, n_out: int) -> dict:
-    """{name: (KANLinear kwargs, width)}: the study arms (agnews_study.STUDY) that differ from
+    """{name: (KANLinear kwargs, width)}: the study arms (agnews_plan.STUDY) that differ from
     Chebyshev-2 degree 2 only in basis or degree, as their configs/ files build the MLP's gate
     projection: param-matched width, no bias (Llama MLPs have none)."""
     out = {}
-    for arm in agnews_study.STUDY:
+    for arm in agnews_plan.STUDY:
         if not arm.name.startswith("kan_") or set(arm.overrides) - {"kan.degree"}:
             continue
         kan = importlib.import_module(f"configs.{arm.config}").get_config().kan.to_dict()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import agnews_study  # noqa: E402  (the arm lists and the rate choice; it imports nothing heavy)
+import agnews_plan  # noqa: E402  (the arm lists and the rate choice)
 
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 CHANCE_ACC = 0.30  # 4 balanced classes: 0.25; a run below 0.30 on 7,600 test texts learned nothing
@@ -27,7 +27,7 @@ TAKEOFF_LOSS = 1.2  # train loss below ln 4 = 1.386 by a margin: the run has lef
 
 def load(records: Path, phase: str) -> dict[str, list[dict]]:
     """{arm: runs sorted by seed}, arms in the order the study runner defines them."""
-    order = [a.name for a in agnews_study.PHASES[phase]]
+    order = [a.name for a in agnews_plan.PHASES[phase]]
     groups: dict[str, list[dict]] = {}
     for path in sorted((records / phase).glob("*.json")):
         r = json.loads(path.read_text())
@@ -175,9 +175,9 @@ def tune_table(groups: dict[str, list[dict]]) -> tuple[str, dict]:
              "|---|" + "---:|" * (len(rates) + 1)]
     chosen = {}
     for arm, by_lr in grid.items():
-        choice = {lr: [r for r in runs if r["seed"] < agnews_study.CHOICE_SEEDS] for lr, runs in by_lr.items()}
+        choice = {lr: [r for r in runs if r["seed"] < agnews_plan.CHOICE_SEEDS] for lr, runs in by_lr.items()}
         means = {lr: statistics.fmean(r["final_val_accuracy"] for r in runs) for lr, runs in choice.items() if runs}
-        best = agnews_study.best_rate(by_lr)
+        best = agnews_plan.best_rate(by_lr)
         if best is None:  # seeds 0-2 not all in at every rate (or --quick): the best of the seeds run so far
             best = max(means, key=lambda lr: (means[lr], -lr))
         chosen[arm] = {"lr": best, "runs": by_lr[best], "means": means, "grid": by_lr}
@@ -215,7 +215,7 @@ def seed_spread(chosen: dict, study: dict[str, list[dict]] | None = None) -> str
     lin, kan = chosen.get("linear"), chosen.get("kan_chebyshev2")
     if not lin or not kan:
         return "The tuning grid is incomplete: no verdict on the seed spread yet."
-    missing = set(agnews_study.LEARNING_RATES) - (set(lin["grid"]) & set(kan["grid"]))
+    missing = set(agnews_plan.LEARNING_RATES) - (set(lin["grid"]) & set(kan["grid"]))
     if missing or min(len(lin["runs"]), len(kan["runs"])) < 2:
         # A std needs two seeds, and a rate chosen from half a grid may not be the one kept.
         return (f"The tuning grid is incomplete (rates run: linear {sorted(lin['grid'])}, KAN {sorted(kan['grid'])}; "
@@ -237,7 +237,7 @@ def seed_spread(chosen: dict, study: dict[str, list[dict]] | None = None) -> str
             f"{lo:.2f}–{hi:.2f} (F test); target ≤ 2, with {chance} of {len(kan_runs)} KAN runs at chance: "
             f"**{'target met' if ok else 'target not met'}**."
             + (" Seeds 3+ come from the study phase (the same arm, rate and budget)."
-               if any(r["seed"] >= agnews_study.CHOICE_SEEDS for r in lin_runs + kan_runs) else "")
+               if any(r["seed"] >= agnews_plan.CHOICE_SEEDS for r in lin_runs + kan_runs) else "")
             + (f" Note: {'; '.join(edges)}: the grid may not bracket its best rate." if edges else ""))
 
 
@@ -310,7 +310,7 @@ def write_report(records: Path, results: Path, quick: bool = False) -> Path | No
         table, chosen = tune_table({**tune, **grids})
         variants = sorted({n.rsplit("_lr", 1)[0] for n in grids})
         out += ["## Learning-rate grid (the same for linear and the KAN)", "",
-                f"Final validation accuracy % (mean ± std over seeds 0–{agnews_study.CHOICE_SEEDS - 1}, the seeds the "
+                f"Final validation accuracy % (mean ± std over seeds 0–{agnews_plan.CHOICE_SEEDS - 1}, the seeds the "
                 "rate is chosen on; the 500 validation texts held out of train; the grid's further seeds measure "
                 "claim 7 of agnews.md). "
                 "The study trains every linear arm at linear's chosen rate and every KAN arm at the KAN's "

@@ -1,6 +1,8 @@
 """Made-up AGNews study records for the claim and report tests: each run gets round(acc·N) of N test
 texts right, which ones drawn per seed (arms share their hard texts, as real arms do)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 
 N = 400  # test texts of the made-up records
@@ -26,3 +28,10 @@ def arm(name, accs, **kw):
 
 def G(**accs):
     return {name: arm(name, a) for name, a in accs.items()}
+
+
+def study_args(tmp_path, **kw):
+    """The runner's command-line arguments (agnews_study.py), records and run folders under tmp_path."""
+    base = dict(quick=False, steps=0, only="", seeds="", phase="recipe,tune,study", records=str(tmp_path / "rec"),
+                workdirs=str(tmp_path / "work"), data_dir=str(tmp_path / "data"))
+    return SimpleNamespace(**{**base, **kw})

@@ -11,7 +11,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import agnews_claims as claims  # noqa: E402
-import agnews_study  # noqa: E402
+import agnews_plan  # noqa: E402
 from agnews_records import G, N, arm, run  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def _tune(arm_name, by_lr):
 
 
 def test_claim7_less_tuning():
-    lrs = agnews_study.LEARNING_RATES
+    lrs = agnews_plan.LEARNING_RATES
     flat = dict(zip(lrs, ([0.80, 0.81, 0.80, 0.81, 0.80], [0.805, 0.815, 0.805, 0.81, 0.81],
                           [0.81, 0.82, 0.81, 0.815, 0.81], [0.81, 0.8175, 0.81, 0.81, 0.815])))
     peaked = dict(zip(lrs, ([0.55, 0.56, 0.55, 0.56, 0.55], [0.60, 0.61, 0.60, 0.61, 0.60],

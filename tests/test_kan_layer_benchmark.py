@@ -8,13 +8,13 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import agnews_study  # noqa: E402
+import agnews_plan  # noqa: E402
 import kan_layer  # noqa: E402
 
 
 def test_study_layers_are_the_basis_and_degree_arms_and_each_has_its_same_degree_reference():
     layers = kan_layer.study_layers(576, 1536)
-    assert set(layers) == {name[4:] for name in agnews_study.BASIS_DEGREE_ARMS} | {"chebyshev2"}
+    assert set(layers) == {name[4:] for name in agnews_plan.BASIS_DEGREE_ARMS} | {"chebyshev2"}
     refs = {name: kan_layer.same_degree_reference(name, kw, layers) for name, (kw, _) in layers.items()}
     assert refs["jacobi_deg3"] == refs["gegenbauer_deg3"] == refs["legendre_deg3"] == "chebyshev2_deg3"
     assert refs["fibonacci_deg4"] == "chebyshev2_deg3"  # F_4 is a cubic
