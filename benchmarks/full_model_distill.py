@@ -42,7 +42,9 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    MT-Bench conversations (per window / conversation, for bootstraps); BBH 3-shot answer-only exact
    match on the first --bbh_limit (30) questions of each of the 27 tasks (`eval.py --tasks bbh`); the
    five shared multiple-choice sets in full (--mc_limit 0).
-Then benchmarks/full_model_distill_report.py writes the report from the records.
+Then benchmarks/full_model_distill_report.py writes the report from the records (its statistics:
+full_model_distill_stats.py). The blocks, arms, budgets and the units still to do are
+full_model_distill_plan.py's; how a judged model is scored (steps 5 and bbh_floor), full_model_distill_eval.py's.
 
 Time on the 2-core CPU (the committed records, 2026-12-02; "Time" in the report): `--quick` takes 2.5 min
 (the slow test in tests/test_full_model_distill.py runs it). The default run: record 7 min; 10 fit units
@@ -59,7 +61,6 @@ import argparse
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -68,78 +69,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import full_model_distill_eval as judge  # noqa: E402  (how a whole model is scored; imports nothing heavy)
+from full_model_distill_plan import (  # noqa: E402  (the blocks, arms, budgets and units)
+    ARMS, FIT_STEPS, LRS, OPTIONAL_ARMS, SOURCES, arm_spec, earlier_fit, pending, settings)
 
-LAYERS = (25, 26, 27, 28, 29)
-# configs/full_kan_reinit.py's KAN MLP (the other fields: KANSpec defaults; center spelled out, as the
-# records were made before centring became the default)
-_KAN = {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "tanh", "param_match": "width",
-        "init": "random", "center": "none"}
-ARMS = {"linear": None, "kan": _KAN}
-OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardise, then tanh
-                 "kan_legendre3": {**_KAN, "basis": "legendre", "degree": 3}}
-SEQ_LEN = 256
-SOURCES = {"tinyshakespeare": 160, "wikitext2_valid": 160, "ag_news_train": 160, "fastchat": 160}  # windows
-FIT_STEPS, FIT_BATCH, LRS = 400, 1024, (1e-3, 3e-3, 1e-2, 3e-2)  # linear's val error still fell at 1e-2
-PPL_WINDOWS, PPL_SEQ_LEN = 48, 1024
-MC_TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "copa", "winogrande")
-QUICK = {"layers": (4, 5), "num_layers": 6, "seq_len": 64, "windows": 8, "fit_steps": 20, "fit_batch": 256,
-         "lrs": (3e-3, 1e-2), "ppl_windows": 2, "ppl_seq_len": 128, "chat": 3, "bbh_tasks": ("bbh_boolean_expressions",
-         "bbh_sports_understanding"), "bbh_limit": 2, "mc_limit": 4, "finetune_steps": 2}
-CHAT_MT_BENCH = "mt_bench_with_gpt4_reference_messages.jsonl"
 CHAT_FASTCHAT = "fastchat_dummy_conversation_messages.jsonl"
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-def settings(args) -> dict:
-    """The budget this run uses (QUICK overrides for --quick; command-line values win)."""
-    s = {"layers": LAYERS, "num_layers": 0, "seq_len": SEQ_LEN, "windows": None, "fit_steps": FIT_STEPS,
-         "fit_batch": FIT_BATCH, "lrs": LRS, "ppl_windows": PPL_WINDOWS, "ppl_seq_len": PPL_SEQ_LEN, "chat": None,
-         "bbh_tasks": ("bbh",), "bbh_limit": args.bbh_limit, "mc_limit": args.mc_limit,
-         "finetune_steps": args.finetune_steps}
-    if args.quick:
-        s.update(QUICK)
-    if args.fit_steps:
-        s["fit_steps"] = args.fit_steps
-    if args.lrs:
-        s["lrs"] = tuple(float(v) for v in args.lrs.split(","))
-    s["arms"] = tuple(a for a in args.arms.split(",") if a)
-    for arm in s["arms"]:
-        if arm not in ARMS and arm not in OPTIONAL_ARMS:
-            raise ValueError(f"--arms: unknown arm {arm!r}; known: {', '.join(list(ARMS) + list(OPTIONAL_ARMS))}")
-    return s
-
-
-def arm_spec(arm: str):
-    from kanjax.kanify import KANSpec
-
-    spec = {**ARMS, **OPTIONAL_ARMS}[arm]
-    return None if spec is None else KANSpec.from_dict(spec)
-
-
-def models(args, s) -> list[str]:
-    """The judged models: the pretrained reference, then each arm (+ its _seq / _ft variants)."""
-    out = ["reference"] + list(s["arms"])
-    if args.sequential:
-        out += [f"{a}_seq" for a in s["arms"]]
-    if s["finetune_steps"]:
-        out += [f"{a}_ft" for a in s["arms"]]
-    return out
-
-
-def plan(args, s) -> list[str]:
-    """Units in dependency order; the cheap comparisons come before the long benchmark runs."""
-    units = ["record"] + [f"fit__{a}__L{k}" for a in s["arms"] for k in s["layers"]]
-    if args.sequential:
-        units += [f"seqfit__{a}__L{k}" for a in s["arms"] for k in s["layers"][1:]]
-    if s["finetune_steps"]:
-        units += [f"finetune__{a}" for a in s["arms"]]
-    judged = models(args, s)
-    units += [f"firsttoken__{a}" for a in s["arms"]] + ["bbh_floor"]
-    units += [f"insitu__{m}" for m in judged if m != "reference"]
-    units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged]
-    return [u for u in units if not args.only or re.search(args.only, u)]
 
 
 # ----------------------------------------------------------------------------- data
@@ -286,23 +220,6 @@ def run_record(args, s) -> dict:
             "record_seconds": manifest["seconds"], "splits": {k: len(v) for k, v in recording(args).splits.items()}}
 
 
-def earlier_fit(args, s, unit: str) -> dict | None:
-    """The unit's record from a run with the same fit budget, whose lrs (with saved parameters) a wider
-    grid keeps instead of refitting; None if there is none."""
-    path = Path(args.records) / f"{unit}.json"
-    if not path.is_file():
-        return None
-    r = json.loads(path.read_text())
-    same = r["fit"]["steps"] == s["fit_steps"] and r["fit"]["batch_tokens"] == s["fit_batch"]
-    return r if same else None
-
-
-def missing_lrs(args, s, unit: str) -> list[float]:
-    """The grid's lrs that the unit's record does not hold yet (all of them if there is no record)."""
-    r = earlier_fit(args, s, unit)
-    return [lr for lr in s["lrs"] if r is None or f"{lr:g}" not in r["lrs"]]
-
-
 def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
     """Fit a fresh replacement at every lr of the grid on (x, y) (lrs an earlier record of the same
     budget already holds are kept, not refitted); save each; choose by val error."""
@@ -374,25 +291,6 @@ def run_finetune(args, s, arm: str) -> dict:
     return {"arm": arm, "lr": args.finetune_lr, "steps": cfg.steps, "batch_windows": args.finetune_batch, **info}
 
 
-def run_bbh_floor(args, s) -> dict:
-    """What BBH gives with no model: per task, always answering the task's most frequent target (over all
-    its rows), scored on the judged questions -> {"tasks": {name: {"n", "answer", "correct"}}}."""
-    import collections
-
-    from kanjax import bbh
-
-    names = bbh.task_names() if tuple(s["bbh_tasks"]) == ("bbh",) else s["bbh_tasks"]
-    out = {"tasks": {}}
-    for name in names:
-        rows, _ = bbh.load_rows(name, data_dir=Path(args.data_dir) / "bbh")
-        answer = collections.Counter(str(r["target"]).strip() for r in rows).most_common(1)[0][0]
-        judged = rows[:s["bbh_limit"]] if s["bbh_limit"] else rows
-        out["tasks"][name] = {"n": len(judged), "answer": answer,
-                              "correct": "".join("1" if bbh.is_correct(answer, str(r["target"])) else "0"
-                                                 for r in judged)}
-    return out
-
-
 def run_first_token(args, s, arm: str) -> dict:
     """The kept fits' test errors split into each window's first token and the rest (see distill.fit_errors)."""
     from kanjax import distill
@@ -416,100 +314,17 @@ def run_insitu(args, s, name: str) -> dict:
 
 
 def run_eval(args, s, part: str, name: str) -> dict:
-    tok = tokenizer(args)
-    model = judged_model(args, s, name)
-    out = {"model": name, "part": part}
+    """One judged model's perplexities ("ppl"), BBH ("bbh") or multiple-choice sets ("mc")."""
+    tok, model, data_dir = tokenizer(args), judged_model(args, s, name), Path(args.data_dir)
     if part == "ppl":
-        out.update(perplexities(args, s, model, tok))
+        out = judge.perplexities(model, tok, data_dir, workdir(args) / "chat_split", s)
     elif part == "bbh":
-        from kanjax import eval_models
-
-        res = eval_models.run(model, tok, s["bbh_tasks"], bbh_dir=Path(args.data_dir) / "bbh",
-                              limit=s["bbh_limit"] or None, gen_batch_size=args.gen_batch_size, progress=False)
-        out["tasks"] = {k: {"n": v["n"], "exact_match": v["exact_match"], "correct": v["correct"],
-                            "answers": [p["answer"] for p in v["predictions"]], "seconds": v["seconds"]}
-                        for k, v in res["tasks"].items()}
-        out["exact_match"] = res["groups"]["bbh"]["exact_match"]
+        out = judge.bbh(model, tok, data_dir, s, args.gen_batch_size)
     else:
-        from full_model_study import per_question
-
-        from kanjax import eval_models
-
-        res = eval_models.run(model, tok, MC_TASKS, data_dir=Path(args.data_dir) / "mc_benchmarks",
-                              limit=s["mc_limit"] or None, batch_size=args.batch_size, progress=False)
-        out["tasks"] = {k: {**{m: v[m] for m in ("n", "acc", "acc_norm", "seconds")}, **per_question(v)}
-                        for k, v in res["tasks"].items()}
-    return out
+        out = judge.multiple_choice(model, tok, data_dir, s, args.batch_size)
+    return {"model": name, "part": part, **out}
 
 
-def perplexities(args, s, model, tok) -> dict:
-    """Negative log-likelihood sums and token counts per WikiText-2 test window and per MT-Bench
-    conversation (assistant turns only, each conversation whole), for bootstraps over them."""
-    import numpy as np
-
-    from full_model_study import chat_split
-
-    from kanjax import data_arrays, evaluate
-
-    prefix = evaluate.prefix_token_id(tok)
-    windows = _wikitext_windows(Path(args.data_dir) / "text" / "wikitext2_test.txt", tok, s["ppl_seq_len"],
-                                s["ppl_windows"])
-    rows = [(np.concatenate([[prefix], w]).astype(np.int32), np.concatenate([[0], np.ones(len(w))]).astype(bool))
-            for w in windows]
-    wiki = masked_nll(model, rows)
-    chat_dir = Path(args.data_dir) / "chat"
-    lines = [l for l in (chat_dir / CHAT_MT_BENCH).read_text().splitlines() if l.strip()]
-    held_v1 = set((chat_split(chat_dir, workdir(args) / "chat_split") / "validation.jsonl").read_text().splitlines())
-    convs = [json.loads(l)["messages"] for l in lines][:s["chat"]]
-    ids, masks, stats = data_arrays.encode_chat(tok, convs, seq_len=8192)
-    if stats["truncated"] or stats["dropped"]:
-        raise ValueError(f"MT-Bench conversations truncated or dropped: {stats}")
-    chat = masked_nll(model, list(zip(ids, masks)))
-    return {"wikitext": {"windows": len(windows), "seq_len": s["ppl_seq_len"], **wiki},
-            "mt_bench": {**chat, "v1_heldout": [l in held_v1 for l in lines[:len(convs)]]}}
-
-
-@functools.cache
-def _wikitext_windows(path: Path, tok, seq_len: int, count: int):
-    """The WikiText-2 test windows, encoded once per process and tokenizer (every judged model reads them)."""
-    from kanjax import data_arrays, distill
-
-    return distill.token_windows(data_arrays.encode_text(tok, [path.read_text()]), seq_len, count)
-
-
-@functools.cache
-def _row_nll():
-    """One jitted scorer for the whole process: models of one structure (the reference, the spliced
-    linear ones, the fine-tuned ones) reuse its compilations instead of compiling per call."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    @nnx.jit
-    def score(model, ids, attn, target_mask):
-        logp = jax.nn.log_softmax(model(ids, attn)[:, :-1].astype(jnp.float32))
-        tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-        return -jnp.sum(jnp.where(target_mask[:, 1:], tok, 0.0))
-
-    return score
-
-
-def masked_nll(model, rows, bucket: int = 256) -> dict:
-    """rows [(ids (m,), mask (m,))]: Σ −log p(ids[j] | ids[:j]) over the positions j ≥ 1 with mask[j],
-    each row scored alone (padded on the right to a multiple of `bucket`) -> {"nll": [...], "tokens": [...]}."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    score = _row_nll()
-    nll, tokens = [], []
-    for ids, mask in rows:
-        width = -(-len(ids) // bucket) * bucket
-        padded = np.zeros((1, width), np.int32)
-        attn, tmask = np.zeros((1, width), np.int32), np.zeros((1, width), bool)
-        padded[0, :len(ids)], attn[0, :len(ids)], tmask[0, :len(ids)] = ids, 1, mask
-        nll.append(float(score(model, jnp.asarray(padded), jnp.asarray(attn), jnp.asarray(tmask))))
-        tokens.append(int(np.asarray(mask)[1:].sum()))
-    return {"nll": nll, "tokens": tokens}
 
 
 def run_unit(args, unit: str) -> dict:
@@ -530,7 +345,7 @@ def run_unit(args, unit: str) -> dict:
     elif kind == "finetune":
         out = run_finetune(args, s, rest[0])
     elif kind == "bbh_floor":
-        out = run_bbh_floor(args, s)
+        out = judge.bbh_floor(Path(args.data_dir), s)
     elif kind == "firsttoken":
         out = run_first_token(args, s, rest[0])
     elif kind == "insitu":
@@ -598,24 +413,6 @@ def parse_args(argv=None):
         args.sequential = True
         args.in_process = args.in_process or not args.subprocess
     return args
-
-
-def pending(args, s) -> list[str]:
-    """The plan's units without a record, and fit units whose record lacks an lr of the grid. Records
-    of units built on a fit that a wider grid may change (in situ, evaluations of that arm) stop the
-    run: they would no longer describe the fit that is kept."""
-    records = Path(args.records)
-    units = plan(args, s)
-    todo = [u for u in units if not (records / f"{u}.json").exists()
-            or (u.startswith(("fit__", "seqfit__")) and missing_lrs(args, s, u))]
-    widened = {u.split("__")[1] for u in todo if u.startswith(("fit__", "seqfit__")) and (records / f"{u}.json").exists()}
-    stale = [u for u in units if u.startswith(("firsttoken__", "insitu__", "eval_", "finetune__"))
-             and (records / f"{u}.json").exists()
-             and re.sub(r"_(seq|ft)$", "", u.split("__")[1]) in widened]
-    if stale:
-        raise SystemExit(f"--lrs widens the fits of {', '.join(sorted(widened))}, but these records were made from "
-                         f"the narrower fits: {', '.join(stale)}. Delete them from {records} to redo them.")
-    return todo
 
 
 def main(argv=None) -> None:

@@ -11,7 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import full_model_distill as study  # noqa: E402
+import full_model_distill_plan as plan_lib  # noqa: E402
 import full_model_distill_report as report  # noqa: E402
+import full_model_distill_stats as stats  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -41,7 +43,7 @@ def fake_records(folder: Path, *, kan_rel=0.30, lin_rel=0.30, kan_bbh=None, n_q=
                                "test": _errors(rel + d)} for lr, d in ((1e-3, 0.05), (1e-2, 0.0))}
             units[f"fit__{arm}__L{k}"] = {"kind": "fit", "arm": arm, "layer": k, "lrs": lrs, "best_lr": 1e-2,
                                           "params": 1000, "width": 48 if arm == "linear" else 16,
-                                          "fit": {"steps": study.FIT_STEPS, "batch_tokens": study.FIT_BATCH,
+                                          "fit": {"steps": plan_lib.FIT_STEPS, "batch_tokens": plan_lib.FIT_BATCH,
                                                   "train_tokens": 896}}
         units[f"firsttoken__{arm}"] = {"kind": "firsttoken", "arm": arm, "blocks": {str(k): {
             "err2": [10.0 if arm == "linear" else 91.0] * 10, "y2": [100.0] * 10,
@@ -51,7 +53,7 @@ def fake_records(folder: Path, *, kan_rel=0.30, lin_rel=0.30, kan_bbh=None, n_q=
                                    "blocks": {str(k): {"mlp_err2": [1.0, 2.0], "y2": [10.0, 10.0],
                                                        "h_err2": [0.5, 0.5], "h2": [100.0, 100.0]} for k in (25, 26)}}
     lin_bits = {f"bbh_t{i}": _bits(0.3, n_q) for i in range(3)}
-    mc_bits = {t: _bits(0.5, 60) for t in report.MC_TASKS}
+    mc_bits = {t: _bits(0.5, 60) for t in stats.MC_TASKS}
     units["bbh_floor"] = {"kind": "bbh_floor", "tasks": {t: {"n": n_q, "answer": "x", "correct": b}
                                                           for t, b in lin_bits.items()}}
     for model in ("reference", "linear", "kan"):
@@ -81,12 +83,12 @@ def test_report_from_made_up_records(tmp_path):
                    "linear − reference", "One seed per arm", "How this differs from the original", "## Time"):
         assert needle in text, needle
     # Identical arms on every measure: every interval of a difference is [0, 0] except fit noise.
-    word, why = report.verdict(report.load(tmp_path / "records"))
+    word, why = report.verdict(stats.load(tmp_path / "records"))
     assert word in ("matches", "inconclusive") and "BBH: KAN − linear +0.0 pt [+0.0, +0.0]" in why
 
 
 def test_insitu_comparisons_say_whether_sequential_fitting_helps(tmp_path):
-    R = report.load(fake_records(tmp_path / "records"))
+    R = stats.load(fake_records(tmp_path / "records"))
     assert "kan − linear: 0.009 − 0.009 = +0.000" in report.insitu_comparisons(R)
     assert "was not run" in report.insitu_comparisons(R)
     windows = 40
@@ -103,7 +105,7 @@ def test_insitu_comparisons_say_whether_sequential_fitting_helps(tmp_path):
 
 
 def test_first_token_table_splits_the_error(tmp_path):
-    R = report.load(fake_records(tmp_path / "records"))
+    R = stats.load(fake_records(tmp_path / "records"))
     # 90% of ‖y‖² at first tokens; kan misses them entirely (error 1.0 there) and equals linear elsewhere
     assert "| 25 | 90% | 0.316 / 0.316 | 1.000 / 0.316 | +0.000 [+0.000, +0.000] |" in report.first_token_table(
         R, ["linear", "kan"])
@@ -112,8 +114,8 @@ def test_first_token_table_splits_the_error(tmp_path):
 
 
 def test_bbh_floor_row_and_paired_difference(tmp_path):
-    R = report.load(fake_records(tmp_path / "records", kan_bbh=0.9))  # the floor answers as linear does
-    names = report.judged(R)
+    R = stats.load(fake_records(tmp_path / "records", kan_bbh=0.9))  # the floor answers as linear does
+    names = stats.judged(R)
     assert "| no model: each BBH task's most frequent answer |" in report.benchmark_table(R, names)
     text = report.bbh_floor_text(R, names)
     assert "linear +0.0 [+0.0, +0.0]" in text and "reference +0.0 [+0.0, +0.0]" in text
@@ -125,19 +127,19 @@ def test_bbh_floor_row_and_paired_difference(tmp_path):
 
 
 def test_verdict_rules(tmp_path):
-    worse_fit = report.load(fake_records(tmp_path / "a", kan_rel=0.6))
+    worse_fit = stats.load(fake_records(tmp_path / "a", kan_rel=0.6))
     assert report.verdict(worse_fit)[0] == "does not match"
-    same = report.load(fake_records(tmp_path / "b", kan_rel=0.3, lin_rel=0.3))
+    same = stats.load(fake_records(tmp_path / "b", kan_rel=0.3, lin_rel=0.3))
     _, diffs = report.fit_table(same, ["linear", "kan"])
     assert all(abs(d) < report.FIT_MARGIN for d, _, _ in diffs["kan"].values())
-    noisy = report.load(fake_records(tmp_path / "c", kan_bbh=0.35, n_q=20))
-    d = report.paired(noisy, "kan", "linear")
+    noisy = stats.load(fake_records(tmp_path / "c", kan_bbh=0.35, n_q=20))
+    d = stats.paired(noisy, "kan", "linear")
     assert d["bbh"][1] < -report.BBH_MARGIN or d["bbh"][2] > report.BBH_MARGIN  # 60 questions: a wide interval
     assert report.verdict(noisy)[0] in ("inconclusive", "does not match")
-    worse_ppl = report.load(fake_records(tmp_path / "d", kan_ppl=1.5))
-    d = report.paired(worse_ppl, "kan", "linear")
+    worse_ppl = stats.load(fake_records(tmp_path / "d", kan_ppl=1.5))
+    d = stats.paired(worse_ppl, "kan", "linear")
     assert d["wikitext"][1] > report.PPL_MARGIN and report.verdict(worse_ppl)[0] == "does not match"
-    partial = report.load(fake_records(tmp_path / "e"))
+    partial = stats.load(fake_records(tmp_path / "e"))
     del partial["eval_bbh__kan"]
     assert report.verdict(partial)[0] == "not measured yet"
 
@@ -145,50 +147,50 @@ def test_verdict_rules(tmp_path):
 def test_wider_lr_grid_refits_only_new_lrs_and_refuses_stale_downstream_records(tmp_path):
     records = fake_records(tmp_path / "records")  # fits at lrs 1e-3, 1e-2 for blocks 25, 26
     args = study.parse_args(["--records", str(records), "--workdir", str(tmp_path / "work"), "--lrs", "1e-3,1e-2,3e-2"])
-    s = study.settings(args)
-    assert study.missing_lrs(args, s, "fit__kan__L25") == [3e-2]
-    assert study.missing_lrs(args, s, "fit__kan__L27") == [1e-3, 1e-2, 3e-2]  # no record
+    s = plan_lib.settings(args)
+    assert plan_lib.missing_lrs(args, s, "fit__kan__L25") == [3e-2]
+    assert plan_lib.missing_lrs(args, s, "fit__kan__L27") == [1e-3, 1e-2, 3e-2]  # no record
     with pytest.raises(SystemExit, match="insitu__kan") as err:
-        study.pending(args, s)
+        plan_lib.pending(args, s)
     assert "eval_bbh__reference" not in str(err.value)  # the pretrained model depends on no fit
     for p in records.glob("*.json"):
         if p.stem.startswith(("firsttoken__", "insitu__", "eval_")) and not p.stem.endswith("reference"):
             p.unlink()
-    todo = study.pending(args, s)
+    todo = plan_lib.pending(args, s)
     assert "fit__kan__L25" in todo and "fit__linear__L26" in todo and "eval_bbh__reference" not in todo
     narrow = study.parse_args(["--records", str(records), "--workdir", str(tmp_path / "work"), "--lrs", "1e-3,1e-2"])
-    assert "fit__kan__L25" not in study.pending(narrow, study.settings(narrow))
+    assert "fit__kan__L25" not in plan_lib.pending(narrow, plan_lib.settings(narrow))
 
 
 def test_bootstrap_helpers():
     g = [np.stack([np.ones(50), np.zeros(50)]), np.stack([np.zeros(30), np.zeros(30)])]
-    boot = report.stratified_boot(g, 200)
+    boot = stats.stratified_boot(g, 200)
     assert boot.shape == (200, 2) and np.allclose(boot[:, 0], 50.0) and np.allclose(boot[:, 1], 0.0)
-    p = report.ppl_boot([[2.0, 2.0], [4.0, 4.0]], [[2, 2], [2, 2]], 100)
+    p = stats.ppl_boot([[2.0, 2.0], [4.0, 4.0]], [[2, 2], [2, 2]], 100)
     assert np.allclose(p[:, 0], np.e) and np.allclose(p[:, 1], np.e ** 2)
-    r = report.rel_err_boot([[1.0, 1.0]], [[4.0, 4.0]], 50)
+    r = stats.rel_err_boot([[1.0, 1.0]], [[4.0, 4.0]], 50)
     assert np.allclose(r, 0.5)
-    assert report.rule(-1, 1, 2) == "matches" and report.rule(3, 5, 2) == "does not match"
-    assert report.rule(-3, 1, 2) == "inconclusive"
+    assert stats.rule(-1, 1, 2) == "matches" and stats.rule(3, 5, 2) == "does not match"
+    assert stats.rule(-3, 1, 2) == "inconclusive"
 
 
 def test_plan_and_settings():
     args = study.parse_args(["--sequential", "--finetune_steps", "5"])
-    s = study.settings(args)
-    units = study.plan(args, s)
+    s = plan_lib.settings(args)
+    units = plan_lib.plan(args, s)
     assert units[0] == "record" and "fit__kan__L29" in units and "seqfit__linear__L26" in units
     assert "seqfit__linear__L25" not in units and "finetune__kan" in units
-    assert study.models(args, s) == ["reference", "linear", "kan", "linear_seq", "kan_seq", "linear_ft", "kan_ft"]
+    assert plan_lib.models(args, s) == ["reference", "linear", "kan", "linear_seq", "kan_seq", "linear_ft", "kan_ft"]
     evals = [u for u in units if u.startswith("eval_")]
     assert evals[0] == "eval_ppl__reference" and evals[-1] == "eval_mc__kan_ft"
     assert units.index("insitu__kan_seq") < units.index("eval_ppl__reference")
-    assert s["lrs"] == study.LRS and s["bbh_limit"] == 30 and s["mc_limit"] == 0
+    assert s["lrs"] == plan_lib.LRS and s["bbh_limit"] == 30 and s["mc_limit"] == 0
     assert args.records.endswith("benchmarks/results/full_model_distill_runs")
     quick = study.parse_args(["--quick"])
-    assert "runs/full_model_distill_quick" in quick.records and study.settings(quick)["layers"] == (4, 5)
+    assert "runs/full_model_distill_quick" in quick.records and plan_lib.settings(quick)["layers"] == (4, 5)
     with pytest.raises(ValueError, match="unknown arm"):
-        study.settings(study.parse_args(["--arms", "linear,kann"]))
-    assert study.arm_spec("kan").param_match == "width" and study.arm_spec("linear") is None
+        plan_lib.settings(study.parse_args(["--arms", "linear,kann"]))
+    assert plan_lib.arm_spec("kan").param_match == "width" and plan_lib.arm_spec("linear") is None
 
 
 @pytest.mark.slow
@@ -199,9 +201,9 @@ def test_quick_run_writes_records_and_report(tmp_path, shared_data, smollm2_gguf
                 "--workdir", str(tmp_path / "work"), "--data_dir", str(shared_data)])
     units = {p.stem for p in (tmp_path / "records").glob("*.json")}
     args = study.parse_args(["--quick", "--sequential"])
-    assert units == set(study.plan(args, study.settings(args))), sorted(units)
+    assert units == set(plan_lib.plan(args, plan_lib.settings(args))), sorted(units)
     text = (tmp_path / "full_model_distill_quick.md").read_text()
     assert "## Verdict" in text and "(--quick: not results)" in text and "first token / other tokens" in text
     bbh = json.loads((tmp_path / "records" / "eval_bbh__kan.json").read_text())
-    assert set(bbh["tasks"]) == set(study.QUICK["bbh_tasks"]) and all(t["n"] == 2 for t in bbh["tasks"].values())
+    assert set(bbh["tasks"]) == set(plan_lib.QUICK["bbh_tasks"]) and all(t["n"] == 2 for t in bbh["tasks"].values())
     print(f"--quick --sequential took {time.perf_counter() - t0:.0f} s")
