@@ -138,12 +138,15 @@ def resolved_config(arm: Arm, flags: dict) -> dict:
 
 def training_key(config: dict) -> str:
     """What decides a run's training, whatever its phase or its arm's name: the whole resolved
-    config but the folders and the diagnostics (which read the model, never change it)."""
+    config but the folders, the diagnostics (which read the model, never change it) and, for a model
+    without KAN layers (kan.targets empty), the KAN settings."""
     c = json.loads(json.dumps(config))
     c.pop("workdir", None)
     c["data"].pop("cache_dir", None)
     c["train"].pop("diagnostics_every", None)
     c.pop("checkpoint", None)  # resume is exact: how often a run saves never changes what it learns
+    if not c.get("kan", {}).get("targets"):  # no KAN layer: the rest of the kan section is never read
+        c["kan"] = {"targets": []}
     return json.dumps(c, sort_keys=True)
 
 

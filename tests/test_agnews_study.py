@@ -31,6 +31,18 @@ def test_an_older_record_of_the_same_training_is_reused_and_a_different_one_is_n
     other = next(a for a in plan_lib.TUNE if a.name == "kan_chebyshev2_lr0.003")
     assert study.same_run(args, "tune", other, 0, plan_lib.run_overrides("tune", other, 0, args, {})) is None
     assert study.same_run(args, "tune", arm, 1, plan_lib.run_overrides("tune", arm, 1, args, {})) is None
+    # A linear model reads no KAN setting: a grid record made before centring became the default is the
+    # study's linear run; a KAN arm whose centring differs is not.
+    lin = next(a for a in plan_lib.TUNE if a.name == "linear_lr0.001")
+    lin_flags = plan_lib.run_overrides("tune", lin, 0, args, {})
+    old_lin = study.resolved_config(lin, {**lin_flags, "kan.center": "none"})
+    (folder / "linear_lr0.001__seed0.json").write_text(json.dumps(
+        {"name": "linear_lr0.001", "seed": 0, "config": "configs/linear.py", "resolved_config": old_lin}))
+    study_lin = next(a for a in plan_lib.STUDY if a.name == "linear")
+    flags = plan_lib.run_overrides("study", study_lin, 0, args, {"linear": 1e-3})
+    assert study.same_run(args, "study", study_lin, 0, flags) == folder / "linear_lr0.001__seed0.json"
+    assert study.same_run(args, "tune", arm, 0, {**plan_lib.run_overrides("tune", arm, 0, args, {}),
+                                                 "kan.center": "none"}) is None
 
 
 def test_the_budget_holds_at_least_90_percent_of_the_texts_whole(shared_data):
