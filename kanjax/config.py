@@ -14,7 +14,7 @@ import json
 import jax.numpy as jnp
 import ml_collections
 
-from kanjax.kanify import KANSpec
+from kanjax.kan_spec import KANSpec
 
 TASK_PAIRS = {"classify": ("classify",), "causal_lm": ("chat", "text")}
 PARAM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -33,7 +33,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from kanjax import hf_gguf, hf_kan, hf_names
+from kanjax import hf_folder, hf_gguf, hf_kan, hf_names
 from kanjax.config import InputError
 from kanjax.hf_names import LEAF_CODECS, LeafCodec, expected_hf_shapes, hf_name, to_hf_tensors  # noqa: F401
 from kanjax.hf_gguf import gguf_tokenizer, smollm2_gguf_path  # noqa: F401  (public names of this module)
@@ -47,12 +47,6 @@ TASKS = {"causal_lm": LlamaForCausalLM, "classify": LlamaForSequenceClassificati
 _TASK_HEAD = {"causal_lm": "lm_head.", "classify": "score."}
 # Buffers older transformers versions saved; never parameters.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-# Files save_pretrained replaces; anything else in an existing target folder is kept.
-_STALE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin*",
-                   "config.json", "generation_config.json", *hf_kan.EXPORT_FILES)
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                    "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
-                    "chat_template.jinja", "chat_template.json")
 
 
 class CheckpointFileError(InputError):
@@ -259,7 +253,7 @@ def _resolve_folder(path_or_hub_id: str | os.PathLike) -> Path:
         return Path(snapshot_download(
             str(path_or_hub_id),
             allow_patterns=["config.json", "generation_config.json", "*.safetensors",
-                            "model.safetensors.index.json", *_TOKENIZER_FILES]))
+                            "model.safetensors.index.json", *hf_folder.TOKENIZER_FILES]))
     except Exception as e:  # offline, unknown repo, no huggingface_hub: same advice for all
         raise HubUnavailableError(
             f"{str(path_or_hub_id)!r} is not a local folder and could not be fetched from the "
@@ -334,58 +328,6 @@ def abstract_model(hf_config: Mapping, *, task: str, dtype=jnp.float32, param_dt
     return model if spec is None else hf_kan.attach_spec(model, spec)
 
 
-def _generation_config(config) -> dict:
-    ids = {k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    return {"_from_model_config": True, **{k: v for k, v in ids.items() if v is not None}}
-
-
-def _write_tokenizer(tokenizer, folder: Path) -> None:
-    if hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(str(folder))
-        return
-    src = Path(tokenizer)
-    names = [n for n in _TOKENIZER_FILES if (src / n).is_file()]
-    if not names:
-        raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {src}")
-    for n in names:
-        shutil.copy2(src / n, folder / n)
-
-
-def _swap_into_place(staged: Path, target: Path) -> None:
-    """Replace `target` by the fully written `staged` folder with renames only.
-
-    Files in an existing target that this save does not produce (a README, logs, other
-    subfolders) are moved into the new folder; stale weights/configs are dropped.
-    """
-    if not target.exists():
-        os.replace(staged, target)
-        return
-    if not target.is_dir():
-        raise NotADirectoryError(f"{target} exists and is not a folder")
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    backup.rmdir()
-    os.replace(target, backup)
-    try:
-        os.replace(staged, target)
-    except BaseException:
-        os.replace(backup, target)  # put the old folder back
-        raise
-    stale = {p.name for pat in _STALE_PATTERNS for p in backup.glob(pat)}
-    for p in backup.iterdir():
-        if p.name not in stale and not (target / p.name).exists():
-            os.replace(p, target / p.name)
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _public_permissions(folder: Path) -> None:
-    """mkdtemp makes a 0700 folder: give it and its files the modes the umask grants new ones."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
-
-
 def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, *,
                     dtype=None, vocab: dict | None = None) -> Path:
     """Write an HF checkpoint folder that `transformers.AutoModelForCausalLM` loads cleanly.
@@ -416,11 +358,11 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
         if kan:
             hf_kan.write_remote_code(staged)
         (staged / "generation_config.json").write_text(
-            json.dumps(_generation_config(model.config), indent=2))
+            json.dumps(hf_folder.generation_config(model.config), indent=2))
         if tokenizer is not None:
-            _write_tokenizer(tokenizer, staged)
-        _public_permissions(staged)
-        _swap_into_place(staged, target)
+            hf_folder.write_tokenizer(tokenizer, staged)
+        hf_folder.public_permissions(staged)
+        hf_folder.swap_into_place(staged, target)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return target
