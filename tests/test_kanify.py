@@ -174,23 +174,6 @@ def test_param_ratio_halves_the_projection_parameters():
         KANSpec(targets=("all",), param_ratio=1.5)
 
 
-def test_spec_errors_name_the_field():
-    with pytest.raises(ValueError, match="kan.targets: unknown target 'ffn'"):
-        KANSpec(targets=("ffn",))
-    with pytest.raises(ValueError, match="kan.strategy"):
-        KANSpec(targets=("all",), strategy="stacked")
-    with pytest.raises(ValueError, match="kan.layers"):
-        KANSpec(targets=("all",), layers="first:2")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['degre'\]"):
-        KANSpec.from_dict({"targets": ["all"], "degre": 3})
-    with pytest.raises(ValueError, match="param_match"):
-        KANSpec(targets=("all",), init="from_linear", param_match="width")
-    with pytest.raises(ValueError, match="outside a 3-block model"):
-        KANSpec(targets=("all",), layers=[5]).layer_indices(3)
-    with pytest.raises(ValueError):
-        KANSpec(targets=("all",), basis="wavelet")
-
-
 @pytest.mark.slow
 def test_from_linear_on_real_smollm2_keeps_logits_and_answer(smollm2_gguf, tokenizer, record_property):
     from kanjax.generate import chat_prompt, generate
