@@ -21,8 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -346,25 +344,18 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
     file written here, not the private ones of the temp folder they are staged in.
     """
     target = Path(path).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_tensors(model, dtype)
     file_dtype = dtype if dtype is not None else next(iter(tensors.values())).dtype
     config = model_config_dict(model, file_dtype, vocab)
-    kan = hf_kan.is_kan_model(model)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with hf_folder.staged(target) as staged:
         save_file(tensors, str(staged / "model.safetensors"), metadata={"format": "pt"})
         (staged / "config.json").write_text(json.dumps(config, indent=2))
-        if kan:
+        if hf_kan.is_kan_model(model):
             hf_kan.write_remote_code(staged)
         (staged / "generation_config.json").write_text(
             json.dumps(hf_folder.generation_config(model.config), indent=2))
         if tokenizer is not None:
             hf_folder.write_tokenizer(tokenizer, staged)
-        hf_folder.public_permissions(staged)
-        hf_folder.swap_into_place(staged, target)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     return target
 
 

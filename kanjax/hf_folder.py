@@ -5,10 +5,12 @@ good folder; files of the old folder that the save does not produce (a README, l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from kanjax import hf_kan
 
@@ -70,3 +72,18 @@ def public_permissions(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for f in folder.iterdir():
         f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
+
+
+@contextlib.contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A sibling temp folder to write `target`'s files into; when the block ends without an error
+    it gets the usual permissions and replaces `target` (`swap_into_place`). Removed either way:
+    a failed write leaves `target` as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield folder
+        public_permissions(folder)
+        swap_into_place(folder, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
