@@ -55,16 +55,33 @@ def smollm2_gguf():
 
 
 @pytest.fixture(scope="session")
-def smollm2_hf_dir(tmp_path_factory, smollm2_gguf, tokenizer_dir) -> Path:
+def smollm2_hf_dir(tmp_path_factory, worker_id, smollm2_gguf, tokenizer_dir) -> Path:
     """The GGUF converted ONCE per session, by transformers, into a plain HF checkpoint folder
-    (config.json, float32 model.safetensors, SmolLM2 tokenizer files)."""
+    (config.json, float32 model.safetensors, SmolLM2 tokenizer files). Read only.
+
+    Under xdist the workers share it (~27 s of conversion each, measured): the first converts it
+    into the session's common folder under a file lock, the others wait and read it."""
+    if worker_id == "master":
+        return _gguf_to_hf_folder(smollm2_gguf, tokenizer_dir, tmp_path_factory.mktemp("smollm2_hf"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "smollm2_hf"  # this session's, not the last one's
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_dir():
+            staging = shared.with_name(f"{shared.name}.{worker_id}")
+            _gguf_to_hf_folder(smollm2_gguf, tokenizer_dir, staging)
+            staging.rename(shared)  # complete or absent
+    return shared
+
+
+def _gguf_to_hf_folder(smollm2_gguf: Path, tokenizer_dir: Path, out: Path) -> Path:
     import shutil
 
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path_factory.mktemp("smollm2_hf")
+    out.mkdir(parents=True, exist_ok=True)
     model = AutoModelForCausalLM.from_pretrained(
         str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
