@@ -55,20 +55,21 @@ def smollm2_gguf():
 
 
 @pytest.fixture(scope="session")
-def smollm2_hf_dir(tmp_path_factory, worker_id, smollm2_gguf, tokenizer_dir) -> Path:
+def smollm2_hf_dir(request, tmp_path_factory, smollm2_gguf, tokenizer_dir) -> Path:
     """The GGUF converted ONCE per session, by transformers, into a plain HF checkpoint folder
     (config.json, float32 model.safetensors, SmolLM2 tokenizer files). Read only.
 
     Under xdist the workers share it (~27 s of conversion each, measured): the first converts it
     into the session's common folder under a file lock, the others wait and read it."""
-    if worker_id == "master":
+    worker = getattr(request.config, "workerinput", {}).get("workerid")  # None without xdist workers
+    if worker is None:
         return _gguf_to_hf_folder(smollm2_gguf, tokenizer_dir, tmp_path_factory.mktemp("smollm2_hf"))
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp().parent / "smollm2_hf"  # this session's, not the last one's
     with FileLock(f"{shared}.lock"):
         if not shared.is_dir():
-            staging = shared.with_name(f"{shared.name}.{worker_id}")
+            staging = shared.with_name(f"{shared.name}.{worker}")
             _gguf_to_hf_folder(smollm2_gguf, tokenizer_dir, staging)
             staging.rename(shared)  # complete or absent
     return shared
