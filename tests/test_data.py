@@ -1,4 +1,4 @@
-"""kanjax.data on the real shared data (../shared/data): AG News, FastChat chat, tinyshakespeare."""
+"""kanjax.data and kanjax.data_sources on the real shared data (../shared/data): AG News, FastChat chat, tinyshakespeare."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from kanjax import data
+from kanjax import data, data_sources
 from kanjax.data_arrays import apply_id_map, eval_batches, make_iterator, pack
 
 
@@ -68,7 +68,7 @@ def test_error_messages(shared_data, tmp_path):
 
 
 def test_offline_hub_errors():
-    if data._hub_reachable():
+    if data_sources.hub_reachable():
         pytest.skip("the Hugging Face hub is reachable: the offline messages cannot be exercised")
     with pytest.raises(ConnectionError,
                        match=r"unreachable.*--config\.data\.path=<local folder>.*train\.csv"):
