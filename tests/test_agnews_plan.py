@@ -99,6 +99,14 @@ def test_plan_pairs_seeds_and_waits_for_tuning(tmp_path):
                  "kan_chebyshev2_nosilu", "kan_chebyshev2_half"):
         assert counts[name] >= 5, name
     assert min(counts.values()) >= 3
+    # Order: seed 0 of every arm first; then the five-seed arms one seed ahead of the three-seed ones.
+    study = [(a.name, s) for ph, a, s, _ in plan if ph == "study"]
+    first_other = min(i for i, (_, s) in enumerate(study) if s > 0)
+    assert {s for _, s in study[:first_other]} == {0} and first_other == len(counts)
+    at = {run: i for i, run in enumerate(study)}
+    five, three = [n for n, c in counts.items() if c == 5], [n for n, c in counts.items() if c == 3]
+    assert max(at[n, 2] for n in five) < min(at[n, 1] for n in three)
+    assert max(at[n, 3] for n in five) < min(at[n, 2] for n in three) < max(at[n, 4] for n in five)
     # Claim 1 is decided by the rivals whose layer is not measurably slower (kan_layer.json): they get five too.
     speed = json.loads((REPO / "benchmarks" / "results" / "kan_layer.json").read_text())["ratios_to_chebyshev2"]
     not_slower = [a for a in plan_lib.BASIS_DEGREE_ARMS if speed[a[len("kan_"):]]["lo"] <= 1.0]
