@@ -224,7 +224,7 @@ def train_step(trainer: Trainer, state: dict, batch: Mapping[str, jax.Array]) ->
         "skipped": state["skipped"] + (1 - finite.astype(jnp.int32)),
         "scale": scale,
     }
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "skipped": 1 - finite.astype(jnp.int32),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "skipped": 1 - finite.astype(jnp.int32),
                **aux}
     if scale is not None:
         metrics["loss_scale"] = scale.scale
