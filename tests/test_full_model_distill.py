@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import full_model_distill as study  # noqa: E402
 import full_model_distill_plan as plan_lib  # noqa: E402
 import full_model_distill_report as report  # noqa: E402
+import full_model_distill_tables as tables  # noqa: E402
 import full_model_distill_stats as stats  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -89,48 +90,48 @@ def test_report_from_made_up_records(tmp_path):
 
 def test_insitu_comparisons_say_whether_sequential_fitting_helps(tmp_path):
     R = stats.load(fake_records(tmp_path / "records"))
-    assert "kan − linear: 0.009 − 0.009 = +0.000" in report.insitu_comparisons(R)
-    assert "was not run" in report.insitu_comparisons(R)
+    assert "kan − linear: 0.009 − 0.009 = +0.000" in tables.insitu_comparisons(R)
+    assert "was not run" in tables.insitu_comparisons(R)
     windows = 40
     kl = RNG.uniform(0.4, 0.6, windows)
     for model, scale in (("kan", 1.0), ("kan_seq", 0.8), ("linear", 1.0), ("linear_seq", 1.0)):
         R[f"insitu__{model}"] = {**R["insitu__kan"], "model": model, "kl": (kl * scale).tolist(),
                                  "tokens": [16] * windows}
-    text = report.insitu_comparisons(R)
+    text = tables.insitu_comparisons(R)
     assert "kan_seq − kan" in text and "activations helps" in text
     assert "linear_seq − linear: " in text and "makes no clear difference" in text
     assert "was not run" not in text
     R["insitu__kan_seq"]["kl"] = (kl * 1.3).tolist()
-    assert "activations hurts" in report.insitu_comparisons(R)
+    assert "activations hurts" in tables.insitu_comparisons(R)
 
 
 def test_first_token_table_splits_the_error(tmp_path):
     R = stats.load(fake_records(tmp_path / "records"))
     # 90% of ‖y‖² at first tokens; kan misses them entirely (error 1.0 there) and equals linear elsewhere
-    assert "| 25 | 90% | 0.316 / 0.316 | 1.000 / 0.316 | +0.000 [+0.000, +0.000] |" in report.first_token_table(
+    assert "| 25 | 90% | 0.316 / 0.316 | 1.000 / 0.316 | +0.000 [+0.000, +0.000] |" in tables.first_token_table(
         R, ["linear", "kan"])
     del R["firsttoken__kan"]
-    assert "No first-token records" in report.first_token_table(R, ["linear", "kan"])
+    assert "No first-token records" in tables.first_token_table(R, ["linear", "kan"])
 
 
 def test_bbh_floor_row_and_paired_difference(tmp_path):
     R = stats.load(fake_records(tmp_path / "records", kan_bbh=0.9))  # the floor answers as linear does
     names = stats.judged(R)
-    assert "| no model: each BBH task's most frequent answer |" in report.benchmark_table(R, names)
-    text = report.bbh_floor_text(R, names)
+    assert "| no model: each BBH task's most frequent answer |" in tables.benchmark_table(R, names)
+    text = tables.bbh_floor_text(R, names)
     assert "linear +0.0 [+0.0, +0.0]" in text and "reference +0.0 [+0.0, +0.0]" in text
     kan = float(text.split("kan ")[1].split(" ")[0])
     assert kan > 40  # 0.9 against 0.3 of the questions
     assert "Above it: kan; not distinguishable from it: reference, linear." in text
     del R["bbh_floor"]
-    assert report.bbh_floor_text(R, names) == ""
+    assert tables.bbh_floor_text(R, names) == ""
 
 
 def test_verdict_rules(tmp_path):
     worse_fit = stats.load(fake_records(tmp_path / "a", kan_rel=0.6))
     assert report.verdict(worse_fit)[0] == "does not match"
     same = stats.load(fake_records(tmp_path / "b", kan_rel=0.3, lin_rel=0.3))
-    _, diffs = report.fit_table(same, ["linear", "kan"])
+    _, diffs = tables.fit_table(same, ["linear", "kan"])
     assert all(abs(d) < report.FIT_MARGIN for d, _, _ in diffs["kan"].values())
     noisy = stats.load(fake_records(tmp_path / "c", kan_bbh=0.35, n_q=20))
     d = stats.paired(noisy, "kan", "linear")
