@@ -11,7 +11,8 @@ Three phases, each a list of arms (name, config file, overrides, seeds):
 * study: every basis family and KAN variant against linear, seed k of every arm seeing the same
   data order (paired), with the claims of the original research judged in agnews.md.
 
-Where a record lives and how it is read are here too, so the reports (agnews_claims.py, agnews_report.py,
+Where a record lives, how it is read and which records are the same training (same_run: a run is
+reused, never retrained, whatever its phase) are here too, so the reports (agnews_claims.py, agnews_report.py,
 kan_recipe_report.py) and benchmarks/kan_layer.py import the plan without the runner (agnews_study.py).
 Nothing heavy is imported at module level.
 """
@@ -19,6 +20,7 @@ Nothing heavy is imported at module level.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from pathlib import Path
@@ -197,6 +199,62 @@ def planned_runs(args, rates: dict[str, float]) -> list[tuple[str, Arm, int, dic
         out += [(phase, a, seeds[a.name][k], run_overrides(phase, a, seeds[a.name][k], args, rates))
                 for *_, k, a in sorted(runs, key=lambda r: r[:2])]
     return out
+
+
+@functools.cache
+def _config_json(module: str, flags_json: str) -> str:
+    import importlib
+    import sys
+
+    if str(REPO) not in sys.path:  # configs/ and kanjax/ of this checkout
+        sys.path.insert(0, str(REPO))
+    from kanjax import config as config_lib
+
+    config = config_lib.apply_overrides(importlib.import_module(f"configs.{module}").get_config(),
+                                        json.loads(flags_json))
+    return json.dumps(config_lib.config_to_json(config))
+
+
+def resolved_config(arm: Arm, flags: dict) -> dict:
+    """The run's whole config (the arm's config file with the overrides) as JSON-able dict."""
+    return json.loads(_config_json(arm.config, json.dumps(flags, sort_keys=True)))
+
+
+def training_key(config: dict) -> str:
+    """What decides a run's training, whatever its phase or its arm's name: the whole resolved
+    config but the folders, the diagnostics (which read the model, never change it) and, for a model
+    without KAN layers (kan.targets empty), the KAN settings."""
+    c = json.loads(json.dumps(config))
+    c.pop("workdir", None)
+    c["data"].pop("cache_dir", None)
+    c["train"].pop("diagnostics_every", None)
+    c.pop("checkpoint", None)  # resume is exact: how often a run saves never changes what it learns
+    if not c.get("kan", {}).get("targets"):  # no KAN layer: the rest of the kan section is never read
+        c["kan"] = {"targets": []}
+    return json.dumps(c, sort_keys=True)
+
+
+def same_run(args, phase: str, arm: Arm, seed: int, flags: dict) -> Path | None:
+    """A record (of any phase) that trained exactly this configuration: it is reused, not rerun."""
+    key = training_key(resolved_config(arm, flags))
+    for other in PHASES:
+        for path in records_dir(args, other).glob(f"*__seed{seed}.json"):
+            rec = json.loads(path.read_text())
+            if "resolved_config" in rec and "reused_from" not in rec and \
+                    training_key(with_new_defaults(rec)) == key:
+                return path
+    return None
+
+
+def _overlay(base: dict, top: dict) -> dict:
+    return {**base, **{k: _overlay(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                       for k, v in top.items()}}
+
+
+def with_new_defaults(rec: dict) -> dict:
+    """A record's resolved config with the keys added since its commit at their defaults (a new key's
+    default keeps the old behaviour), so a record stays comparable as the config schema grows."""
+    return _overlay(json.loads(_config_json(Path(rec["config"]).stem, "{}")), rec["resolved_config"])
 
 
 def correct_bits(record: dict):

@@ -5,6 +5,7 @@
     python benchmarks/agnews_study.py --only '^linear$' --seeds 0,1
     python benchmarks/agnews_study.py --quick            # minutes: tiny budgets, records kept apart
     python benchmarks/agnews_study.py --phase study --only '^linear$' --lr 1e-3   # one arm, a given rate
+    python benchmarks/agnews_study.py --phase study --todo   # what is left, in order, with expected times
     python benchmarks/agnews_study.py --report_only      # agnews.md and kan_recipe.md from the records
     python benchmarks/agnews_study.py --workers 8        # an accelerator host: 8 runs at once, one GPU shared
     python benchmarks/agnews_study.py --replay study kan_chebyshev2 0   # train a recorded run again, compare
@@ -22,7 +23,6 @@ the reports (agnews_report.py with agnews_claims.py, kan_recipe_report.py) read 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agnews_plan import (  # noqa: E402  (beside this file)
     BUDGET, FIGURE_RUN, PHASES, QUICK, REPO, Arm, correct_bits, planned_runs, read_records, record_path,
-    records_dir, tuned_rates)
+    records_dir, same_run, tuned_rates)
 
 sys.path.insert(0, str(REPO))
 
@@ -118,59 +118,6 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args, learned_functio
         # 1-minute load averages before and after: other work on the machine inflates the times.
         "load_before": load_before, "load_after": os.getloadavg()[0],
     }
-
-
-@functools.cache
-def _config_json(module: str, flags_json: str) -> str:
-    import importlib
-
-    from kanjax import config as config_lib
-
-    config = config_lib.apply_overrides(importlib.import_module(f"configs.{module}").get_config(),
-                                        json.loads(flags_json))
-    return json.dumps(config_lib.config_to_json(config))
-
-
-def resolved_config(arm: Arm, flags: dict) -> dict:
-    """The run's whole config (the arm's config file with the overrides) as JSON-able dict."""
-    return json.loads(_config_json(arm.config, json.dumps(flags, sort_keys=True)))
-
-
-def training_key(config: dict) -> str:
-    """What decides a run's training, whatever its phase or its arm's name: the whole resolved
-    config but the folders, the diagnostics (which read the model, never change it) and, for a model
-    without KAN layers (kan.targets empty), the KAN settings."""
-    c = json.loads(json.dumps(config))
-    c.pop("workdir", None)
-    c["data"].pop("cache_dir", None)
-    c["train"].pop("diagnostics_every", None)
-    c.pop("checkpoint", None)  # resume is exact: how often a run saves never changes what it learns
-    if not c.get("kan", {}).get("targets"):  # no KAN layer: the rest of the kan section is never read
-        c["kan"] = {"targets": []}
-    return json.dumps(c, sort_keys=True)
-
-
-def same_run(args, phase: str, arm: Arm, seed: int, flags: dict) -> Path | None:
-    """A record (of any phase) that trained exactly this configuration: it is reused, not rerun."""
-    key = training_key(resolved_config(arm, flags))
-    for other in PHASES:
-        for path in records_dir(args, other).glob(f"*__seed{seed}.json"):
-            rec = json.loads(path.read_text())
-            if "resolved_config" in rec and "reused_from" not in rec and \
-                    training_key(with_new_defaults(rec)) == key:
-                return path
-    return None
-
-
-def _overlay(base: dict, top: dict) -> dict:
-    return {**base, **{k: _overlay(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                       for k, v in top.items()}}
-
-
-def with_new_defaults(rec: dict) -> dict:
-    """A record's resolved config with the keys added since its commit at their defaults (a new key's
-    default keeps the old behaviour), so a record stays comparable as the config schema grows."""
-    return _overlay(json.loads(_config_json(Path(rec["config"]).stem, "{}")), rec["resolved_config"])
 
 
 def text_coverage(data_dir: str, seq_len: int) -> dict:
@@ -268,6 +215,39 @@ def _wait_for_one(running: dict, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
+def todo_lines(args) -> list[str]:
+    """The runs still to do, in the order run_plan starts them, each with what it costs: the record
+    it will reuse, or the median wall time of its arm's finished runs (as timed where they ran,
+    concurrent runs included; a reused record counts with the time of the training it reuses), so the
+    rest of a study can be split into lanes (--only, --seeds) sized to a session."""
+    import statistics
+
+    walls: dict[str, list[float]] = {}
+    for phase in PHASES:
+        for rec in read_records(records_dir(args, phase)):
+            if "wall_seconds" in rec:
+                walls.setdefault(rec["name"], []).append(rec["wall_seconds"])
+    rates = tuned_rates(read_records(records_dir(args, "tune")), args.quick)
+    lines, timed, untimed = [], 0.0, 0
+    for phase, arm, seed, flags in planned_runs(args, rates):
+        if record_path(args, phase, arm.name, seed).exists():
+            continue
+        if flags is None:
+            cost = "waits for the tuned learning rates"
+        elif (twin := same_run(args, phase, arm, seed, flags)) is not None:
+            cost = f"reuses {twin.parent.name}/{twin.name}"
+        elif arm.name in walls:
+            timed += statistics.median(walls[arm.name])
+            cost = f"~{statistics.median(walls[arm.name]) / 60:.0f} min"
+        else:
+            untimed += 1
+            cost = "not timed yet (no finished run of this arm)"
+        lines.append(f"{phase} {arm.name} seed {seed}: {cost}")
+    lines.append(f"{len(lines)} run(s) to do: ~{timed / 3600:.1f} h of timed runs one after another"
+                 + (f", {untimed} not timed yet" if untimed else ""))
+    return lines
+
+
 def run_plan(args) -> tuple[set, int]:
     """Train every planned run without a record, up to args.workers at once (an accelerator host runs
     several; a 2-core CPU one). Study runs start once the tuning records fix their rates. Returns the
@@ -331,6 +311,8 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=1, help="runs trained at once (e.g. 8 on an accelerator host)")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--no_report", action="store_true")
+    p.add_argument("--todo", action="store_true", help="list the runs still to do, in order, with their expected "
+                                                       "time (or the record each reuses), and stop")
     p.add_argument("--replay", nargs=3, metavar=("PHASE", "NAME", "SEED"),
                    help="train a recorded run again and check it is identical (FIGURE_RUN: draws its figure)")
     p.add_argument("--one", nargs=4, metavar=("PHASE", "NAME", "SEED", "FLAGS_JSON"), help=argparse.SUPPRESS)
@@ -351,6 +333,10 @@ def main(argv=None) -> None:
         figure = learned_functions_path(args) if (phase, name, seed) == FIGURE_RUN else None
         record = run_one(phase, name, seed, flags, args, learned_functions=figure)
         write_atomic(record_path(args, phase, name, seed), json.dumps(record, indent=1))
+        return
+
+    if args.todo:
+        print("\n".join(todo_lines(args)))
         return
 
     if args.replay:

@@ -21,27 +21,27 @@ def test_an_older_record_of_the_same_training_is_reused_and_a_different_one_is_n
     args = study_args(tmp_path)
     arm = next(a for a in plan_lib.TUNE if a.name == "kan_chebyshev2_lr0.001")
     flags = plan_lib.run_overrides("tune", arm, 0, args, {})
-    old = study.resolved_config(arm, {**flags, "checkpoint.every": 0})
+    old = plan_lib.resolved_config(arm, {**flags, "checkpoint.every": 0})
     del old["train"]["eps"], old["data"]["split_seed"]  # keys an older commit did not have
     rec = {"name": "kan_linear_bottleneck", "seed": 0, "config": "configs/kan_cheb2.py", "resolved_config": old}
     folder = tmp_path / "rec" / "recipe"
     folder.mkdir(parents=True)
     (folder / "kan_linear_bottleneck__seed0.json").write_text(json.dumps(rec))
-    assert study.same_run(args, "tune", arm, 0, flags) == folder / "kan_linear_bottleneck__seed0.json"
+    assert plan_lib.same_run(args, "tune", arm, 0, flags) == folder / "kan_linear_bottleneck__seed0.json"
     other = next(a for a in plan_lib.TUNE if a.name == "kan_chebyshev2_lr0.003")
-    assert study.same_run(args, "tune", other, 0, plan_lib.run_overrides("tune", other, 0, args, {})) is None
-    assert study.same_run(args, "tune", arm, 1, plan_lib.run_overrides("tune", arm, 1, args, {})) is None
+    assert plan_lib.same_run(args, "tune", other, 0, plan_lib.run_overrides("tune", other, 0, args, {})) is None
+    assert plan_lib.same_run(args, "tune", arm, 1, plan_lib.run_overrides("tune", arm, 1, args, {})) is None
     # A linear model reads no KAN setting: a grid record made before centring became the default is the
     # study's linear run; a KAN arm whose centring differs is not.
     lin = next(a for a in plan_lib.TUNE if a.name == "linear_lr0.001")
     lin_flags = plan_lib.run_overrides("tune", lin, 0, args, {})
-    old_lin = study.resolved_config(lin, {**lin_flags, "kan.center": "none"})
+    old_lin = plan_lib.resolved_config(lin, {**lin_flags, "kan.center": "none"})
     (folder / "linear_lr0.001__seed0.json").write_text(json.dumps(
         {"name": "linear_lr0.001", "seed": 0, "config": "configs/linear.py", "resolved_config": old_lin}))
     study_lin = next(a for a in plan_lib.STUDY if a.name == "linear")
     flags = plan_lib.run_overrides("study", study_lin, 0, args, {"linear": 1e-3})
-    assert study.same_run(args, "study", study_lin, 0, flags) == folder / "linear_lr0.001__seed0.json"
-    assert study.same_run(args, "tune", arm, 0, {**plan_lib.run_overrides("tune", arm, 0, args, {}),
+    assert plan_lib.same_run(args, "study", study_lin, 0, flags) == folder / "linear_lr0.001__seed0.json"
+    assert plan_lib.same_run(args, "tune", arm, 0, {**plan_lib.run_overrides("tune", arm, 0, args, {}),
                                                  "kan.center": "none"}) is None
 
 
@@ -63,3 +63,32 @@ def test_the_budget_holds_at_least_90_percent_of_the_texts_whole(shared_data):
         whole = sum(round(cover[s]["whole"] * cover[s]["texts"]) for s in splits)
         assert whole == int(np.sum(lengths <= plan_lib.SEQ_LEN)), files
     assert cover["test"]["median"] == float(np.median(lengths))
+
+
+def test_todo_lists_the_runs_left_in_order_with_their_time_or_the_record_they_reuse(tmp_path):
+    import json
+
+    args = study_args(tmp_path, phase="study", only="^(linear|kan_chebyshev2)$", lr=1e-3)
+    lin = next(a for a in plan_lib.STUDY if a.name == "linear")
+    tune_lin = next(a for a in plan_lib.TUNE if a.name == "linear_lr0.001")
+
+    def write(phase, arm, seed, wall):
+        flags = plan_lib.run_overrides(phase, arm, seed, args, {})
+        path = plan_lib.record_path(args, phase, arm.name, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"name": arm.name, "seed": seed, "config": f"configs/{arm.config}.py",
+                                    "resolved_config": plan_lib.resolved_config(arm, flags), "wall_seconds": wall,
+                                    "lr": flags["train.lr"], "final_val_accuracy": 0.8}))
+
+    write("study", lin, 0, 600.0)
+    write("study", lin, 1, 1200.0)
+    write("tune", tune_lin, 2, 3000.0)  # the study's linear seed 2 at lr 1e-3: the same training
+    lines = study.todo_lines(args)
+    planned = [f"study {a.name} seed {s}" for _, a, s, _ in plan_lib.planned_runs(args, {})
+               if not (a.name == "linear" and s < 2)]
+    assert [line.split(":")[0] for line in lines[:-1]] == planned
+    by_run = dict(line.split(": ", 1) for line in lines[:-1])
+    assert by_run["study linear seed 2"] == "reuses tune/linear_lr0.001__seed2.json"
+    assert by_run["study linear seed 3"] == by_run["study linear seed 4"] == "~15 min"  # median of 600 and 1200 s
+    assert all(by_run[f"study kan_chebyshev2 seed {s}"].startswith("not timed yet") for s in range(5))
+    assert lines[-1] == "8 run(s) to do: ~0.5 h of timed runs one after another, 5 not timed yet"
