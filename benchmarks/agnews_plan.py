@@ -23,6 +23,8 @@ import dataclasses
 import functools
 import json
 import re
+import statistics
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,8 +136,6 @@ def read_records(folder: Path) -> list[dict]:
 def best_rate(by_lr: dict[float, list[dict]], choice_seeds: int = CHOICE_SEEDS) -> float | None:
     """The rate whose runs of seeds 0..choice_seeds-1 have the highest mean final validation accuracy
     (ties: the smaller rate); None until every rate of LEARNING_RATES has all those seeds."""
-    import statistics
-
     val = {lr: {r["seed"]: r["final_val_accuracy"] for r in runs if r["seed"] < choice_seeds}
            for lr, runs in by_lr.items()}
     if set(val) != set(LEARNING_RATES) or any(len(v) < choice_seeds for v in val.values()):
@@ -255,6 +255,53 @@ def with_new_defaults(rec: dict) -> dict:
     """A record's resolved config with the keys added since its commit at their defaults (a new key's
     default keeps the old behaviour), so a record stays comparable as the config schema grows."""
     return _overlay(json.loads(_config_json(Path(rec["config"]).stem, "{}")), rec["resolved_config"])
+
+
+def expected_seconds(args) -> dict[str, float]:
+    """{arm name: median wall seconds of its finished runs}, as timed where they ran (concurrent runs
+    included; a reused record counts with the time of the training it reuses)."""
+    walls: dict[str, list[float]] = {}
+    for phase in PHASES:
+        for rec in read_records(records_dir(args, phase)):
+            if "wall_seconds" in rec:
+                walls.setdefault(rec["name"], []).append(rec["wall_seconds"])
+    return {name: statistics.median(w) for name, w in walls.items()}
+
+
+def todo_lines(args) -> list[str]:
+    """The runs still to do, in the order run_plan starts them, each with what it costs: the record
+    it will reuse, or its arm's expected_seconds, so the rest of a study can be split into lanes
+    (--only, --seeds) sized to a session."""
+    walls = expected_seconds(args)
+    rates = tuned_rates(read_records(records_dir(args, "tune")), args.quick)
+    lines, timed, untimed = [], 0.0, 0
+    for phase, arm, seed, flags in planned_runs(args, rates):
+        if record_path(args, phase, arm.name, seed).exists():
+            continue
+        if flags is None:
+            cost = "waits for the tuned learning rates"
+        elif (twin := same_run(args, phase, arm, seed, flags)) is not None:
+            cost = f"reuses {twin.parent.name}/{twin.name}"
+        elif arm.name in walls:
+            timed += walls[arm.name]
+            cost = f"~{walls[arm.name] / 60:.0f} min"
+        else:
+            untimed += 1
+            cost = "not timed yet (no finished run of this arm)"
+        lines.append(f"{phase} {arm.name} seed {seed}: {cost}")
+    lines.append(f"{len(lines)} run(s) to do: ~{timed / 3600:.1f} h of timed runs one after another"
+                 + (f", {untimed} not timed yet" if untimed else ""))
+    return lines
+
+
+def fits_before(args, run: tuple) -> bool:
+    """Whether a planned run can end before --until: it reuses a record, or now plus its arm's expected
+    time (an arm never timed: the slowest timed arm's) is before the deadline. A run that cannot end
+    in time is never started, so a session that ends at a known time loses no training."""
+    phase, arm, seed, flags = run
+    walls = expected_seconds(args)
+    need = walls.get(arm.name, max(walls.values(), default=float("inf")))
+    return time.time() + need <= args.until or same_run(args, phase, arm, seed, flags) is not None
 
 
 def correct_bits(record: dict):

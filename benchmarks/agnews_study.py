@@ -6,6 +6,7 @@
     python benchmarks/agnews_study.py --quick            # minutes: tiny budgets, records kept apart
     python benchmarks/agnews_study.py --phase study --only '^linear$' --lr 1e-3   # one arm, a given rate
     python benchmarks/agnews_study.py --phase study --todo   # what is left, in order, with expected times
+    python benchmarks/agnews_study.py --phase study --until 2026-12-04T18:05   # only runs that can end by then
     python benchmarks/agnews_study.py --report_only      # agnews.md and kan_recipe.md from the records
     python benchmarks/agnews_study.py --workers 8        # an accelerator host: 8 runs at once, one GPU shared
     python benchmarks/agnews_study.py --replay study kan_chebyshev2 0   # train a recorded run again, compare
@@ -34,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agnews_plan import (  # noqa: E402  (beside this file)
     BUDGET, FIGURE_RUN, PHASES, QUICK, REPO, Arm, correct_bits, planned_runs, read_records, record_path,
-    records_dir, same_run, tuned_rates)
+    records_dir, fits_before, same_run, todo_lines, tuned_rates)
 
 sys.path.insert(0, str(REPO))
 
@@ -215,39 +216,6 @@ def _wait_for_one(running: dict, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
-def todo_lines(args) -> list[str]:
-    """The runs still to do, in the order run_plan starts them, each with what it costs: the record
-    it will reuse, or the median wall time of its arm's finished runs (as timed where they ran,
-    concurrent runs included; a reused record counts with the time of the training it reuses), so the
-    rest of a study can be split into lanes (--only, --seeds) sized to a session."""
-    import statistics
-
-    walls: dict[str, list[float]] = {}
-    for phase in PHASES:
-        for rec in read_records(records_dir(args, phase)):
-            if "wall_seconds" in rec:
-                walls.setdefault(rec["name"], []).append(rec["wall_seconds"])
-    rates = tuned_rates(read_records(records_dir(args, "tune")), args.quick)
-    lines, timed, untimed = [], 0.0, 0
-    for phase, arm, seed, flags in planned_runs(args, rates):
-        if record_path(args, phase, arm.name, seed).exists():
-            continue
-        if flags is None:
-            cost = "waits for the tuned learning rates"
-        elif (twin := same_run(args, phase, arm, seed, flags)) is not None:
-            cost = f"reuses {twin.parent.name}/{twin.name}"
-        elif arm.name in walls:
-            timed += statistics.median(walls[arm.name])
-            cost = f"~{statistics.median(walls[arm.name]) / 60:.0f} min"
-        else:
-            untimed += 1
-            cost = "not timed yet (no finished run of this arm)"
-        lines.append(f"{phase} {arm.name} seed {seed}: {cost}")
-    lines.append(f"{len(lines)} run(s) to do: ~{timed / 3600:.1f} h of timed runs one after another"
-                 + (f", {untimed} not timed yet" if untimed else ""))
-    return lines
-
-
 def run_plan(args) -> tuple[set, int]:
     """Train every planned run without a record, up to args.workers at once (an accelerator host runs
     several; a 2-core CPU one). Study runs start once the tuning records fix their rates. Returns the
@@ -273,10 +241,14 @@ def run_plan(args) -> tuple[set, int]:
                 if not record_path(args, ph, a.name, s).exists()]
         ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed | set(running)]
         waiting = sum(t[3] is None for t in todo)
+        if args.until:
+            ready = [t for t in ready if fits_before(args, t)]
         if ready and len(running) < args.workers or not running:
             print(f"{len(todo)} run(s) to do ({waiting} waiting for tuned learning rates); records in {args.records}",
                   flush=True)
         if not ready and not running:
+            if args.until and len(todo) > waiting:
+                print(f"stopped: none of the {len(todo) - waiting} run(s) left can end before --until", flush=True)
             return failed, waiting
         if not ready or len(running) >= args.workers:
             # Nothing can start until a run ends (its record may fix the tuned rates): no re-planning until then.
@@ -295,6 +267,15 @@ def run_plan(args) -> tuple[set, int]:
         running[(phase, arm.name, seed)] = (*_launch(args, phase, arm, seed, flags), flags, time.perf_counter())
 
 
+def _deadline(text: str) -> float:
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--until {text!r}: not a date and time like 2026-12-04T18:05") from None
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
@@ -311,6 +292,8 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=1, help="runs trained at once (e.g. 8 on an accelerator host)")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--no_report", action="store_true")
+    p.add_argument("--until", type=_deadline, default=None, metavar="YYYY-MM-DDTHH:MM",
+                   help="start only runs expected to end before this local time (their arm's median time so far)")
     p.add_argument("--todo", action="store_true", help="list the runs still to do, in order, with their expected "
                                                        "time (or the record each reuses), and stop")
     p.add_argument("--replay", nargs=3, metavar=("PHASE", "NAME", "SEED"),

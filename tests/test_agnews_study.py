@@ -65,25 +65,29 @@ def test_the_budget_holds_at_least_90_percent_of_the_texts_whole(shared_data):
     assert cover["test"]["median"] == float(np.median(lengths))
 
 
-def test_todo_lists_the_runs_left_in_order_with_their_time_or_the_record_they_reuse(tmp_path):
+def _timed_record(args, phase, arm, seed, wall):
+    """A finished run's record, as much of it as the planner reads."""
     import json
 
+    flags = plan_lib.run_overrides(phase, arm, seed, args, {})
+    path = plan_lib.record_path(args, phase, arm.name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": arm.name, "seed": seed, "config": f"configs/{arm.config}.py",
+                                "resolved_config": plan_lib.resolved_config(arm, flags), "wall_seconds": wall,
+                                "lr": flags["train.lr"], "final_val_accuracy": 0.8, "test_accuracy": 0.8}))
+
+
+def _arm(phase, name):
+    return next(a for a in plan_lib.PHASES[phase] if a.name == name)
+
+
+def test_todo_lists_the_runs_left_in_order_with_their_time_or_the_record_they_reuse(tmp_path):
     args = study_args(tmp_path, phase="study", only="^(linear|kan_chebyshev2)$", lr=1e-3)
-    lin = next(a for a in plan_lib.STUDY if a.name == "linear")
-    tune_lin = next(a for a in plan_lib.TUNE if a.name == "linear_lr0.001")
-
-    def write(phase, arm, seed, wall):
-        flags = plan_lib.run_overrides(phase, arm, seed, args, {})
-        path = plan_lib.record_path(args, phase, arm.name, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"name": arm.name, "seed": seed, "config": f"configs/{arm.config}.py",
-                                    "resolved_config": plan_lib.resolved_config(arm, flags), "wall_seconds": wall,
-                                    "lr": flags["train.lr"], "final_val_accuracy": 0.8}))
-
-    write("study", lin, 0, 600.0)
-    write("study", lin, 1, 1200.0)
-    write("tune", tune_lin, 2, 3000.0)  # the study's linear seed 2 at lr 1e-3: the same training
-    lines = study.todo_lines(args)
+    lin, tune_lin = _arm("study", "linear"), _arm("tune", "linear_lr0.001")
+    _timed_record(args, "study", lin, 0, 600.0)
+    _timed_record(args, "study", lin, 1, 1200.0)
+    _timed_record(args, "tune", tune_lin, 2, 3000.0)  # the study's linear seed 2 at lr 1e-3: the same training
+    lines = plan_lib.todo_lines(args)
     planned = [f"study {a.name} seed {s}" for _, a, s, _ in plan_lib.planned_runs(args, {})
                if not (a.name == "linear" and s < 2)]
     assert [line.split(":")[0] for line in lines[:-1]] == planned
@@ -92,3 +96,28 @@ def test_todo_lists_the_runs_left_in_order_with_their_time_or_the_record_they_re
     assert by_run["study linear seed 3"] == by_run["study linear seed 4"] == "~15 min"  # median of 600 and 1200 s
     assert all(by_run[f"study kan_chebyshev2 seed {s}"].startswith("not timed yet") for s in range(5))
     assert lines[-1] == "8 run(s) to do: ~0.5 h of timed runs one after another, 5 not timed yet"
+
+
+def test_until_starts_only_runs_that_can_end_before_it(tmp_path):
+    """--until: a run starts only if its arm's median time so far ends before the deadline (an arm
+    never timed counts as the slowest timed one); a reused record costs nothing and is always taken."""
+    import time
+
+    args = study_args(tmp_path, phase="study", only="^(linear|kan_chebyshev2)$", lr=1e-3, until=None, workers=1)
+    lin, cheb = _arm("study", "linear"), _arm("study", "kan_chebyshev2")
+    _timed_record(args, "study", lin, 0, 600.0)
+    _timed_record(args, "study", cheb, 0, 3000.0)
+    _timed_record(args, "tune", _arm("tune", "linear_lr0.001"), 1, 600.0)  # = study linear seed 1
+    run = {(ph, a.name, s): (ph, a, s, f) for ph, a, s, f in plan_lib.planned_runs(args, {})}
+    args.until = time.time() + 1200
+    assert plan_lib.fits_before(args, run["study", "linear", 2])
+    assert not plan_lib.fits_before(args, run["study", "kan_chebyshev2", 1])
+    assert plan_lib.fits_before(args, run["study", "linear", 1])  # reuses the tune record
+    args.only = "^linear_fp16$"  # never timed: as slow as kan_chebyshev2
+    assert not plan_lib.fits_before(args, next(r for r in plan_lib.planned_runs(args, {}) if r[2] == 0))
+    # Past the deadline the runner trains nothing, but still takes the record it can reuse.
+    args.only, args.until = "^(linear|kan_chebyshev2)$", time.time() - 1
+    failed, waiting = study.run_plan(args)
+    assert (failed, waiting) == (set(), 0)
+    assert plan_lib.record_path(args, "study", "linear", 1).exists()
+    assert not (tmp_path / "work" / "study").exists()  # no run folder: nothing was launched
