@@ -257,22 +257,23 @@ def with_new_defaults(rec: dict) -> dict:
     return _overlay(json.loads(_config_json(Path(rec["config"]).stem, "{}")), rec["resolved_config"])
 
 
-def expected_seconds(args) -> dict[str, float]:
-    """{arm name: median wall seconds of its finished runs}, as timed where they ran (concurrent runs
-    included; a reused record counts with the time of the training it reuses)."""
+def expected_seconds(args, device: str | None = None) -> dict[str, float]:
+    """{arm name: median wall seconds of its finished runs on `device` (a record's jax device_kind,
+    e.g. "cpu"; None: any)}, as timed where they ran (concurrent runs included; a reused record counts
+    with the time of the training it reuses)."""
     walls: dict[str, list[float]] = {}
     for phase in PHASES:
         for rec in read_records(records_dir(args, phase)):
-            if "wall_seconds" in rec:
+            if "wall_seconds" in rec and device in (None, rec.get("device")):
                 walls.setdefault(rec["name"], []).append(rec["wall_seconds"])
     return {name: statistics.median(w) for name, w in walls.items()}
 
 
-def todo_lines(args) -> list[str]:
+def todo_lines(args, device: str | None = None) -> list[str]:
     """The runs still to do, in the order run_plan starts them, each with what it costs: the record
-    it will reuse, or its arm's expected_seconds, so the rest of a study can be split into lanes
-    (--only, --seeds) sized to a session."""
-    walls = expected_seconds(args)
+    it will reuse, or its arm's expected_seconds on `device`, so the rest of a study can be split into
+    lanes (--only, --seeds) sized to a session."""
+    walls = expected_seconds(args, device)
     rates = tuned_rates(read_records(records_dir(args, "tune")), args.quick)
     lines, timed, untimed = [], 0.0, 0
     for phase, arm, seed, flags in planned_runs(args, rates):
@@ -287,20 +288,24 @@ def todo_lines(args) -> list[str]:
             cost = f"~{walls[arm.name] / 60:.0f} min"
         else:
             untimed += 1
-            cost = "not timed yet (no finished run of this arm)"
+            cost = "not timed yet (no finished run of this arm" + (f" on {device})" if device else ")")
         lines.append(f"{phase} {arm.name} seed {seed}: {cost}")
     lines.append(f"{len(lines)} run(s) to do: ~{timed / 3600:.1f} h of timed runs one after another"
-                 + (f", {untimed} not timed yet" if untimed else ""))
+                 + (f" on {device}" if device else "") + (f", {untimed} not timed yet" if untimed else ""))
     return lines
 
 
-def fits_before(args, run: tuple) -> bool:
+def fits_before(args, run: tuple, device: str | None = None) -> bool:
     """Whether a planned run can end before --until: it reuses a record, or now plus its arm's expected
-    time (an arm never timed: the slowest timed arm's) is before the deadline. A run that cannot end
-    in time is never started, so a session that ends at a known time loses no training."""
+    time on `device` (an arm never timed there: the slowest timed arm's) is before the deadline. A run
+    that cannot end in time is never started, so a session that ends at a known time loses no
+    training. With nothing timed on `device` yet (a new kind of machine) there is no estimate to
+    refuse on: the run starts."""
     phase, arm, seed, flags = run
-    walls = expected_seconds(args)
-    need = walls.get(arm.name, max(walls.values(), default=float("inf")))
+    walls = expected_seconds(args, device)
+    if not walls:
+        return True
+    need = walls.get(arm.name, max(walls.values()))
     return time.time() + need <= args.until or same_run(args, phase, arm, seed, flags) is not None
 
 

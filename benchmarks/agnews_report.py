@@ -201,6 +201,26 @@ def family_note() -> str:
             "functions from the same initial random numbers.")
 
 
+def machines_note(G: dict) -> str:
+    """Which seeds of each arm trained on which kind of machine, when the study used more than one
+    (an accelerator session may train the seeds left): '' when every run shares one."""
+    kinds = sorted({r["device"] for runs in G.values() for r in runs})
+    if len(kinds) < 2:
+        return ""
+    rows = []
+    for name, runs in sorted(G.items()):
+        by_kind: dict[str, list[str]] = {}
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            by_kind.setdefault(r["device"], []).append(str(r["seed"]))
+        rows.append(f"{name}: " + "; ".join(f"{k} seed(s) {', '.join(s)}" for k, s in sorted(by_kind.items())))
+    precision = sorted({f"{r['device']} {r.get('matmul_precision', 'default')}" for runs in G.values() for r in runs})
+    return ("**Machines.** The runs trained on " + ", ".join(f"`{k}`" for k in kinds) + " (float32 matmul "
+            f"precision: {', '.join(precision)}). Seed k has the same data order and initialisation on every "
+            "machine, so differences stay paired, but a pair whose two runs trained on different machines also "
+            "carries the machines' rounding differences; step times are compared on the machine of each arm's "
+            "seed 0 only. Seeds by machine: " + " · ".join(rows) + ".")
+
+
 def write_report(records: Path, results: Path, quick: bool = False, readme: Path | None = None) -> Path | None:
     G, T = load_records(records / "study"), load_records(records / "tune")
     if not G:
@@ -230,6 +250,7 @@ def write_report(records: Path, results: Path, quick: bool = False, readme: Path
            f"(kan_recipe.md), validation every {o['eval.every']} steps on the 500 texts held out of train, test "
            f"accuracy on the official 7,600-text test split at the end. Records: commit(s) "
            f"{', '.join('`' + c + '`' for c in commits)}; {'; '.join(devices)}.", "",
+           *([machines_note(G), ""] if machines_note(G) else []),
            convergence(G), "", f"![validation accuracy against steps]({stem}_curves.png)", "",
            "### How this differs from the original study", "", differences(o, G, cover), "", family_note(), "",
            "## Results", "", agnews_claims.__doc__.split("Statistics. ", 1)[1].strip(), "", results_table(G, speed, quick), "",
@@ -237,7 +258,8 @@ def write_report(records: Path, results: Path, quick: bool = False, readme: Path
                                                    if chance else "none") + ".", "",
            "Layer time: forward + backward of one KAN layer at the study's MLP shape, relative to Chebyshev-2 degree "
            "2, from `benchmarks/kan_layer.py` on an idle machine (`kan_layer.md`); step s: the fastest seed's median "
-           "train step inside the study (other work may have shared the machine).", "",
+           "train step inside the study, on the kind of machine that trained the arm's seed 0 (other work may have "
+           "shared the machine).", "",
            f"![accuracy vs layer speed]({stem}_scatter.png)", "", "## The claims of the original research", ""]
     for title, verdict, text in V:
         out += [f"### {title}: **{verdict}**", "", text, ""]

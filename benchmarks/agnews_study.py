@@ -116,6 +116,8 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args, learned_functio
         "skipped_steps": int(summary["skipped_steps"]),
         "nonfinite": not (_params_finite(summary["state"]) and _finite(losses)),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpus": os.cpu_count(), "machine": machine(),
+        # float32 dots on a GPU default to TF32; JAX_DEFAULT_MATMUL_PRECISION=highest keeps them float32 as on a CPU.
+        "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         # 1-minute load averages before and after: other work on the machine inflates the times.
         "load_before": load_before, "load_after": os.getloadavg()[0],
     }
@@ -216,11 +218,21 @@ def _wait_for_one(running: dict, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
+def device_kind() -> str:
+    """jax's name for this machine's first device (as records store it), without taking an
+    accelerator's memory from the runs this process starts."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    return jax.devices()[0].device_kind
+
+
 def run_plan(args) -> tuple[set, int]:
     """Train every planned run without a record, up to args.workers at once (an accelerator host runs
     several; a 2-core CPU one). Study runs start once the tuning records fix their rates. Returns the
     failed (phase, arm, seed) and how many runs still wait for tuned rates."""
     done, failed, running = 0, set(), {}  # running: key -> (process, log file, log path, flags, start)
+    device = device_kind() if args.until else None  # runs are timed on the kind of machine they will run on
     while True:
         for key, (proc, f, log, flags, t0) in list(running.items()):
             if proc.poll() is None:
@@ -242,7 +254,7 @@ def run_plan(args) -> tuple[set, int]:
         ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed | set(running)]
         waiting = sum(t[3] is None for t in todo)
         if args.until:
-            ready = [t for t in ready if fits_before(args, t)]
+            ready = [t for t in ready if fits_before(args, t, device)]
         if ready and len(running) < args.workers or not running:
             print(f"{len(todo)} run(s) to do ({waiting} waiting for tuned learning rates); records in {args.records}",
                   flush=True)
@@ -319,7 +331,7 @@ def main(argv=None) -> None:
         return
 
     if args.todo:
-        print("\n".join(todo_lines(args)))
+        print("\n".join(todo_lines(args, device_kind())))
         return
 
     if args.replay:

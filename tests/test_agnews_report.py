@@ -103,3 +103,21 @@ def test_readme_headline_is_the_reports_summary_and_verdicts_and_nothing_else_ch
     with pytest.raises(ValueError, match=f"{readme}.*agnews-headline"):
         report.write_report(recs, tmp_path, readme=readme)
     assert readme.read_text() == "# no markers\n"
+
+
+def test_runs_from_two_kinds_of_machine_are_named_per_seed_and_step_times_stay_on_one():
+    import agnews_claims
+
+    assert report.machines_note(G(linear=[0.8, 0.81], kan_chebyshev2=[0.7, 0.72])) == ""  # one machine: nothing
+    gpu = {"device": "NVIDIA H200", "matmul_precision": "highest", "step_seconds_median": 0.01}
+    mixed = G(linear=[0.8, 0.81, 0.79, 0.8], kan_chebyshev2=[0.7, 0.72, 0.71])
+    mixed["linear"][3].update(gpu)  # linear seed 3 and kan seeds 1-2 trained on an accelerator
+    for r in mixed["kan_chebyshev2"][1:]:
+        r.update(gpu)
+    note = report.machines_note(mixed)
+    assert "`NVIDIA H200`, `cpu`" in note and "NVIDIA H200 highest, cpu default" in note
+    assert "kan_chebyshev2: NVIDIA H200 seed(s) 1, 2; cpu seed(s) 0" in note
+    assert "linear: NVIDIA H200 seed(s) 3; cpu seed(s) 0, 1, 2" in note
+    # The accelerator's 0.01 s steps never stand for an arm whose seed 0 trained on the CPU.
+    assert agnews_claims.arm_stats(mixed["linear"])["step_s"] == 0.5
+    assert agnews_claims.arm_stats(mixed["kan_chebyshev2"])["step_s"] == 0.5

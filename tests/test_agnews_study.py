@@ -121,3 +121,26 @@ def test_until_starts_only_runs_that_can_end_before_it(tmp_path):
     assert (failed, waiting) == (set(), 0)
     assert plan_lib.record_path(args, "study", "linear", 1).exists()
     assert not (tmp_path / "work" / "study").exists()  # no run folder: nothing was launched
+
+
+def test_expected_times_count_only_runs_on_the_same_kind_of_machine(tmp_path):
+    """A run finished on an accelerator says nothing of how long one takes on the CPU, and the reverse;
+    on a kind of machine with nothing timed yet, --until has no estimate to refuse on."""
+    import json
+    import time
+
+    args = study_args(tmp_path, phase="study", only="^linear$", lr=1e-3, until=time.time() + 1200)
+    lin = _arm("study", "linear")
+    _timed_record(args, "study", lin, 0, 3000.0)
+    path = plan_lib.record_path(args, "study", "linear", 0)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "device": "cpu"}))
+    _timed_record(args, "study", lin, 1, 60.0)
+    path = plan_lib.record_path(args, "study", "linear", 1)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "device": "NVIDIA H200"}))
+    assert plan_lib.expected_seconds(args, "cpu") == {"linear": 3000.0}
+    assert plan_lib.expected_seconds(args, "NVIDIA H200") == {"linear": 60.0}
+    assert plan_lib.expected_seconds(args) == {"linear": 1530.0}
+    seed2 = next(r for r in plan_lib.planned_runs(args, {}) if r[2] == 2)
+    assert not plan_lib.fits_before(args, seed2, "cpu") and plan_lib.fits_before(args, seed2, "NVIDIA H200")
+    assert plan_lib.fits_before(args, seed2, "TPU v5 lite")  # nothing timed there: no estimate to refuse on
+    assert plan_lib.todo_lines(args, "cpu")[-1] == "3 run(s) to do: ~2.5 h of timed runs one after another on cpu"
