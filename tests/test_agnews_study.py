@@ -74,7 +74,8 @@ def _timed_record(args, phase, arm, seed, wall):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"name": arm.name, "seed": seed, "config": f"configs/{arm.config}.py",
                                 "resolved_config": plan_lib.resolved_config(arm, flags), "wall_seconds": wall,
-                                "lr": flags["train.lr"], "final_val_accuracy": 0.8, "test_accuracy": 0.8}))
+                                "lr": flags["train.lr"], "final_val_accuracy": 0.8, "test_accuracy": 0.8,
+                                "device": "cpu"}))
 
 
 def _arm(phase, name):
