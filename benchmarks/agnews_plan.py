@@ -295,14 +295,13 @@ def todo_lines(args, device: str | None = None) -> list[str]:
     return lines
 
 
-def fits_before(args, run: tuple, device: str | None = None) -> bool:
+def fits_before(args, run: tuple, walls: dict[str, float]) -> bool:
     """Whether a planned run can end before --until: it reuses a record, or now plus its arm's expected
-    time on `device` (an arm never timed there: the slowest timed arm's) is before the deadline. A run
-    that cannot end in time is never started, so a session that ends at a known time loses no
-    training. With nothing timed on `device` yet (a new kind of machine) there is no estimate to
-    refuse on: the run starts."""
+    time (walls: expected_seconds on the machine it will run on; an arm never timed there: the slowest
+    timed arm's) is before the deadline. A run that cannot end in time is never started, so a session
+    that ends at a known time loses no training. With nothing timed on this kind of machine yet there
+    is no estimate to refuse on: the run starts."""
     phase, arm, seed, flags = run
-    walls = expected_seconds(args, device)
     if not walls:
         return True
     need = walls.get(arm.name, max(walls.values()))

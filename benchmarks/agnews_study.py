@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agnews_plan import (  # noqa: E402  (beside this file)
     BUDGET, FIGURE_RUN, PHASES, QUICK, REPO, Arm, correct_bits, planned_runs, read_records, record_path,
-    records_dir, fits_before, same_run, todo_lines, tuned_rates)
+    records_dir, expected_seconds, fits_before, same_run, todo_lines, tuned_rates)
 
 sys.path.insert(0, str(REPO))
 
@@ -254,7 +254,8 @@ def run_plan(args) -> tuple[set, int]:
         ready = [t for t in todo if t[3] is not None and (t[0], t[1].name, t[2]) not in failed | set(running)]
         waiting = sum(t[3] is None for t in todo)
         if args.until:
-            ready = [t for t in ready if fits_before(args, t, device)]
+            walls = expected_seconds(args, device)  # once per pass: it reads every record
+            ready = [t for t in ready if fits_before(args, t, walls)]
         if ready and len(running) < args.workers or not running:
             print(f"{len(todo)} run(s) to do ({waiting} waiting for tuned learning rates); records in {args.records}",
                   flush=True)

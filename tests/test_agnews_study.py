@@ -111,11 +111,12 @@ def test_until_starts_only_runs_that_can_end_before_it(tmp_path):
     _timed_record(args, "tune", _arm("tune", "linear_lr0.001"), 1, 600.0)  # = study linear seed 1
     run = {(ph, a.name, s): (ph, a, s, f) for ph, a, s, f in plan_lib.planned_runs(args, {})}
     args.until = time.time() + 1200
-    assert plan_lib.fits_before(args, run["study", "linear", 2])
-    assert not plan_lib.fits_before(args, run["study", "kan_chebyshev2", 1])
-    assert plan_lib.fits_before(args, run["study", "linear", 1])  # reuses the tune record
+    walls = plan_lib.expected_seconds(args, "cpu")
+    assert plan_lib.fits_before(args, run["study", "linear", 2], walls)
+    assert not plan_lib.fits_before(args, run["study", "kan_chebyshev2", 1], walls)
+    assert plan_lib.fits_before(args, run["study", "linear", 1], walls)  # reuses the tune record
     args.only = "^linear_fp16$"  # never timed: as slow as kan_chebyshev2
-    assert not plan_lib.fits_before(args, next(r for r in plan_lib.planned_runs(args, {}) if r[2] == 0))
+    assert not plan_lib.fits_before(args, next(r for r in plan_lib.planned_runs(args, {}) if r[2] == 0), walls)
     # Past the deadline the runner trains nothing, but still takes the record it can reuse.
     args.only, args.until = "^(linear|kan_chebyshev2)$", time.time() - 1
     failed, waiting = study.run_plan(args)
@@ -142,6 +143,7 @@ def test_expected_times_count_only_runs_on_the_same_kind_of_machine(tmp_path):
     assert plan_lib.expected_seconds(args, "NVIDIA H200") == {"linear": 60.0}
     assert plan_lib.expected_seconds(args) == {"linear": 1530.0}
     seed2 = next(r for r in plan_lib.planned_runs(args, {}) if r[2] == 2)
-    assert not plan_lib.fits_before(args, seed2, "cpu") and plan_lib.fits_before(args, seed2, "NVIDIA H200")
-    assert plan_lib.fits_before(args, seed2, "TPU v5 lite")  # nothing timed there: no estimate to refuse on
+    assert not plan_lib.fits_before(args, seed2, plan_lib.expected_seconds(args, "cpu"))
+    assert plan_lib.fits_before(args, seed2, plan_lib.expected_seconds(args, "NVIDIA H200"))
+    assert plan_lib.fits_before(args, seed2, plan_lib.expected_seconds(args, "TPU v5 lite"))  # nothing timed there
     assert plan_lib.todo_lines(args, "cpu")[-1] == "3 run(s) to do: ~2.5 h of timed runs one after another on cpu"
