@@ -147,3 +147,36 @@ def test_expected_times_count_only_runs_on_the_same_kind_of_machine(tmp_path):
     assert plan_lib.fits_before(args, seed2, plan_lib.expected_seconds(args, "NVIDIA H200"))
     assert plan_lib.fits_before(args, seed2, plan_lib.expected_seconds(args, "TPU v5 lite"))  # nothing timed there
     assert plan_lib.todo_lines(args, "cpu")[-1] == "3 run(s) to do: ~2.5 h of timed runs one after another on cpu"
+
+
+def test_device_records_land_beside_the_others_and_never_replace_one(tmp_path):
+    """benchmarks/agnews_device.sh land: the records an accelerator session brought back are added
+    (an existing record is kept as it is) and the report is written from all of them."""
+    import json
+    import os
+    import subprocess
+    import tarfile
+
+    from agnews_records import run
+
+    came = tmp_path / "came"
+    (came / "study").mkdir(parents=True)
+    gpu = {"device": "NVIDIA H200", "matmul_precision": "highest"}
+    for r in (run("linear", 0, 0.9), run("linear", 1, 0.8), run("kan_chebyshev2", 1, 0.81)):
+        (came / "study" / f"{r['name']}__seed{r['seed']}.json").write_text(json.dumps({**r, **gpu}))
+    with tarfile.open(tmp_path / "records.tar", "w") as tar:
+        tar.add(came / "study", arcname="./study")
+    records = tmp_path / "results" / "agnews_runs"
+    (records / "study").mkdir(parents=True)
+    for r in (run("linear", 0, 0.8), run("kan_chebyshev2", 0, 0.79)):
+        (records / "study" / f"{r['name']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "agnews_device.sh"), "land", str(tmp_path / "records.tar"),
+                          str(records)], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHON": sys.executable})
+    assert out.returncode == 0, out.stderr
+    assert "2 record(s) added" in out.stdout
+    kept = json.loads((records / "study" / "linear__seed0.json").read_text())
+    assert kept["test_accuracy"] == 0.8 and kept["device"] == "cpu"
+    assert json.loads((records / "study" / "kan_chebyshev2__seed1.json").read_text())["device"] == "NVIDIA H200"
+    text = (tmp_path / "results" / "agnews.md").read_text()
+    assert "linear: NVIDIA H200 seed(s) 1; cpu seed(s) 0" in text
