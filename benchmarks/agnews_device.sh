@@ -89,8 +89,8 @@ for m in ("flax.nnx", "optax", "orbax.checkpoint", "grain", "datasets", "ml_coll
     importlib.import_module(m)
 EOF
   touch "$out/.start"
-  local until_ts args=(--phase "$phase" --workers "$workers" --no_report --data_dir "$REPO/.device_data"
-                       --workdirs /tmp/agnews_work)
+  local workdirs="/tmp/agnews_device_work.$$" until_ts
+  local args=(--phase "$phase" --workers "$workers" --no_report --data_dir "$REPO/.device_data" --workdirs "$workdirs")
   until_ts="$(date -d "@$((start + minutes * 60))" +%Y-%m-%dT%H:%M:%S)"
   [[ -n "$only" ]] && args+=(--only "$only")
   [[ -n "$seeds" ]] && args+=(--seeds "$seeds")
@@ -101,7 +101,9 @@ EOF
   timeout --kill-after=10 "$(( minutes * 60 + 60 - ($(date +%s) - start) ))" \
     "$PYTHON" "$REPO/benchmarks/agnews_study.py" "${args[@]}" --until "$until_ts" 2>&1 | tee "$out/runner.log" \
     || echo "runner ended: exit $?"
-  pkill -f -- "agnews_study.py --one" || true
+  # timeout signals the runner's process group, its runs included; a run the runner left behind (the
+  # runner itself failed) is found by this call's own run folder: never another study's runs.
+  pkill -f -- "agnews_study.py --one .* --workdirs $workdirs( |$)" || true
   (cd "$records" && find . -name '*__seed*.json' -newer "$out/.start" | sort >"$out/new_records.txt")
   echo "$(wc -l <"$out/new_records.txt") new record(s) in $records"
   tar -cf "$out/agnews_records.tar" -C "$records" -T "$out/new_records.txt"
