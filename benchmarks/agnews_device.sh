@@ -19,7 +19,7 @@
 #       record is never replaced) and regenerates agnews.md and kan_recipe.md beside it (for the default:
 #       benchmarks/results/ and README's headline); the report names the seeds each machine trained.
 #
-# Device call (one command, under the tool's 10-minute limit; the tool prints $OUT's files back):
+# Device call (one command, under the tool's 10-minute limit; the tool copies $OUT's files back here):
 #   run(command="bash benchmarks/agnews_device.sh run --minutes 8", carry=[".whl", ".device_data"], timeout_s=600)
 
 set -euo pipefail
