@@ -241,6 +241,7 @@ def write_report(records: Path, results: Path, quick: bool = False, readme: Path
     counts = {v: sum(x[1] == v for x in V) for v in ("confirmed", "refuted", "inconclusive", "not yet measured")}
     chance = [(n, s, a) for n, runs in G.items() for s, a in arm_stats(runs)["chance"]]
     summary = summary_sentence(G, V, counts, P)
+    machines = machines_note(G)
     out = [f"# AGNews study (v2){' (--quick: tiny budgets, not results)' if quick else ''}", "",
            "Command (resumable; records in `benchmarks/results/agnews_runs/{recipe,tune,study}/`, one JSON per run):",
            "", "```", f"python benchmarks/agnews_study.py{' --quick' if quick else ''}", "```", "",
@@ -250,7 +251,7 @@ def write_report(records: Path, results: Path, quick: bool = False, readme: Path
            f"(kan_recipe.md), validation every {o['eval.every']} steps on the 500 texts held out of train, test "
            f"accuracy on the official 7,600-text test split at the end. Records: commit(s) "
            f"{', '.join('`' + c + '`' for c in commits)}; {'; '.join(devices)}.", "",
-           *([machines_note(G), ""] if machines_note(G) else []),
+           *([machines, ""] if machines else []),
            convergence(G), "", f"![validation accuracy against steps]({stem}_curves.png)", "",
            "### How this differs from the original study", "", differences(o, G, cover), "", family_note(), "",
            "## Results", "", agnews_claims.__doc__.split("Statistics. ", 1)[1].strip(), "", results_table(G, speed, quick), "",
