@@ -7,20 +7,24 @@
 #       CPython 3.12, manylinux) into .whl/ and copies AGNews and the SmolLM2 tokenizer into
 #       .device_data/ (both ignored by git: .git/info/exclude), then prints the device call.
 #   bash benchmarks/agnews_device.sh run [--minutes 8] [--workers 8] [--phase study,tune] [--only REGEX] [--seeds S] [--quick]
+#                                        [--from_image flax,optax,orbax-checkpoint]
 #       there (carry .whl and .device_data): installs the wheels into /tmp/site, checks the stack, trains
 #       every planned run without a record, --workers at a time, starting none after --minutes (the
 #       runner's --until; a run still training at the end is lost), with float32 matmuls at full precision
 #       (JAX_DEFAULT_MATMUL_PRECISION=highest: on a GPU they would otherwise run as TF32, unlike the CPU
 #       runs they are paired with). The new records go to $OUT/agnews_records.tar, the logs of failed
-#       runs to $OUT/failed_logs.tar. --quick: the runner's tiny budgets, records apart (runs/agnews_quick):
-#       a smoke test of the stack on a new machine, never results.
+#       runs to $OUT/failed_logs.tar, the last lines of every run's log to $OUT/run_log_ends.txt. --quick: the runner's tiny budgets, records apart (runs/agnews_quick):
+#       a smoke test of the stack on a new machine, never results. --from_image: packages taken from the
+#       machine's image instead of the carried wheels (seen 2026-12-04: the image's JAX 0.11.2 lacks
+#       jax.experimental.hijax.HiPrimitive, which flax 0.12.8 imports, so flax must be the image's own).
 #   bash benchmarks/agnews_device.sh land FILE.tar [RECORDS_DIR]
 #       here: adds the new records to RECORDS_DIR (default benchmarks/results/agnews_runs; an existing
 #       record is never replaced) and regenerates agnews.md and kan_recipe.md beside it (for the default:
 #       benchmarks/results/ and README's headline); the report names the seeds each machine trained.
 #
 # Device call (one command, under the tool's 10-minute limit; the tool copies $OUT's files back here):
-#   run(command="bash benchmarks/agnews_device.sh run --minutes 8", carry=[".whl", ".device_data"], timeout_s=600)
+#   run(command="bash benchmarks/agnews_device.sh run --minutes 8 --from_image flax,optax,orbax-checkpoint",
+#       carry=[".whl", ".device_data"], timeout_s=600)
 
 set -euo pipefail
 PYTHON="${PYTHON:-python3}"  # there: the image's python3 (the one with JAX and PyTorch)
@@ -57,15 +61,16 @@ prepare() {
   mkdir -p "$REPO/.device_data"
   cp -r "$data_dir/ag_news" "$data_dir/smollm2_tokenizer" "$REPO/.device_data/"
   du -sh "$REPO/.whl" "$REPO/.device_data"
-  echo "then: run(command=\"bash benchmarks/agnews_device.sh run --minutes 8\", carry=[\".whl\", \".device_data\"], timeout_s=600)"
+  echo "then: run(command=\"bash benchmarks/agnews_device.sh run --minutes 8 --from_image flax,optax,orbax-checkpoint\", carry=[\".whl\", \".device_data\"], timeout_s=600)"
 }
 
 run_there() {
-  local minutes=8 workers=8 phase="study,tune" only="" seeds="" quick=0
+  local minutes=8 workers=8 phase="study,tune" only="" seeds="" quick=0 from_image=""
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --minutes) minutes="$2"; shift 2 ;; --workers) workers="$2"; shift 2 ;; --phase) phase="$2"; shift 2 ;;
       --only) only="$2"; shift 2 ;; --seeds) seeds="$2"; shift 2 ;; --quick) quick=1; shift ;;
+      --from_image) from_image="$2"; shift 2 ;;
       *) echo "run: unknown argument $1" >&2; exit 2 ;;
     esac
   done
@@ -73,7 +78,14 @@ run_there() {
   start="$(date +%s)"
   mkdir -p "$out"
   [[ -d "$REPO/.whl" && -d "$REPO/.device_data" ]] || { echo "run: carry .whl and .device_data (prepare makes them)" >&2; exit 2; }
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$REPO"/.whl/*.whl
+  local wheels=("$REPO"/.whl/*.whl) keep=() w p skip
+  for w in "${wheels[@]}"; do  # a wheel's file name spells its project with '_' for '-'
+    skip=0
+    for p in ${from_image//,/ }; do [[ "$(basename "$w")" == "${p//-/_}"-* ]] && skip=1; done
+    [[ "$skip" == 1 ]] && echo "from the image: $(basename "$w") not installed" || keep+=("$w")
+  done
+  rm -rf /tmp/site  # a warm machine keeps the last call's packages: only this call's wheels may be there
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${keep[@]}"
   export PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   export JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false
   # The whole stack, imported as a run imports it: a mismatch fails here, in seconds, not in every run.
@@ -114,6 +126,12 @@ EOF
     tar -cf "$out/failed_logs.tar" $failed
     for f in $failed; do echo "== $f"; tail -n 15 "$f"; done
   fi
+  # Every run's log ends, finished or cut off (progress bars' \r made lines): where each run's time went.
+  # Seen 2026-12-04: 0.007 s a step, but none of 8 runs at a time ended inside 8 minutes (the first step,
+  # its compilation, took 57 s with the machine to itself).
+  for f in "$workdirs"/*/*.log; do
+    [[ -f "$f" ]] && { echo "== $f"; tail -c 20000 "$f" | tr '\r' '\n' | grep -v -E '^ *$|^ *\[? *(True|False)' | tail -n 12; }
+  done >"$out/run_log_ends.txt" 2>&1 || true
   rm -f "$out/.start"
 }
 

@@ -70,6 +70,7 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args, learned_functio
     """Train one (arm, seed) in this process and return its record; draw the learned functions of its
     first KAN layer to `learned_functions` when given."""
     import importlib
+    import importlib.metadata
     import resource
     import statistics
 
@@ -116,6 +117,8 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args, learned_functio
         "skipped_steps": int(summary["skipped_steps"]),
         "nonfinite": not (_params_finite(summary["state"]) and _finite(losses)),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpus": os.cpu_count(), "machine": machine(),
+        # An accelerator's image may hold other versions than requirements.txt pins (agnews_device.sh --from_image).
+        "packages": {p: importlib.metadata.version(p) for p in ("flax", "optax", "orbax-checkpoint")},
         # float32 dots on a GPU default to TF32; JAX_DEFAULT_MATMUL_PRECISION=highest keeps them float32 as on a CPU.
         "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         # 1-minute load averages before and after: other work on the machine inflates the times.
