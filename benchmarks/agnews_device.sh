@@ -13,8 +13,9 @@
 #       runner's --until; a run still training at the end is lost), with float32 matmuls at full precision
 #       (JAX_DEFAULT_MATMUL_PRECISION=highest: on a GPU they would otherwise run as TF32, unlike the CPU
 #       runs they are paired with). The new records go to $OUT/agnews_records.tar, the logs of failed
-#       runs to $OUT/failed_logs.tar, the last lines of every run's log to $OUT/run_log_ends.txt. --quick: the runner's tiny budgets, records apart (runs/agnews_quick):
-#       a smoke test of the stack on a new machine, never results. --from_image: packages taken from the
+#       runs to $OUT/failed_logs.tar, the last lines of every run's log to $OUT/run_log_ends.txt.
+#       --quick: the runner's tiny budgets, records apart (runs/agnews_quick): a smoke test of the stack
+#       on a new machine, never results. --from_image: packages taken from the
 #       machine's image instead of the carried wheels (seen 2026-12-04: the image's JAX 0.11.2 lacks
 #       jax.experimental.hijax.HiPrimitive, which flax 0.12.8 imports, so flax must be the image's own).
 #   bash benchmarks/agnews_device.sh land FILE.tar [RECORDS_DIR]
@@ -61,7 +62,7 @@ prepare() {
   mkdir -p "$REPO/.device_data"
   cp -r "$data_dir/ag_news" "$data_dir/smollm2_tokenizer" "$REPO/.device_data/"
   du -sh "$REPO/.whl" "$REPO/.device_data"
-  echo "then: run(command=\"bash benchmarks/agnews_device.sh run --minutes 8 --from_image flax,optax,orbax-checkpoint\", carry=[\".whl\", \".device_data\"], timeout_s=600)"
+  echo "then:"; sed -n '/^#   run(command=/,/timeout_s=600)$/p' "${BASH_SOURCE[0]}" | sed 's/^# *//'  # the header's call
 }
 
 run_there() {
@@ -151,5 +152,5 @@ case "$cmd" in
   prepare) prepare "$@" ;;
   run) run_there "$@" ;;
   land) land "$@" ;;
-  *) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
