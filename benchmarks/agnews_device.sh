@@ -17,7 +17,8 @@
 #       --quick: the runner's tiny budgets, records apart (runs/agnews_quick): a smoke test of the stack
 #       on a new machine, never results. --from_image: packages taken from the
 #       machine's image instead of the carried wheels (seen 2026-12-04: the image's JAX 0.11.2 lacks
-#       jax.experimental.hijax.HiPrimitive, which flax 0.12.8 imports, so flax must be the image's own).
+#       jax.experimental.hijax.HiPrimitive, which flax 0.12.8 imports, so flax must be the image's own);
+#       a name that matches no carried wheel stops the call. `wheels .whl flax,optax` lists what run installs.
 #   bash benchmarks/agnews_device.sh land FILE.tar [RECORDS_DIR]
 #       here: adds the new records to RECORDS_DIR (default benchmarks/results/agnews_runs; an existing
 #       record is never replaced) and regenerates agnews.md and kan_recipe.md beside it (for the default:
@@ -65,6 +66,23 @@ prepare() {
   echo "then:"; sed -n '/^#   run(command=/,/timeout_s=600)$/p' "${BASH_SOURCE[0]}" | sed 's/^# *//'  # the header's call
 }
 
+wheels_to_install() {  # DIR "flax,optax": the wheels in DIR, one path a line, less those of the projects named
+  local dir="$1" w p project skip skipped=() keep=()
+  local wanted=() # a wheel's file name spells its project in lower case with '_' for '-' and '.'
+  for p in ${2//,/ }; do wanted+=("$(tr '[:upper:]-.' '[:lower:]__' <<<"$p")"); done
+  for w in "$dir"/*.whl; do
+    [[ -f "$w" ]] || continue
+    project="$(basename "$w")"; project="$(tr '[:upper:]-.' '[:lower:]__' <<<"${project%%-*}")"
+    skip=0
+    for p in "${wanted[@]}"; do [[ "$project" == "$p" ]] && skip=1 && skipped+=("$p"); done
+    if [[ "$skip" == 1 ]]; then echo "from the image: $(basename "$w") not installed" >&2; else keep+=("$w"); fi
+  done
+  for p in "${wanted[@]}"; do  # a misspelt name would silently install the carried wheel
+    [[ " ${skipped[*]} " == *" $p "* ]] || { echo "--from_image: no wheel of $p in $dir" >&2; exit 2; }
+  done
+  [[ ${#keep[@]} -eq 0 ]] || printf '%s\n' "${keep[@]}"
+}
+
 run_there() {
   local minutes=8 workers=8 phase="study,tune" only="" seeds="" quick=0 from_image=""
   while [[ $# -gt 0 ]]; do
@@ -79,14 +97,11 @@ run_there() {
   start="$(date +%s)"
   mkdir -p "$out"
   [[ -d "$REPO/.whl" && -d "$REPO/.device_data" ]] || { echo "run: carry .whl and .device_data (prepare makes them)" >&2; exit 2; }
-  local wheels=("$REPO"/.whl/*.whl) keep=() w p skip
-  for w in "${wheels[@]}"; do  # a wheel's file name spells its project with '_' for '-'
-    skip=0
-    for p in ${from_image//,/ }; do [[ "$(basename "$w")" == "${p//-/_}"-* ]] && skip=1; done
-    [[ "$skip" == 1 ]] && echo "from the image: $(basename "$w") not installed" || keep+=("$w")
-  done
+  local listing keep=()
+  listing="$(wheels_to_install "$REPO/.whl" "$from_image")"  # set -e: a --from_image naming no wheel stops here
+  [[ -n "$listing" ]] && mapfile -t keep <<<"$listing"
   rm -rf /tmp/site  # a warm machine keeps the last call's packages: only this call's wheels may be there
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${keep[@]}"
+  [[ ${#keep[@]} -gt 0 ]] && "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${keep[@]}"
   export PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   export JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false
   # The whole stack, imported as a run imports it: a mismatch fails here, in seconds, not in every run.
@@ -152,5 +167,6 @@ case "$cmd" in
   prepare) prepare "$@" ;;
   run) run_there "$@" ;;
   land) land "$@" ;;
+  wheels) wheels_to_install "$@" ;;  # what `run` would install: wheels DIR flax,optax
   *) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -180,3 +180,29 @@ def test_device_records_land_beside_the_others_and_never_replace_one(tmp_path):
     assert json.loads((records / "study" / "kan_chebyshev2__seed1.json").read_text())["device"] == "NVIDIA H200"
     text = (tmp_path / "results" / "agnews.md").read_text()
     assert "linear: NVIDIA H200 seed(s) 1; cpu seed(s) 0" in text
+
+
+def test_device_run_installs_every_carried_wheel_but_those_the_image_provides(tmp_path):
+    """benchmarks/agnews_device.sh's --from_image: a named project's wheel is left out whatever its spelling
+    (PyPI names compare in lower case with '-' and '.' as '_'), a longer name sharing its prefix is kept,
+    and a name that matches no carried wheel stops the call instead of installing the carried one."""
+    import subprocess
+
+    names = ["flax-0.12.8-py3-none-any.whl", "flaxformer-1.0-py3-none-any.whl",
+             "orbax_checkpoint-0.11.0-py3-none-any.whl", "optax-0.2.5-py3-none-any.whl"]
+    for n in names:
+        (tmp_path / n).touch()
+
+    def wheels(from_image):
+        return subprocess.run(["bash", str(REPO / "benchmarks" / "agnews_device.sh"), "wheels", str(tmp_path),
+                               from_image], capture_output=True, text=True)
+
+    out = wheels("Flax,orbax-checkpoint")
+    assert out.returncode == 0, out.stderr
+    assert sorted(Path(p).name for p in out.stdout.split()) == [names[1], names[3]]
+    assert "from the image: flax-0.12.8" in out.stderr and "from the image: orbax_checkpoint-0.11.0" in out.stderr
+    assert sorted(Path(p).name for p in wheels("").stdout.split()) == sorted(names)
+    assert wheels(",".join(["flax", "flaxformer", "orbax.checkpoint", "optax"])).stdout == ""
+    misspelt = wheels("flax,orbax")
+    assert misspelt.returncode == 2 and misspelt.stdout == ""
+    assert "no wheel of orbax in" in misspelt.stderr
