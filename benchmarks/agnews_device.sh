@@ -66,19 +66,22 @@ prepare() {
   echo "then:"; sed -n '/^#   run(command=/,/timeout_s=600)$/p' "${BASH_SOURCE[0]}" | sed 's/^# *//'  # the header's call
 }
 
+normalised() { tr '[:upper:]-.' '[:lower:]__' <<<"$1"; }  # a project name as a wheel's file name spells it
+
 wheels_to_install() {  # DIR "flax,optax": the wheels in DIR, one path a line, less those of the projects named
-  local dir="$1" w p project skip skipped=() keep=()
-  local wanted=() # a wheel's file name spells its project in lower case with '_' for '-' and '.'
-  for p in ${2//,/ }; do wanted+=("$(tr '[:upper:]-.' '[:lower:]__' <<<"$p")"); done
+  local dir="$1" w p name wanted=() found=() keep=()
+  for p in ${2//,/ }; do wanted+=("$(normalised "$p")"); done
   for w in "$dir"/*.whl; do
     [[ -f "$w" ]] || continue
-    project="$(basename "$w")"; project="$(tr '[:upper:]-.' '[:lower:]__' <<<"${project%%-*}")"
-    skip=0
-    for p in "${wanted[@]}"; do [[ "$project" == "$p" ]] && skip=1 && skipped+=("$p"); done
-    if [[ "$skip" == 1 ]]; then echo "from the image: $(basename "$w") not installed" >&2; else keep+=("$w"); fi
+    name="${w##*/}"; name="$(normalised "${name%%-*}")"
+    if [[ " ${wanted[*]} " == *" $name "* ]]; then
+      echo "from the image: ${w##*/} not installed" >&2; found+=("$name")
+    else
+      keep+=("$w")
+    fi
   done
   for p in "${wanted[@]}"; do  # a misspelt name would silently install the carried wheel
-    [[ " ${skipped[*]} " == *" $p "* ]] || { echo "--from_image: no wheel of $p in $dir" >&2; exit 2; }
+    [[ " ${found[*]} " == *" $p "* ]] || { echo "--from_image: no wheel of $p in $dir" >&2; exit 2; }
   done
   [[ ${#keep[@]} -eq 0 ]] || printf '%s\n' "${keep[@]}"
 }
