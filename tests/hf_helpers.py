@@ -6,6 +6,17 @@ import numpy as np
 import torch
 
 
+def left_padded_batch(vocab: int, b: int = 3, t: int = 11, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids in [3, vocab) and mask, both (b, t) int32; row i is left-padded by 2i (pad id 0), row 0 unpadded."""
+    rs = np.random.RandomState(seed)
+    ids = rs.randint(3, vocab, (b, t)).astype(np.int32)
+    mask = np.ones((b, t), np.int32)
+    for i in range(1, b):
+        mask[i, : 2 * i] = 0
+        ids[i, : 2 * i] = 0
+    return ids, mask
+
+
 def default_positions(mask: np.ndarray) -> np.ndarray:
     """kanjax's positions for a padded batch: cumsum(mask) - 1, clipped at 0."""
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0)

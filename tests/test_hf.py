@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from kanjax import hf
 from kanjax.hf_gguf import gguf_to_hf_name, unpermute_qk
-from hf_helpers import LogCapture, torch_logits
+from hf_helpers import LogCapture, left_padded_batch, torch_logits
 
 VOCAB = 96
 
@@ -54,15 +54,8 @@ def tiny_hf_dir(request, tmp_path_factory):
     return folder, model
 
 
-def _batch(seed: int = 0, b: int = 3, t: int = 11):
-    """Left-padded token ids and mask (b, t) int32; row 0 unpadded."""
-    rs = np.random.RandomState(seed)
-    ids = rs.randint(3, VOCAB, (b, t)).astype(np.int32)
-    mask = np.ones((b, t), np.int32)
-    for i in range(1, b):
-        mask[i, : 2 * i] = 0
-        ids[i, : 2 * i] = 0
-    return ids, mask
+def _batch(b: int = 3, t: int = 11):
+    return left_padded_batch(VOCAB, b, t)
 
 
 def _load_transformers_quietly(cls, folder):

@@ -26,7 +26,7 @@ from kanjax import hf, hf_kan
 from kanjax.kan import DOMAINS, KANLinear
 from kanjax.kanify import kanify
 from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-from hf_helpers import LogCapture, torch_logits
+from hf_helpers import LogCapture, left_padded_batch, torch_logits
 
 VOCAB = 96
 TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -54,15 +54,8 @@ def _tiny_kan(spec: dict, cls=LlamaForCausalLM, seed: int = 0, **config):
     return _randomize(kanify(base, spec, seed=seed), seed=seed + 1)
 
 
-def _batch(b: int = 3, t: int = 9, seed: int = 0):
-    """Left-padded ids (pad id 0) and mask, (b, t); row 0 unpadded."""
-    rs = np.random.RandomState(seed)
-    ids = rs.randint(3, VOCAB, (b, t)).astype(np.int32)
-    mask = np.ones((b, t), np.int32)
-    for i in range(1, b):
-        mask[i, : 2 * i] = 0
-        ids[i, : 2 * i] = 0
-    return ids, mask
+def _batch(b: int = 3, t: int = 9):
+    return left_padded_batch(VOCAB, b, t)
 
 
 def _load_remote(cls, folder, dtype=torch.float32):
