@@ -20,7 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from kanjax import eval_models, eval_tasks
+from kanjax.evals import runner as eval_models
+from kanjax.evals import tasks as eval_tasks
+from kanjax.data import load_tokenizer
+from kanjax.hf.sources import source_kind
 
 
 def parse_args(argv=None):
@@ -97,8 +100,11 @@ def main(argv=None) -> int:
         print(f"eval.py: --perplexity_file {args.perplexity_file}: no such file", file=sys.stderr)
         return 2
     prompts = _prompts(args.generate)
-    eval_models.check_model_spec(args.model)
-    tokenizer = eval_models.load_tokenizer(args.tokenizer, args.model)
+    try:  # a mistyped --model fails here, before any tokenizer or weights load
+        source_kind(args.model)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--model {e}") from None
+    tokenizer = load_tokenizer(eval_models.tokenizer_source(args.tokenizer, args.model))
     model, tokenizer = eval_models.load_model(args.model, tokenizer)
     results = eval_models.run(model, tokenizer, tasks, data_dir=args.data_dir, limit=args.limit,
                               batch_size=args.batch_size, perplexity_file=args.perplexity_file, task_files=files,
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     """main, with input errors (an unknown task, a missing folder, an unusable file, no network for a
     hub id) reported in one line with exit code 2; --verbose shows the traceback instead."""
-    from kanjax.config import InputError
+    from kanjax.errors import InputError
 
     try:
         return main(argv)

@@ -25,8 +25,8 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "absl.logging"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from kanjax.config import InputError
-    from kanjax.train_loop import run
+    from kanjax.errors import InputError
+    from kanjax.training.loop import run
 
     try:
         run(_CONFIG.value, max_steps=_STOP_AFTER.value)
@@ -52,7 +52,7 @@ def unknown_config_keys(argv: list[str]) -> str | None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    from kanjax import config as config_lib
+    from kanjax.training import config as config_lib
 
     for key in keys:
         if key not in config_lib.flat_keys(config) and not key.startswith(("kan.basis_params.", "mesh.shape.")):

@@ -208,7 +208,7 @@ def _config_json(module: str, flags_json: str) -> str:
 
     if str(REPO) not in sys.path:  # configs/ and kanjax/ of this checkout
         sys.path.insert(0, str(REPO))
-    from kanjax import config as config_lib
+    from kanjax.training import config as config_lib
 
     config = config_lib.apply_overrides(importlib.import_module(f"configs.{module}").get_config(),
                                         json.loads(flags_json))

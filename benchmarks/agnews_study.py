@@ -54,8 +54,8 @@ def _plot_learned_functions(summary, path: Path) -> None:
     """kanjax.viz pictures of a few edges of the first KAN layer of the trained model."""
     from flax import nnx
 
-    from kanjax import viz
-    from kanjax.kan import KANLinear
+    from kanjax.kan import viz
+    from kanjax.kan.layer import KANLinear
 
     model = nnx.merge(summary["trainer"].graphdef, summary["state"]["params"])
     layers = [(p, m) for p, m in nnx.iter_graph(model) if isinstance(m, KANLinear)]
@@ -77,10 +77,10 @@ def run_one(phase: str, name: str, seed: int, flags: dict, args, learned_functio
     import jax
     import numpy as np
 
-    from kanjax import config as config_lib
-    from kanjax import experiment
-    from kanjax import metrics as metrics_lib
-    from kanjax.train_loop import run
+    from kanjax.training import config as config_lib
+    from kanjax.training import experiment
+    from kanjax.training import metrics as metrics_lib
+    from kanjax.training.loop import run
 
     arm = next(a for a in PHASES[phase] if a.name == name)
     config = config_lib.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(), flags)
@@ -134,8 +134,8 @@ def text_coverage(data_dir: str, seq_len: int) -> dict:
 
     import numpy as np
 
-    from kanjax import config as config_lib
-    from kanjax import data as data_lib
+    from kanjax.training import config as config_lib
+    from kanjax.data import pipeline as data_lib
 
     config = config_lib.apply_overrides(importlib.import_module("configs.linear").get_config(),
                                         {"data.path": str(Path(data_dir) / "ag_news")})

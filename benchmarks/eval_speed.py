@@ -34,7 +34,10 @@ import numpy as np
 import torch
 import transformers
 
-from kanjax import eval_models, eval_tasks, evaluate, hf
+from kanjax.evals import runner as eval_models
+from kanjax.evals import tasks as eval_tasks
+from kanjax.evals import loglik as evaluate
+from kanjax import hf
 
 
 def torch_loglikelihoods(model, tokenizer, requests) -> list[float]:

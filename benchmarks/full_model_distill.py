@@ -86,7 +86,7 @@ def tokenizer(args):
 @functools.cache
 def _tokenizer(path: str):
     """One tokenizer per process (--in_process runs every unit in one): loading takes ~0.4 s."""
-    from kanjax.data import load_tokenizer
+    from kanjax.data.pipeline import load_tokenizer
 
     tok = load_tokenizer(path)
     tok.model_max_length = 1 << 30  # whole texts are encoded once, then cut into windows: no length warning
@@ -103,7 +103,8 @@ def recording_windows(tok, data_dir: Path, s) -> tuple:
 
     import numpy as np
 
-    from kanjax import data_arrays, distill
+    from kanjax import distill
+    from kanjax.data import arrays as data_arrays
 
     text = data_dir / "text"
     with open(data_dir / "ag_news" / "train.csv", newline="", encoding="utf-8") as f:
@@ -128,7 +129,7 @@ _TEACHERS: dict = {}  # --in_process: the pretrained model is loaded once (splic
 
 def teacher(args, s):
     from kanjax import hf
-    from kanjax.surgery import truncate_layers
+    from kanjax.llama.surgery import truncate_layers
 
     key = (args.source, s["num_layers"])
     if key not in _TEACHERS:
@@ -226,7 +227,7 @@ def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
     import numpy as np
 
     from kanjax import distill
-    from kanjax.kan import count_params
+    from kanjax.kan.layer import count_params
 
     spec = arm_spec(arm)
     train = rec.token_index(rec.splits["train"])
@@ -330,7 +331,7 @@ def run_eval(args, s, part: str, name: str) -> dict:
 def run_unit(args, unit: str) -> dict:
     import jax
 
-    from kanjax import experiment
+    from kanjax.training import experiment
 
     s = settings(args)
     if args.compile_cache:  # identical programs (e.g. the reference and linear models) compile once

@@ -23,7 +23,8 @@ def perplexities(model, tok, data_dir: Path, chat_split_dir: Path, s: dict) -> d
 
     from full_model_study import chat_split
 
-    from kanjax import data_arrays, evaluate
+    from kanjax.data import arrays as data_arrays
+    from kanjax.evals import loglik as evaluate
 
     prefix = evaluate.prefix_token_id(tok)
     windows = _wikitext_windows(data_dir / "text" / "wikitext2_test.txt", tok, s["ppl_seq_len"], s["ppl_windows"])
@@ -45,7 +46,8 @@ def perplexities(model, tok, data_dir: Path, chat_split_dir: Path, s: dict) -> d
 @functools.cache
 def _wikitext_windows(path: Path, tok, seq_len: int, count: int):
     """The WikiText-2 test windows, encoded once per process and tokenizer (every judged model reads them)."""
-    from kanjax import data_arrays, distill
+    from kanjax import distill
+    from kanjax.data import arrays as data_arrays
 
     return distill.token_windows(data_arrays.encode_text(tok, [path.read_text()]), seq_len, count)
 
@@ -89,7 +91,7 @@ def bbh(model, tok, data_dir: Path, s: dict, gen_batch_size: int) -> dict:
     """BBH 3-shot answer-only exact match on the first s["bbh_limit"] questions (all when 0) of the tasks
     s["bbh_tasks"] ("bbh": all 27) -> {"tasks": {name: {"n", "exact_match", "correct", "answers",
     "seconds"}}, "exact_match"}."""
-    from kanjax import eval_models
+    from kanjax.evals import runner as eval_models
 
     res = eval_models.run(model, tok, s["bbh_tasks"], bbh_dir=data_dir / "bbh", limit=s["bbh_limit"] or None,
                           gen_batch_size=gen_batch_size, progress=False)
@@ -104,7 +106,7 @@ def multiple_choice(model, tok, data_dir: Path, s: dict, batch_size: int) -> dic
     {"tasks": {name: {"n", "acc", "acc_norm", "seconds", per-question bits}}}."""
     from full_model_study import per_question
 
-    from kanjax import eval_models
+    from kanjax.evals import runner as eval_models
 
     res = eval_models.run(model, tok, MC_TASKS, data_dir=data_dir / "mc_benchmarks", limit=s["mc_limit"] or None,
                           batch_size=batch_size, progress=False)
@@ -117,7 +119,7 @@ def bbh_floor(data_dir: Path, s: dict) -> dict:
     its rows), scored on the judged questions -> {"tasks": {name: {"n", "answer", "correct"}}}."""
     import collections
 
-    from kanjax import bbh as bbh_lib
+    from kanjax.evals import bbh as bbh_lib
 
     names = bbh_lib.task_names() if tuple(s["bbh_tasks"]) == ("bbh",) else s["bbh_tasks"]
     out = {"tasks": {}}

@@ -46,7 +46,7 @@ def settings(args) -> dict:
 
 
 def arm_spec(arm: str):
-    from kanjax.kanify import KANSpec
+    from kanjax.llama.kan_spec import KANSpec
 
     spec = {**ARMS, **OPTIONAL_ARMS}[arm]
     return None if spec is None else KANSpec.from_dict(spec)

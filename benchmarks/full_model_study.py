@@ -117,7 +117,7 @@ def _config(row: str, flags: dict):
     import importlib
 
     module = ARMS.get(row) or BEFORE[row]
-    from kanjax.config import apply_overrides
+    from kanjax.training.config import apply_overrides
 
     return apply_overrides(importlib.import_module(f"configs.{module}").get_config(), flags)
 
@@ -129,8 +129,8 @@ def chat_perplexity(model, config, tokenizer, max_rows: int = 0) -> dict:
     import jax
     from flax import nnx
 
-    from kanjax import data as data_lib
-    from kanjax import train_lib
+    from kanjax.data import pipeline as data_lib
+    from kanjax.training import step as train_lib
 
     data_cfg = config.data.copy_and_resolve_references()
     data_cfg.seq_len, data_cfg.batch_size = HELDOUT_SEQ_LEN, 2
@@ -180,11 +180,12 @@ def run_row(row: str, seed: int, args) -> dict:
     import numpy as np
     from flax import nnx
 
-    from kanjax import data as data_lib
-    from kanjax import config as config_lib
-    from kanjax import eval_models, experiment
-    from kanjax.kan import count_params
-    from kanjax.train_lib import check_trainable
+    from kanjax.data import pipeline as data_lib
+    from kanjax.training import config as config_lib
+    from kanjax.evals import runner as eval_models
+    from kanjax.training import experiment
+    from kanjax.kan.layer import count_params
+    from kanjax.training.step import check_trainable
 
     flags = overrides(row, seed, args)
     chat_split(Path(args.data_dir) / "chat", flags["data.path"])
@@ -196,7 +197,7 @@ def run_row(row: str, seed: int, args) -> dict:
               "device": jax.devices()[0].device_kind, "cpus": os.cpu_count(), "jax": jax.__version__}
     t0 = time.perf_counter()
     if row in ARMS:
-        from kanjax.train_loop import run
+        from kanjax.training.loop import run
 
         summary = run(config)
         model = nnx.merge(summary["trainer"].graphdef, summary["state"]["params"])

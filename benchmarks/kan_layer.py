@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kanjax import basis as basis_lib
-from kanjax.kan import KANLinear, count_params, matched_width
-from kanjax.kanify import KANSpec
+from kanjax.kan import basis as basis_lib
+from kanjax.kan.layer import KANLinear, count_params, matched_width
+from kanjax.llama.kan_spec import KANSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import agnews_plan  # noqa: E402  (the study's arm list)

@@ -35,7 +35,7 @@ from flax import nnx
 
 from timing import round_robin  # noqa: E402  (benchmarks/timing.py: run as a script, this folder is on the path)
 from kanjax import hf
-from kanjax.llama import LlamaConfig, LlamaForCausalLM
+from kanjax.llama.model import LlamaConfig, LlamaForCausalLM
 
 
 def load_models():

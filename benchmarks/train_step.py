@@ -41,10 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs.base import get_config  # noqa: E402
 import step_profile  # noqa: E402  (benchmarks/: run as a script, this folder is on the path)
 from timing import round_robin  # noqa: E402
-from kanjax import kan, matmul, sharding, train_lib  # noqa: E402
-from kanjax.kan import KANLinear, count_params  # noqa: E402
-from kanjax.kanify import build_model  # noqa: E402
-from kanjax.llama import (LlamaConfig, LlamaForSequenceClassification, last_token_index,  # noqa: E402
+from kanjax.kan import layer as kan# noqa: E402
+from kanjax.kan import matmul
+from kanjax.training import sharding
+from kanjax.training import step as train_lib
+from kanjax.kan.layer import KANLinear, count_params  # noqa: E402
+from kanjax.llama.kanify import build_model  # noqa: E402
+from kanjax.llama.model import (LlamaConfig, LlamaForSequenceClassification, last_token_index,  # noqa: E402
                           take_rows)
 
 KAN = dict(targets=["all"], basis="chebyshev2", degree=2, param_match="width")

@@ -7,7 +7,7 @@ Every field can be overridden on the command line: --config.train.steps=500.
 
 import ml_collections
 
-from kanjax.kan_spec import KANSpec
+from kanjax.llama.kan_spec import KANSpec
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -3,7 +3,7 @@
 Shape letters: n windows, t window length, d model width, N = n·t recorded tokens, b batch.
 
 Each MLP block of a decoder layer is a function from the layer's normalised hidden state
-x = post_attention_layernorm(r) (d) to its output y = mlp(x) (d). A replacement (a re-initialised
+x = post_attention_layernorm(r) (d) to its output y = mlp(x) (d). A replacement (a re-initialized
 linear GLU, or a KAN MLP at the same parameter count) can be fitted to it directly by regression on
 (x, y) pairs recorded from the pretrained model, with no full-model forward per step:
 
@@ -42,10 +42,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from kanjax.attention import attention_mask_bool, default_positions, rope_cos_sin, rope_inv_freq
-from kanjax.kanify import KANProjections, KANSpec, kanified_config
-from kanjax.llama import LlamaConfig, LlamaMLP, Projections
-from kanjax.train_lib import learning_rate_schedule
+from kanjax.llama.attention import attention_mask_bool, default_positions, rope_cos_sin, rope_inv_freq
+from kanjax.llama.kan_spec import KANSpec
+from kanjax.llama.kanify import KANProjections, kanified_config
+from kanjax.llama.model import LlamaConfig, LlamaMLP, Projections
+from kanjax.training.step import learning_rate_schedule
 
 DTYPES = ("float32", "bfloat16")  # on disk; bfloat16 is stored as its raw uint16 bits (.npy has no bf16)
 
@@ -239,7 +240,7 @@ class Recording:
 
 def replacement_mlp(config: LlamaConfig, layer: int, spec: KANSpec | dict | None = None, *, seed: int = 0,
                     dtype=jnp.float32, param_dtype=jnp.float32) -> LlamaMLP:
-    """A freshly initialised MLP for block `layer`: the linear GLU of the config's width (spec None or
+    """A freshly initialized MLP for block `layer`: the linear GLU of the config's width (spec None or
     without targets), else the KAN MLP kanify would build there (spec.layers is replaced by [layer];
     with param_match="width" its width gives the linear block's parameter count)."""
     rngs = nnx.Rngs(seed)
@@ -282,14 +283,14 @@ def splice(model, mlps: Mapping[int, nnx.Module], spec: KANSpec | None = None):
 
 def mlp_state(mlp: nnx.Module) -> dict[str, np.ndarray]:
     """{parameter path: array} of a module, for np.savez."""
-    from kanjax.surgery import param_arrays
+    from kanjax.llama.surgery import param_arrays
 
     return param_arrays(mlp)
 
 
 def load_mlp_state(mlp: nnx.Module, arrays: Mapping[str, np.ndarray]) -> nnx.Module:
     """Fill `mlp` (built with the same shapes) from `mlp_state` arrays, in place; returns it."""
-    from kanjax.surgery import path_string
+    from kanjax.llama.surgery import path_string
 
     state = nnx.state(mlp, nnx.Param)
     paths = [path_string(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]

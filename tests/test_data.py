@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from kanjax import data, data_sources
-from kanjax.data_arrays import apply_id_map, eval_batches, make_iterator, pack
+from kanjax import data
+from kanjax.data import sources as data_sources
+from kanjax.data.arrays import apply_id_map, encode_chat, eval_batches, make_iterator, pack
+from kanjax.data.sources import split_files
 
 
 def cfg(**kw):
@@ -158,7 +160,7 @@ def test_pack_truncation_and_boundaries():
 
 def test_chat_truncation(shared_data, tokenizer):
     conv = list(data.load_raw(cfg(task="chat", path=str(shared_data / "chat")), "train")["messages"])[:50]
-    seqs, masks, stats = data.encode_chat(tokenizer, conv, seq_len=48)
+    seqs, masks, stats = encode_chat(tokenizer, conv, seq_len=48)
     assert stats["truncated"] > 0 and stats["kept"] + stats["dropped"] == 50
     assert all(len(s) <= 48 for s in seqs) and all(m[1:].any() for m in masks)
 
@@ -315,7 +317,7 @@ def test_local_folder_layout(tmp_path):
     (tmp_path / "dev.csv").write_text("text,label\nNA,1\nnull,0\n")  # NA/null stay text
     (tmp_path / "notes.txt").write_text("not a split")
     c = cfg(path=str(tmp_path))
-    assert sorted(data.split_files(tmp_path)) == ["train", "validation"]
+    assert sorted(split_files(tmp_path)) == ["train", "validation"]
     train, val = data.load_raw(c, "train"), data.load_raw(c, "validation")
     assert len(train) == 6 and train.column_names == ["text", "label"]
     assert list(val["text"]) == ["NA", "null"] and list(val["label"]) == [1, 0]

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kanjax import diagnostics, train_lib
-from kanjax.kanify import build_model
-from kanjax.llama import LlamaConfig, LlamaForSequenceClassification
+from kanjax.training import diagnostics
+from kanjax.training import step as train_lib
+from kanjax.llama.kanify import build_model
+from kanjax.llama.model import LlamaConfig, LlamaForSequenceClassification
 
 TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0)

@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 from kanjax import distill, distill_in_situ
-from kanjax.kan import count_params
-from kanjax.kanify import KANSpec
-from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaMLP
+from kanjax.kan.layer import count_params
+from kanjax.llama.kan_spec import KANSpec
+from kanjax.llama.model import LlamaConfig, LlamaForCausalLM, LlamaMLP
 
 CONFIG = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=64, rope_theta=10000.0)
@@ -191,7 +191,7 @@ def test_finetune_trains_only_the_chosen_mlps(model, recording):
     tuned, info = distill_in_situ.finetune(spliced, recording, (3,), recording.splits["train"], cfg, batch_windows=2)
     assert len(info["train_loss"]) == 2 and info["tokens"] == 6 * 2 * 16
     before, after = nnx.state(spliced, nnx.Param), nnx.state(tuned, nnx.Param)
-    from kanjax.surgery import path_string
+    from kanjax.llama.surgery import path_string
 
     changed = {path_string(p) for (p, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(before),
                                                         jax.tree_util.tree_leaves_with_path(after))

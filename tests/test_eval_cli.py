@@ -11,11 +11,13 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import eval as eval_cli  # noqa: E402  (the repo-root script)
 
-from kanjax import eval_models, eval_tasks, evaluate  # noqa: E402
+from kanjax.evals import runner as eval_models# noqa: E402
+from kanjax.evals import tasks as eval_tasks
+from kanjax.evals import loglik as evaluate
 
 
 def test_eval_cli_on_hf_folder(llama_ref, tokenizer, tokenizer_dir, shared_data, tmp_path, capsys):
-    from kanjax.hf import save_pretrained
+    from kanjax.hf.pretrained import save_pretrained
 
     ours = llama_ref.ours(llama_ref.model(vocab_size=49152, seed=2, initializer_range=0.5))
     folder = save_pretrained(ours, tmp_path / "hf_tiny", tokenizer)
@@ -66,7 +68,7 @@ def test_eval_on_train_workdir_with_trimmed_vocab(tmp_path, shared_data, tokeniz
     from train_helpers import apply_overrides, tiny_overrides
 
     from configs import base
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()

@@ -17,7 +17,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import eval as eval_cli  # noqa: E402  (the repo-root script)
 
-from kanjax import bbh, eval_tasks, evaluate  # noqa: E402
+from kanjax.evals import bbh# noqa: E402
+from kanjax.evals import tasks as eval_tasks
+from kanjax.evals import loglik as evaluate
 
 BOOLEAN_PREFIX = ("Evaluate the result of a random Boolean expression.\n\n"
                   "Q: not ( ( not not True ) ) is\nA: False\n\n"
@@ -93,7 +95,7 @@ def test_bbh_registry_groups_and_sources(shared_data, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_folder(llama_ref, tokenizer, tmp_path_factory):
     """A tiny random Llama with SmolLM2's vocabulary, saved as an HF folder (with the tokenizer)."""
-    from kanjax.hf import save_pretrained
+    from kanjax.hf.pretrained import save_pretrained
 
     ours = llama_ref.ours(llama_ref.model(vocab_size=49152, seed=3, initializer_range=0.5,
                                           max_position_embeddings=1024))

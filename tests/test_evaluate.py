@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kanjax import eval_tasks, evaluate
+from kanjax.evals import tasks as eval_tasks
+from kanjax.evals import loglik as evaluate
 
 TOL = 1e-3
 
@@ -89,7 +90,7 @@ def test_packed_scoring_equals_one_row_per_request(tiny_pair):
         ctx = ids(n_ctx)
         pairs += [(ctx, ids(int(rng.integers(1, 9)))) for _ in range(n_choices)]
     pairs.append((pairs[0][0][:5], ids(4)))  # a context that is a prefix of another: its own group
-    from kanjax import packing
+    from kanjax.evals import packing
 
     cut = [packing.cut_request(c, k, 48) for c, k in pairs]
     assert len(packing.groups(cut, 48)) > len({r.prefix for r in cut})  # the 14-choice group is split
@@ -103,7 +104,7 @@ def test_packed_scoring_equals_one_row_per_request(tiny_pair):
 
 
 def test_packing_layout_is_what_the_mask_assumes():
-    from kanjax import packing
+    from kanjax.evals import packing
 
     reqs = [packing.cut_request([7, 8, 9], [1, 2], 16), packing.cut_request([7, 8, 9], [3], 16),
             packing.cut_request([5], [4, 4, 4], 16)]
@@ -236,7 +237,7 @@ def test_errors(tmp_path):
 
 @pytest.mark.slow
 def test_loglikelihoods_match_torch_real_smollm2(smollm2_torch_model, smollm2_gguf, tokenizer):
-    from kanjax.hf import load_gguf
+    from kanjax.hf.pretrained import load_gguf
 
     ours = load_gguf(smollm2_gguf)
     got = evaluate.loglikelihoods(ours, tokenizer, REQUESTS, batch_size=5)

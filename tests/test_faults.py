@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kanjax import data
-from kanjax.config import ConfigError
+from kanjax.training.config import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_helpers import REPO_ROOT, apply_overrides, tiny_overrides  # noqa: E402
@@ -33,7 +33,7 @@ def _rows(workdir: Path) -> list[dict]:
 
 
 def test_corrupted_newest_checkpoint_is_set_aside_and_the_run_finishes(tmp_path, shared_data, capsys):
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
 
     config = _config(tmp_path, shared_data, **{"train.steps": 15, "checkpoint.every": 5, "eval.every": 5})
     run(config, max_steps=10)
@@ -56,8 +56,8 @@ def test_loading_a_workdir_warns_about_nothing(tmp_path, shared_data, caplog):
     """Orbax's "Metadata file does not exist: …/_CHECKPOINT_METADATA" on every load is gone."""
     import logging
 
-    from kanjax import experiment
-    from kanjax.train_loop import run
+    from kanjax.training import workdir as experiment
+    from kanjax.training.loop import run
 
     run(_config(tmp_path, shared_data, **{"train.steps": 2, "checkpoint.every": 2, "eval.test_limit": 16}))
     caplog.clear()
@@ -67,7 +67,7 @@ def test_loading_a_workdir_warns_about_nothing(tmp_path, shared_data, caplog):
 
 
 def test_resume_with_a_changed_model_setting_stops_naming_the_keys(tmp_path, shared_data):
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
 
     flags = {"train.steps": 6, "checkpoint.every": 3}
     config = _config(tmp_path, shared_data, **flags)
@@ -141,7 +141,7 @@ def test_truncated_safetensors_names_the_file(tmp_path):
     from flax import nnx
 
     from kanjax import hf
-    from kanjax.llama import LlamaConfig, LlamaForCausalLM
+    from kanjax.llama.model import LlamaConfig, LlamaForCausalLM
 
     tiny = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=1)
@@ -182,8 +182,8 @@ def test_eval_cli_checks_its_arguments_before_loading_a_model(tmp_path):
 def test_installed_package_defaults_to_hub_ids_and_says_how_to_go_offline(tmp_path):
     """Run from another directory: no path into a development checkout, and offline a hub default
     fails naming the local-path option."""
-    code = ("from kanjax import eval_models\n"
-            "try:\n    eval_models.load_tokenizer()\nexcept OSError as e:\n    print('ERR', e)\n")
+    code = ("from kanjax.data import load_tokenizer\nfrom kanjax.evals.runner import tokenizer_source\n"
+            "try:\n    load_tokenizer(tokenizer_source())\nexcept OSError as e:\n    print('ERR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert "ERR" in out.stdout and "HuggingFaceTB/SmolLM2-135M-Instruct" in out.stdout
@@ -225,7 +225,7 @@ def test_every_runtime_import_is_a_declared_dependency():
 
 
 def test_metrics_are_strict_json(tmp_path):
-    from kanjax.metrics import MetricWriter, read_metrics
+    from kanjax.training.metrics import MetricWriter, read_metrics
 
     w = MetricWriter(tmp_path)
     w.write(1, "train", {"loss": float("nan"), "grad_norm": float("inf"), "ok": 1.5})

@@ -8,8 +8,9 @@ import torch
 import transformers
 from flax import nnx
 
-from kanjax.generate import chat_prompt, filter_logits, generate
-from kanjax.llama import LlamaConfig, LlamaForCausalLM, init_cache
+from kanjax.llama.generate import chat_prompt, filter_logits, generate
+from kanjax.llama.attention import init_cache
+from kanjax.llama.model import LlamaConfig, LlamaForCausalLM
 
 # Left padded prompts (pad id 0): rows of length 3, 6 and 4.
 PROMPTS = np.array([[0, 0, 0, 5, 9, 33],

@@ -21,7 +21,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from kanjax import hf
-from kanjax.hf_gguf import gguf_to_hf_name, unpermute_qk
+from kanjax.hf.gguf import gguf_to_hf_name, unpermute_qk
 from hf_helpers import LogCapture, left_padded_batch, torch_logits
 
 VOCAB = 96
@@ -333,7 +333,7 @@ def test_smollm2_gguf_path(smollm2_gguf):
 
 
 def test_gguf_tokenizer_matches_shared_tokenizer(smollm2_gguf, tokenizer_dir):
-    from kanjax.hf import gguf_tokenizer
+    from kanjax.hf.gguf import gguf_tokenizer
 
     ours, shared = gguf_tokenizer(smollm2_gguf), transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     chat = [{"role": "user", "content": "What is the capital of France? Ünïcode ✓ 123"}]
@@ -356,7 +356,7 @@ def smollm2_tokenizer(smollm2_hf_dir):
 
 @pytest.fixture(scope="module")
 def chat_batch(smollm2_tokenizer):
-    from kanjax.generate import chat_prompt
+    from kanjax.llama.generate import chat_prompt
 
     ids, mask = chat_prompt(smollm2_tokenizer, PROMPTS)
     assert (mask[:, 0] == 0).any() and (mask[:, -1] == 1).all()  # really left padded
@@ -378,7 +378,7 @@ def _compare_with_transformers(model, torch_model, ids, mask):
 @pytest.mark.slow
 def test_smollm2_safetensors_logits_and_greedy_generation(smollm2_hf_dir, smollm2_torch_model,
                                                           smollm2_tokenizer, chat_batch):
-    from kanjax.generate import generate
+    from kanjax.llama.generate import generate
 
     model = hf.load_pretrained(smollm2_hf_dir)
     ids, mask = chat_batch
@@ -422,8 +422,8 @@ def test_smollm2_export_loads_in_transformers(smollm2_hf_dir, tmp_path, smollm2_
 def test_kan_params_round_trip_through_the_generic_walk(tmp_path):
     """Params that are not `kernel` (KANLinear's coef (in, K, out), bias) get HF-style names from
     their nnx paths and survive save -> load when the same projections are passed back."""
-    from kanjax.kan import KANLinear
-    from kanjax.llama import LlamaConfig, LlamaForCausalLM, Projections
+    from kanjax.kan.layer import KANLinear
+    from kanjax.llama.model import LlamaConfig, LlamaForCausalLM, Projections
 
     class UpProjKAN(Projections):
         def __call__(self, kind, layer, in_features, out_features, **kw):

@@ -21,11 +21,12 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file
 
-from kanjax import basis as basis_lib
-from kanjax import hf, hf_kan
-from kanjax.kan import DOMAINS, KANLinear
-from kanjax.kanify import kanify
-from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from kanjax.kan import basis as basis_lib
+from kanjax import hf
+from kanjax.hf import kan_export as hf_kan
+from kanjax.kan.layer import DOMAINS, KANLinear
+from kanjax.llama.kanify import kanify
+from kanjax.llama.model import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 from hf_helpers import LogCapture, left_padded_batch, torch_logits
 
 VOCAB = 96
@@ -189,7 +190,7 @@ def test_exported_config_and_files(tmp_path):
 
 def test_transformers_generate_matches_kanjax(tmp_path):
     """The exported model decodes with transformers' KV cache as kanjax does (greedy)."""
-    from kanjax.generate import generate
+    from kanjax.llama.generate import generate
 
     model = _tiny_kan(dict(targets=["all"], basis="chebyshev2", base="linear"), seed=3)
     out = hf.save_pretrained(model, tmp_path / "gen")
@@ -300,7 +301,7 @@ def test_smollm2_kan_export_matches_transformers(smollm2_gguf, tokenizer, tmp_pa
     test_remote_kan_layer_matches_kanjax."""
     import time
 
-    from kanjax.generate import chat_prompt
+    from kanjax.llama.generate import chat_prompt
 
     base = hf.load_gguf(smollm2_gguf)
     model = kanify(base, dict(targets=["mlp"], layers="last:2", basis="chebyshev2",

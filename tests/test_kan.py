@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kanjax import basis as basis_lib
-from kanjax.kan import KANLinear, count_params, kan_param_count, matched_width
+from kanjax.kan import basis as basis_lib
+from kanjax.kan.layer import KANLinear, count_params, kan_param_count, matched_width
 
 FAMILIES = sorted(basis_lib.BASES)
 POLYNOMIALS = sorted(n for n, b in basis_lib.BASES.items() if b.polynomial)
@@ -179,7 +179,7 @@ def test_centred_columns(family):
     """center="zero": every column vanishes at input 0, so the constant column drops out and an edge
     function is 0 at 0; center="gauss": every column has mean 0 for N(0, 1) inputs. The columns keep
     max |column| = 1 on the interval, and from_linear stays exact (domain "none")."""
-    from kanjax.basis import GH_NODES as _GH_NODES, GH_WEIGHTS as _GH_WEIGHTS
+    from kanjax.kan.basis_terms import GH_NODES as _GH_NODES, GH_WEIGHTS as _GH_WEIGHTS
 
     zero = KANLinear(5, 3, basis=family, center="zero", rngs=nnx.Rngs(0))
     np.testing.assert_allclose(zero.features(jnp.zeros((2, 5))), 0.0, atol=1e-6)

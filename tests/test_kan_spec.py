@@ -2,8 +2,8 @@
 
 import pytest
 
-import kanjax.kanify
-from kanjax.kan_spec import KANSpec
+import kanjax.llama.kanify
+from kanjax.llama.kan_spec import KANSpec
 
 
 def test_spec_errors_name_the_field():

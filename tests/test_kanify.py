@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kanjax import basis as basis_lib
-from kanjax.kan import KANLinear, count_params
-from kanjax.kanify import KANProjection, KANSpec, build_model, kanify, param_report
-from kanjax.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from kanjax.kan import basis as basis_lib
+from kanjax.kan.layer import KANLinear, count_params
+from kanjax.llama.kan_spec import KANSpec
+from kanjax.llama.kanify import KANProjection, build_model, kanify, param_report
+from kanjax.llama.model import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
                    num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0)
@@ -148,7 +149,7 @@ def test_bottlenecked_projection_starts_at_the_linear_layers_output_scale(strate
     """A parameter-matched attention projection (KAN in → r, linear r → out) at init: with
     bottleneck_init="output" its output std for unit inputs is the replaced linear layer's,
     0.02·sqrt(in); "layerwise" (every stage at the 0.02 scale) shrinks it by another 0.02·sqrt(r)."""
-    from kanjax.kanify import matched_rank
+    from kanjax.llama.kanify import matched_rank
 
     n_in, n_out = 576, 576
     spec = KANSpec(targets=("q",), strategy=strategy, param_match="width", bottleneck_init=bottleneck_init)
@@ -176,8 +177,8 @@ def test_param_ratio_halves_the_projection_parameters():
 
 @pytest.mark.slow
 def test_from_linear_on_real_smollm2_keeps_logits_and_answer(smollm2_gguf, tokenizer, record_property):
-    from kanjax.generate import chat_prompt, generate
-    from kanjax.hf import load_gguf
+    from kanjax.llama.generate import chat_prompt, generate
+    from kanjax.hf.pretrained import load_gguf
 
     model = load_gguf(smollm2_gguf)
     questions = ["What is the capital of France?", "Name a primary colour."]

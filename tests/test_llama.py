@@ -11,8 +11,9 @@ import torch
 import transformers
 from flax import nnx
 
-from kanjax.llama import (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, Projections,
-                          rope_inv_freq, trim_vocab, truncate_layers)
+from kanjax.llama.attention import rope_inv_freq
+from kanjax.llama.model import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, Projections
+from kanjax.llama.surgery import trim_vocab, truncate_layers
 
 TOL = 1e-4
 
@@ -241,7 +242,7 @@ def test_blocked_causal_attention_equals_dense():
     including rows of left padding and lengths that are not a multiple of the block."""
     import jax
 
-    from kanjax.llama import attention, attention_mask_bool, blocked_causal_attention
+    from kanjax.llama.attention import attention, attention_mask_bool, blocked_causal_attention
 
     kq, kk, kv = jax.random.split(jax.random.key(0), 3)
     b, t, h, kh, e = 2, 150, 6, 2, 8

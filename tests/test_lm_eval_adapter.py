@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from kanjax import eval_tasks, evaluate
-from kanjax.lm_eval_adapter import KanjaxLMCore, cut_at_stops, left_pad
+from kanjax.evals import tasks as eval_tasks
+from kanjax.evals import loglik as evaluate
+from kanjax.evals.lm_eval_adapter import KanjaxLMCore, cut_at_stops, left_pad
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_lm_eval_task_from_local_yaml(tiny, tokenizer, shared_data, tmp_path, mo
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from kanjax.lm_eval_adapter import REGISTERED_NAME, lm_class
+    from kanjax.evals.lm_eval_adapter import REGISTERED_NAME, lm_class
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -72,8 +73,8 @@ def test_lm_eval_task_from_local_yaml(tiny, tokenizer, shared_data, tmp_path, mo
 
 def test_create_from_arg_string_loads_a_folder(tiny, tokenizer, tokenizer_dir, tmp_path):
     pytest.importorskip("lm_eval")
-    from kanjax.hf import save_pretrained
-    from kanjax.lm_eval_adapter import lm_class
+    from kanjax.hf.pretrained import save_pretrained
+    from kanjax.evals.lm_eval_adapter import lm_class
 
     folder = save_pretrained(tiny, tmp_path / "hf_tiny", tokenizer)
     lm = lm_class().create_from_arg_string(f"model={folder},tokenizer={tokenizer_dir},batch_size=4")

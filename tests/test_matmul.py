@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kanjax import matmul
+from kanjax.kan import matmul
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (3, 4, 5), (2, 3, 4, 5)])

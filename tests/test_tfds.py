@@ -152,7 +152,7 @@ def _losses(workdir):
 def test_train_on_tfds_equals_csv_and_resumes_exactly(tfds_dir, shared_data, tmp_path, capsys):
     """train.py on tfds data stops after 2 steps and a second run resumes to 4; the losses of all 4
     steps and the final parameters equal those of one uninterrupted run on the same rows from CSV."""
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
 
     common = {"train.steps": 4, "train.log_every": 1, "checkpoint.every": 2, "eval.limit": 16,
               "eval.test_limit": 16, "checkpoint.async_save": False}
@@ -180,7 +180,7 @@ def test_train_on_tfds_equals_csv_and_resumes_exactly(tfds_dir, shared_data, tmp
 
 
 def test_unknown_or_unprepared_dataset_fails_early(tfds_dir, shared_data, tmp_path):
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -25,9 +25,10 @@ SHARDING_SCRIPT = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, ml_collections
     from flax import nnx
-    from kanjax import sharding, train_lib
-    from kanjax.kanify import kanify
-    from kanjax.llama import LlamaConfig, LlamaForCausalLM
+    from kanjax.training import sharding
+    from kanjax.training import step as train_lib
+    from kanjax.llama.kanify import kanify
+    from kanjax.llama.model import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=96, hidden_size=36, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=9, num_key_value_heads=3)
@@ -68,7 +69,7 @@ def test_sharded_step_equals_single_device(kind):
 
 
 def test_undivisible_dimension_stays_replicated(caplog):
-    from kanjax.sharding import logical_to_mesh
+    from kanjax.training.sharding import logical_to_mesh
 
     class FakeMesh:  # the rule only reads axis sizes: a 2-way tensor axis without 2 devices
         shape = {"data": 1, "fsdp": 1, "tensor": 2}
@@ -83,8 +84,8 @@ def test_undivisible_dimension_stays_replicated(caplog):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[1])
-    from kanjax import checkpoint
-    from kanjax.train_loop import run
+    from kanjax.training import checkpoint
+    from kanjax.training.loop import run
     from configs import kan_cheb2
     from train_helpers import apply_overrides
     import json
@@ -143,7 +144,7 @@ def test_resume_across_processes_and_after_sigkill_is_exact(tmp_path, shared_dat
 
 
 def test_float16_with_loss_scaling_skips_overflow_and_trains(tmp_path, shared_data):
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
 
     # A huge initial scale (2^30) overflows float16 at once: those steps must be skipped and counted,
     # the scale must back off, and training must go on without a NaN parameter.
@@ -176,7 +177,7 @@ def test_bad_config_key_fails_fast_naming_it(tmp_path, shared_data):
 
 @pytest.mark.parametrize("problem", ["missing_file", "missing_column", "tokenizer_too_big", "bad_kan_key"])
 def test_bad_input_fails_before_training(tmp_path, shared_data, problem):
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
 
     config = _config(tmp_path, shared_data)
     if problem == "missing_file":
@@ -215,7 +216,7 @@ def test_mini_smollm2_learns_agnews(tmp_path, shared_data, config_name, steps):
     0.7 is 0.015, the bar 0.6 is 7 of them below: the first 1,000 decide it as well as all 7,600)."""
     import importlib
 
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
 
     module = importlib.import_module(f"configs.{config_name}")
     config = apply_overrides(module.get_config(), {
@@ -238,7 +239,7 @@ MULTIHOST_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from configs import kan_cheb2
     from train_helpers import apply_overrides
-    from kanjax.train_loop import run
+    from kanjax.training.loop import run
     flags = json.loads(sys.argv[2])
     summary = run(apply_overrides(kan_cheb2.get_config(), flags))
     import jax

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kanjax import sharding, train_lib
-from kanjax.checkpoint import Checkpointer
-from kanjax.llama import LlamaConfig, LlamaForCausalLM
+from kanjax.training import sharding
+from kanjax.training import step as train_lib
+from kanjax.training.checkpoint import Checkpointer
+from kanjax.llama.model import LlamaConfig, LlamaForCausalLM
 
 TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2)
@@ -130,8 +131,8 @@ def test_trainable_errors_name_the_key():
         train_lib.create_trainer(model, _train_cfg(trainable="layers/(1"), "causal_lm", mesh)
 
 
-def test_reinitialise_redraws_only_matching_parameters():
-    from kanjax.surgery import reinitialise
+def test_reinitialize_redraws_only_matching_parameters():
+    from kanjax.llama.surgery import reinitialize
 
     model = LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
     start = {train_lib.path_string(p): np.asarray(x)
@@ -139,11 +140,11 @@ def test_reinitialise_redraws_only_matching_parameters():
     fresh = {train_lib.path_string(p): np.asarray(x)
              for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(LlamaForCausalLM(TINY, rngs=nnx.Rngs(8)),
                                                                          nnx.Param))}
-    n = reinitialise(model, "layers/1/mlp/", seed=7)
+    n = reinitialize(model, "layers/1/mlp/", seed=7)
     assert n == 3 * TINY.hidden_size * TINY.intermediate_size
     after = {train_lib.path_string(p): np.asarray(x)
              for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
     for path, value in after.items():
         np.testing.assert_array_equal(value, fresh[path] if "layers/1/mlp/" in path else start[path])
     with pytest.raises(ValueError, match="'nothing' matches no parameter"):
-        reinitialise(model, "nothing", seed=0)
+        reinitialize(model, "nothing", seed=0)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kanjax.kan import KANLinear
-from kanjax.viz import edge_functions, plot_functions
+from kanjax.kan.layer import KANLinear
+from kanjax.kan.viz import edge_functions, plot_functions
 
 
 @pytest.mark.parametrize("basis,base", [("chebyshev2", None), ("bspline", "silu"), ("rational", None)])

@@ -33,7 +33,7 @@ def tiny_overrides(tmp_path: Path, shared_data: Path, **extra) -> dict:
 
 
 def apply_overrides(config, flags: dict):
-    from kanjax.config import apply_overrides as apply
+    from kanjax.training.config import apply_overrides as apply
 
     return apply(config, flags)
 

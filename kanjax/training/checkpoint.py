@@ -1,0 +1,145 @@
+"""Orbax checkpoints of a training run: what resumes it, and what rebuilds its model.
+
+Each step folder holds four items:
+    state   the train state (params, optimiser, step, loss scale): exact resume
+    data    the data iterator's position: exact resume
+    config  the run's config as JSON (what a resume is checked against)
+    model   the model record: its config.json dict (`kanjax.hf.model_config_dict`: Llama fields, KAN
+            spec, ranks, trimmed-vocabulary ids) and task, so evaluation, generation and export
+            rebuild the model from the checkpoint alone (`kanjax.training.workdir.load_workdir`)
+
+Orbax writes each step into a temporary folder and renames it only once complete, so a save
+killed half-way is never listed as a checkpoint. A step that is listed but cannot be read (a disk
+fault, a truncated file) is moved aside into `<workdir>/checkpoints_unreadable/` (kept, reported in
+one line) and the run resumes from the step before it, so its later saves do not collide with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+ITEMS = ("state", "data", "config", "model")
+
+
+class Checkpointer:
+    """Save every `every` steps, keep the last `keep`, optionally asynchronously."""
+
+    def __init__(self, directory: str | Path, *, every: int, keep: int, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.every = every
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def should_save(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, step: int, state: Any, data_state: Optional[dict], config: dict, model: dict) -> None:
+        """Start saving `step` (returns before the write ends when asynchronous)."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state or {}),
+            config=ocp.args.JsonSave(config),
+            model=ocp.args.JsonSave(model)), force=True)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["data"] or {}), dict(restored["config"] or {})
+
+    def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict, dict]]:
+        """(step, state, data_state, config) of the newest readable checkpoint, or None. Unreadable
+        newer steps are moved aside (`move_aside`)."""
+        for step in reversed(self.steps()):
+            try:
+                return (step, *self.restore(step, abstract_state))
+            except Exception as err:  # noqa: BLE001 - any unreadable step: set it aside, fall back
+                self.move_aside(step, err)
+        return None
+
+    def move_aside(self, step: int, err: BaseException) -> Path:
+        """Move an unreadable step folder out of the checkpoint list, keeping its files."""
+        dest = self.directory.parent / f"{self.directory.name}_unreadable" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(dest))
+        self.manager.reload()
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        print(f"checkpoint step {step} is unreadable ({type(err).__name__}: {first}); moved to {dest}, "
+              "resuming from the one before it", flush=True)
+        return dest
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+# ----------------------------------------------------------------------------- reading a run back
+
+
+def finished_steps(directory: str | Path) -> list[int]:
+    """Steps with a complete checkpoint in `directory` (Orbax renames a step's folder into place
+    only when its save has finished)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def newest_config(directory: str | Path) -> Optional[dict]:
+    """The config JSON of the newest step whose config item reads; None without checkpoints. Reads
+    only: a run checks it against its own config before it creates or writes anything."""
+    for step in reversed(finished_steps(directory)):
+        try:
+            return dict(ocp.JsonCheckpointHandler().restore(Path(directory).absolute() / str(step) / "config"))
+        except Exception:  # noqa: BLE001 - restore_latest reports and moves unreadable steps
+            continue
+    return None
+
+
+def read_model_record(directory: str | Path, step: int) -> dict:
+    """The `model` item of checkpoint `step`: {"config": config.json dict, "task": ...}."""
+    path = Path(directory) / str(step) / "model"
+    if not path.exists():
+        raise FileNotFoundError(f"{path.parent} holds no model record (a checkpoint written before kanjax "
+                                "stored one): rebuild its model from the run's config instead")
+    return dict(ocp.JsonCheckpointHandler().restore(path))
+
+
+def read_params(directory: str | Path, step: int) -> dict:
+    """The params of checkpoint `step` as nested dicts of numpy arrays, whatever the topology that
+    saved them (no restore target needed)."""
+    import jax
+
+    path = (Path(directory) / str(step) / "state").absolute()
+    # The item's handler, not a Checkpointer: the step-level _CHECKPOINT_METADATA of a composite
+    # checkpoint is not inside the item folder, and a Checkpointer warns that it is missing.
+    handler = ocp.PyTreeCheckpointHandler()
+    meta = handler.metadata(path)
+    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    return _strip_value(handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
+
+
+def _strip_value(tree):
+    """nnx.State saved by Orbax keeps each Variable as {"value": array}: unwrap to a pure dict."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+            return tree["value"]
+        return {k: _strip_value(v) for k, v in tree.items()}
+    return tree
