@@ -20,9 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from kanjax.data import load_tokenizer
 from kanjax.evals import runner as eval_models
 from kanjax.evals import tasks as eval_tasks
-from kanjax.data import load_tokenizer
 from kanjax.hf.sources import source_kind
 
 

@@ -16,6 +16,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -66,5 +67,20 @@ class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = importlib.import_module(f"{__name__}.{_MOVED[module.__name__.partition('.')[2]]}")
         sys.modules[module.__name__] = new
 
+    def get_code(self, fullname):  # `python -m kanjax.tfds_source ...` runs the moved module
+        new = f"{__name__}.{_MOVED[fullname.partition('.')[2]]}"
+        return importlib.util.find_spec(new).loader.get_code(new)
 
+
+class _Package(types.ModuleType):
+    """`kanjax.kanify` names both the exported function and an old module path: importing the module
+    (`from kanjax.kanify import KANSpec`) must not rebind the package's `kanify` to it."""
+
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 sys.meta_path.append(_MovedModule())

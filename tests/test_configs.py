@@ -2,24 +2,22 @@
 
 import dataclasses
 import importlib.util
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from kanjax.training import config as config_lib
 from kanjax.kan.layer import count_params
 from kanjax.llama.kanify import build_model
 from kanjax.llama.model import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-from train_helpers import REPO_ROOT
+from kanjax.training import config as config_lib
+from tests.helpers.train import REPO_ROOT
 
 CONFIG_FILES = sorted(p for p in (REPO_ROOT / "configs").glob("*.py") if p.name != "__init__.py")
 
 
 def _load(path):
-    sys.path.insert(0, str(REPO_ROOT))
     spec = importlib.util.spec_from_file_location(f"cfg_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,19 +1,16 @@
 """eval.py end to end: an HF folder (fast) and a train.py workdir with a trimmed vocabulary (slow)."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import eval as eval_cli  # noqa: E402  (the repo-root script)
-
-from kanjax.evals import runner as eval_models# noqa: E402
-from kanjax.evals import tasks as eval_tasks
+import eval as eval_cli
 from kanjax.evals import loglik as evaluate
+from kanjax.evals import runner as eval_models
+from kanjax.evals import tasks as eval_tasks
 
 
 def test_eval_cli_on_hf_folder(llama_ref, tokenizer, tokenizer_dir, shared_data, tmp_path, capsys):
@@ -64,11 +61,9 @@ def test_eval_on_train_workdir_with_trimmed_vocab(tmp_path, shared_data, tokeniz
     checkpoint carries the model record, the id map and the tokenizer)."""
     import shutil
 
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from train_helpers import apply_overrides, tiny_overrides
-
     from configs import base
     from kanjax.training.loop import run
+    from tests.helpers.train import apply_overrides, tiny_overrides
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()

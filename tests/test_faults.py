@@ -10,14 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs import base
 from kanjax import data
 from kanjax.training.config import ConfigError
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_helpers import REPO_ROOT, apply_overrides, tiny_overrides  # noqa: E402
-
-sys.path.insert(0, str(REPO_ROOT))
-from configs import base  # noqa: E402
+from tests.helpers.train import REPO_ROOT, apply_overrides, tiny_overrides
 
 
 def _config(tmp_path, shared_data, **extra):

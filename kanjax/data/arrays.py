@@ -11,7 +11,7 @@ Causal-LM arrays (chat and text) share one layout, all (n, L):
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 """Config-driven data pipeline: raw data (hub or local files) -> cached token arrays -> grain batches.
 
-Raw splits come from `kanjax.data_sources` (`load_raw`, re-exported here); this module loads the
+Raw splits come from `kanjax.data.sources` (`load_raw`); this module loads the
 tokenizer, tokenises a split once into a cache keyed by everything that decides the token ids, and
 serves the arrays as batches.
 
@@ -8,12 +8,12 @@ The training loop calls `build(config.data, split, seed=...)`; `config.data` is 
 of configs/base.py (every key is read, none has a default here):
   task        "classify" | "chat" | "text"
   name        hub id, or tfds:<name>[:<version>], a prepared TFDS dataset under `tfds_dir`
-              (`kanjax.tfds_source`)
+              (`kanjax.data.tfds`)
   path        local folder or file, overrides `name` (see `split_files` for the folder layout)
   tokenizer   hub id or folder; seq_len, batch_size (global), packing (chat), val_fraction,
   split_seed  (the validation carve), cache_dir (token cache; "" = ~/.cache/kanjax/data),
   num_workers, num_epochs (None = forever), revision (hub), tfds_dir, tfds_text_field
-Array layouts are documented in `kanjax.data_arrays`; `make_iterator`/`eval_batches` live there.
+Array layouts are documented in `kanjax.data.arrays`; `make_iterator`/`eval_batches` live there.
 """
 
 from __future__ import annotations
@@ -28,12 +28,31 @@ from pathlib import Path
 import numpy as np
 
 from kanjax.data import tfds as tfds_source
-from kanjax.data.arrays import (Arrays, apply_id_map, concat, encode_chat, encode_classify,
-                                encode_text, eval_batches, make_iterator, num_rows, pack, pad_id,
-                                windows)
+from kanjax.data.arrays import (
+    Arrays,
+    apply_id_map,
+    concat,
+    encode_chat,
+    encode_classify,
+    encode_text,
+    eval_batches,
+    make_iterator,
+    num_rows,
+    pack,
+    pad_id,
+    windows,
+)
+from kanjax.data.sources import (
+    DataError,
+    check_labels,
+    check_split,
+    check_task,
+    env_offline,
+    hub_reachable,
+    load_raw,
+    split_files,
+)
 from kanjax.hf.sources import looks_local
-from kanjax.data.sources import (DataError, check_labels, check_split, check_task, env_offline,
-                                 hub_reachable, load_raw, split_files)
 
 __all__ = ["DataError", "build", "cache_file", "check_labels", "eval_batches", "load_arrays", "load_raw",
            "load_tokenizer", "make_iterator", "split_files", "tokenizer_fingerprint", "train_texts"]
@@ -83,7 +102,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 @functools.lru_cache(maxsize=4)
 def _canonical_backend(serialised: str) -> bytes:
     """A backend's tokenizer.json with sorted keys and without per-call state. Memoised on the exact
-    serialisation: parsing and re-dumping 1.5 MB of JSON is ~0.45 s, and a run asks once per split."""
+    serialisation: parsing and re-dumping a large tokenizer.json is slow, and a run asks once per split."""
     spec = json.loads(serialised)
     # Calling the tokenizer with truncation/padding stores those settings in the backend: they
     # are per-call state, not part of the vocabulary, and must not change the cache key.
@@ -135,7 +154,7 @@ def _tokenize(ds, task: str, tokenizer, seq_len: int, packing: bool) -> tuple[Ar
 
 def load_arrays(data_cfg, split: str, tokenizer, num_labels: int | None = None) -> tuple[Arrays, dict]:
     """The tokenised split, from the cache when present (then neither the raw data nor the tokenizer
-    is touched). Returns (arrays, meta); arrays as in `kanjax.data_arrays` (classify: input_ids,
+    is touched). Returns (arrays, meta); arrays as in `kanjax.data.arrays` (classify: input_ids,
     attention_mask (n, L), labels (n,); chat/text: input_ids, targets, loss_mask, segment_ids,
     positions (n, L)); meta has `cache_file` and counts (num_labels; conversations_kept/...)."""
     path = cache_file(data_cfg, split, tokenizer)

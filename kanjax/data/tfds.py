@@ -12,7 +12,7 @@ Schemas → task columns (`data.tfds_text_field` names another field):
   text      `text` (str);  chat  `messages` (a sequence of {role, content})
 
 `ag_news_local` is a TFDS builder over local AG News CSVs, for offline runs and tests:
-    python -m kanjax.tfds_source prepare --csv_dir <AG News CSV folder> --data_dir DIR
+    python -m kanjax.data.tfds prepare --csv_dir <AG News CSV folder> --data_dir DIR
 Config `ag_news_local/text` (default) reads `text,label` CSVs; `ag_news_local/subset` reads the
 original 3-column release into ag_news_subset's schema (title, description, label).
 tensorflow_datasets is imported inside functions only: kanjax imports without it.
@@ -32,7 +32,7 @@ PREFIX = "tfds:"
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 LOCAL_BUILDER = "ag_news_local"
 CHUNK = 1024  # records decoded per read
-PREPARE = "python -m kanjax.tfds_source prepare"
+PREPARE = "python -m kanjax.data.tfds prepare"
 
 
 def is_tfds(name) -> bool:

@@ -13,8 +13,8 @@ Prompts follow lm-evaluation-harness's `bbh_fewshot` / `bbh_cot_fewshot` tasks:
 
 where a_i is the text after "the answer is " in the CoT example, its final period dropped. The model
 continues greedily (KV cache, batched, left padded; the few-shot prefix every question of a task
-shares is prefilled once and its keys and values reused, which saves ~60% of the prompt tokens and
-gives the same tokens as whole prompts): answer-only stops at the first newline (the answer is that
+shares is prefilled once and its keys and values reused, which gives the same tokens as whole
+prompts for fewer prompt tokens): answer-only stops at the first newline (the answer is that
 first line), CoT at a blank line or a new "Q:" (the answer is the text after the first "the answer is "). Scoring is lm-eval's `exact_match` (case-sensitive, no punctuation or
 case folding) after two normalisations of the extracted answer: surrounding whitespace stripped
 (the continuation starts with the space after "A:") and one trailing "." dropped (models often end
@@ -28,8 +28,8 @@ import json
 import re
 import urllib.request
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -255,10 +255,10 @@ def _prefill_prefix(graphdef, state, prefix, *, cache_len: int):
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _greedy_after_prefix(graphdef, state, prefix_cache, ids, mask, eos_ids, pad_id, *, max_new_tokens: int):
     """Greedy continuation of LEFT-padded question parts ids, mask (b, q) that follow the cached prefix:
-    `kanjax.generate`'s decoding loop with the prefix's keys and values shared by every row, so the
+    `kanjax.llama.generate`'s decoding loop with the prefix's keys and values shared by every row, so the
     few-shot examples are computed once per task instead of once per question. -> (b, max_new_tokens)."""
-    from kanjax.llama.generate import forward_step
     from kanjax.llama.attention import KVCache
+    from kanjax.llama.generate import forward_step
 
     model = nnx.merge(graphdef, state)
     b, q = ids.shape
@@ -291,9 +291,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                    cot: bool = False, progress: bool = False, shared_prefix: bool = True) -> list[str]:
     """Greedy continuations of `prompts` (raw text, not truncated), in input order.
 
-    With `shared_prefix` the token prefix all prompts share (a task's few-shot examples: 60% of
-    BBH's prompt tokens), cut to a multiple of PREFIX_BUCKET, is prefilled once and its keys and values
-    serve every batch; otherwise (or when it is shorter) `kanjax.generate` runs on whole prompts.
+    With `shared_prefix` the token prefix all prompts share (a task's few-shot examples), cut to a multiple of PREFIX_BUCKET, is prefilled once and its keys and values
+    serve every batch; otherwise (or when it is shorter) `kanjax.llama.generate` runs on whole prompts.
     Prompts are grouped by length (longest first), left padded to a multiple of BUCKET and the batch
     to `batch_size`, so each shape compiles once; a prompt longer than the model's context keeps its
     last tokens.

@@ -9,7 +9,7 @@ or ``simple_evaluate(model=KanjaxLM(model=..., tokenizer=...))`` both work.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,9 +45,10 @@ class KanjaxLMCore:
     def __init__(self, model=None, tokenizer=None, batch_size: int | str = 16, max_length: int | None = None,
                  max_gen_toks: int = 256, **_ignored):
         if tokenizer is None or isinstance(tokenizer, str):
-            from kanjax.evals.runner import load_tokenizer
+            from kanjax.data.pipeline import load_tokenizer
+            from kanjax.evals.runner import tokenizer_source
 
-            tokenizer = load_tokenizer(tokenizer)
+            tokenizer = load_tokenizer(tokenizer_source(tokenizer))
         if isinstance(model, str) or model is None:  # model_args="model=<workdir | HF folder | .gguf>"
             from kanjax.evals.runner import load_model
 
@@ -116,14 +117,14 @@ class KanjaxLMCore:
         return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lm_class():
     """Import lm_eval, build the ``LM`` subclass and register it as "kanjax" (once)."""
     try:
         from lm_eval.api.model import LM
         from lm_eval.api.registry import register_model
     except ImportError as e:
-        raise ImportError("kanjax.lm_eval_adapter needs lm-evaluation-harness: pip install lm-eval "
+        raise ImportError("kanjax.evals.lm_eval_adapter needs lm-evaluation-harness: pip install lm-eval "
                           "(the version pinned in requirements-dev.txt)") from e
 
     class KanjaxLM(KanjaxLMCore, LM):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -194,7 +194,7 @@ def score_packed(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                  tokens_per_call: int = TOKENS_PER_CALL, buckets: Sequence[int] = DEFAULT_BUCKETS,
                  max_len: int | None = None, progress: bool = False, stats: dict | None = None
                  ) -> list[tuple[float, bool]]:
-    """`score_token_rows` with each distinct context run once (kanjax.packing): the continuations of
+    """`score_token_rows` with each distinct context run once (kanjax.evals.packing): the continuations of
     a context follow it in the same row, several contexts share a row, rows are `length` tokens (the
     bucket of max(longest request, MIN_ROW)) and a call takes tokens_per_call // length of them.
 

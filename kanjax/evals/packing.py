@@ -20,7 +20,7 @@ unpacked row would, at the same positions, so the log-likelihoods are the unpack
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

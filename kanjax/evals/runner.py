@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from kanjax.evals import bbh
-from kanjax.evals import tasks as eval_tasks
 from kanjax.evals import loglik as evaluate
+from kanjax.evals import tasks as eval_tasks
 from kanjax.hf.sources import source_kind
 from kanjax.training.workdir import load_workdir
 
@@ -100,7 +100,7 @@ def run(model, tokenizer, tasks: Sequence[str], *, data_dir=None, limit: int | N
 
     tasks may hold group names ("bbh"); task_files {name: path} reads those tasks from local files
     (and evaluates them even when `tasks` omits them). Multiple-choice tasks report acc / acc_norm
-    (`kanjax.evaluate`); BBH tasks generate greedily and report exact_match (`kanjax.bbh`: answer-only
+    (`kanjax.evals.loglik`); BBH tasks generate greedily and report exact_match (`kanjax.evals.bbh`: answer-only
     3-shot, or chain of thought with `cot`; `max_new_tokens` None = sized to the targets, 256 with
     CoT), read from `bbh_dir` (else `data_dir`, else the hub). "groups" holds the unweighted mean
     exact match over the BBH tasks evaluated.
@@ -188,5 +188,5 @@ def write_json(results: dict, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["load_tokenizer", "load_model", "sample_generations", "DEFAULT_PROMPTS", "load_workdir", "MappedTokenizer", "run", "table", "write_json",
+__all__ = ["tokenizer_source", "load_model", "sample_generations", "DEFAULT_PROMPTS", "load_workdir", "MappedTokenizer", "run", "table", "write_json",
            "default_output"]

@@ -10,7 +10,7 @@ gold}), and the original releases / hub schemas of ARC, OpenBookQA, WinoGrande, 
 (headerless csv), PIQA, COPA (SuperGLUE) and CommonsenseQA. A local file overrides the hub id.
 
 The registry also holds the 27 BIG-Bench Hard tasks `bbh_<name>` (kind "bbh": generation scored by
-exact match, docs {"prompt", "target", "input"}; see `kanjax.bbh`); the group name `bbh` expands to
+exact match, docs {"prompt", "target", "input"}; see `kanjax.evals.bbh`); the group name `bbh` expands to
 all of them (`expand_tasks`).
 """
 
@@ -20,11 +20,11 @@ import csv
 import dataclasses
 import json
 import re
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
-from kanjax.evals import bbh
 from kanjax.errors import InputError
+from kanjax.evals import bbh
 
 
 class MalformedRowError(InputError):
@@ -189,7 +189,7 @@ class TaskSpec:
     local: str | None  # file name under the data directory
     hub: tuple[str, str | None, str]  # (dataset id, config, split)
     hub_convert: Callable[[dict], dict] | None = None  # the hub schema when it differs from `local`'s
-    kind: str = "mc"  # "mc": log-likelihood multiple choice (kanjax.evaluate); "bbh": generation (kanjax.bbh)
+    kind: str = "mc"  # "mc": log-likelihood multiple choice (kanjax.evals.loglik); "bbh": generation (kanjax.evals.bbh)
 
 
 def _mosaic(delimiter: str):

@@ -8,8 +8,15 @@ good one), `kan_export` (the KAN config and remote code), `remote/` (the PyTorch
 
 from kanjax.hf.gguf import smollm2_gguf_path
 from kanjax.hf.names import hf_name, to_hf_tensors
-from kanjax.hf.pretrained import (CheckpointFileError, CheckpointMismatchError, HubUnavailableError, load_gguf,
-                                  load_pretrained, save_pretrained, vocab_map)
+from kanjax.hf.pretrained import (
+                                  CheckpointFileError,
+                                  CheckpointMismatchError,
+                                  HubUnavailableError,
+                                  load_gguf,
+                                  load_pretrained,
+                                  save_pretrained,
+                                  vocab_map,
+)
 
 __all__ = ["load_pretrained", "save_pretrained", "load_gguf", "smollm2_gguf_path", "vocab_map", "hf_name",
            "to_hf_tensors", "CheckpointFileError", "CheckpointMismatchError", "HubUnavailableError"]

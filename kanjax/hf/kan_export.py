@@ -19,8 +19,9 @@ not recomputed, so a later change to the matching search cannot change the archi
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flax import nnx
 

@@ -12,13 +12,13 @@ codec table (`LEAF_CODECS`) that renames it and changes its layout:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,18 +1,18 @@
 """Hugging Face interop: load / save `kanjax.llama` models as HF Llama checkpoint folders.
 
-Tensor names come from walking the model's parameters (`kanjax.hf_names`), not from a table.
+Tensor names come from walking the model's parameters (`kanjax.hf.names`), not from a table.
 
 KAN hook: a KAN-ified model saves with no extra code — its params (e.g. KANLinear's `coef`
 (in, K, out), `base_kernel`, `bias`) are written under their path names in kanjax's layout, and
 `load_pretrained(path, projections=...)` rebuilds the same layers and reads them back. A model
-made by `kanjax.kanify` (non-empty `kan_spec`) is exported as a "kanjax_llama" folder that
+made by `kanjax.llama.kanify` (non-empty `kan_spec`) is exported as a "kanjax_llama" folder that
 transformers runs with `trust_remote_code=True`, and loads back without `projections`
-(`kanjax.hf_kan`).
+(`kanjax.hf.kan_export`).
 
 Loading builds the model abstractly (`nnx.eval_shape`, no random init of 135M params), checks
 the checkpoint against it (all problems reported at once), then fills the params from the file.
 Only safetensors' numpy API is used at load time: no torch. GGUF import lives in
-`kanjax.hf_gguf` (the file reader); `load_gguf` here builds the model from what it reads.
+`kanjax.hf.gguf` (the file reader); `load_gguf` here builds the model from what it reads.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +32,13 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from kanjax.errors import InputError
 from kanjax.hf import folder as hf_folder
 from kanjax.hf import gguf as hf_gguf
 from kanjax.hf import kan_export as hf_kan
 from kanjax.hf import names as hf_names
-from kanjax.errors import InputError
-from kanjax.hf.sources import SourceNotFoundError, looks_local
 from kanjax.hf.names import to_hf_tensors
+from kanjax.hf.sources import SourceNotFoundError, looks_local
 from kanjax.llama.model import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -298,8 +299,8 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32,
 
 def model_config_dict(model, dtype=None, vocab: dict | None = None) -> dict:
     """`model`'s config.json: the Llama fields, plus the KAN spec, block indices, bottleneck ranks
-    and remote-code auto_map of a KAN-ified model (`kanjax.hf_kan`), plus `kanjax_vocab` (the
-    trimmed vocabulary's id record, `kanjax.surgery.vocab_record`) when given. What an export
+    and remote-code auto_map of a KAN-ified model (`kanjax.hf.kan_export`), plus `kanjax_vocab` (the
+    trimmed vocabulary's id record, `kanjax.llama.surgery.vocab_record`) when given. What an export
     writes, and what a kanjax checkpoint stores to rebuild its model without any other input."""
     name = jnp.dtype(dtype if dtype is not None else model.param_dtype).name
     cfg = dict(model.config.to_hf(architecture=type(model).__name__, dtype=name))
@@ -340,11 +341,11 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
     {"format": "pt"}), generation_config.json and, if given, the tokenizer (an HF tokenizer or a
     folder to copy its files from). A KAN-ified model (non-empty `kan_spec`) gets a
     "kanjax_llama" config.json and the remote-code files that let transformers load it with
-    `trust_remote_code=True` (see `kanjax.hf_kan`). Everything is staged in a sibling temp
+    `trust_remote_code=True` (see `kanjax.hf.kan_export`). Everything is staged in a sibling temp
     folder first, so a failing save leaves an existing folder at `path` untouched.
 
     dtype: tensor dtype in the file (e.g. jnp.bfloat16); default: the params' dtype.
-    vocab: a trimmed-vocabulary model's id record (`kanjax.surgery.vocab_record`), kept in
+    vocab: a trimmed-vocabulary model's id record (`kanjax.llama.surgery.vocab_record`), kept in
       config.json as `kanjax_vocab` so the folder says which tokenizer ids its rows are.
     The folder and its files get the usual permissions (umask), readable by others like any
     file written here, not the private ones of the temp folder they are staged in.

@@ -54,9 +54,23 @@ from __future__ import annotations
 
 import functools
 
-from kanjax.kan.basis_terms import (BASES, CENTERS, DOMAINS, GH_NODES, GH_WEIGHTS, Basis, _split_features,
-                                column_layout, expand_numpy, freeze, n_basis, resolve_params, squash,
-                                squash_normal, to_interval)
+from kanjax.kan.basis_terms import (
+    BASES,
+    CENTERS,
+    DOMAINS,
+    GH_NODES,
+    GH_WEIGHTS,
+    Basis,
+    _split_features,
+    column_layout,
+    expand_numpy,
+    freeze,
+    n_basis,
+    resolve_params,
+    squash,
+    squash_normal,
+    to_interval,
+)
 
 
 def expand(name: str, x, **params):

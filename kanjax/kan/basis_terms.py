@@ -3,9 +3,9 @@ function of a single scalar input using only arithmetic and ``xp`` functions (nu
 torch), with its parameter checks, its interval, the domain maps a KAN layer feeds it through
 (`squash`, `to_interval`) and the column normalisation (`column_layout`).
 
-This file imports numpy and nothing else: `kanjax.hf_kan` ships it unchanged beside exported
+This file imports numpy and nothing else: `kanjax.hf.kan_export` ships it unchanged beside exported
 models as `kanjax_basis.py`, where the PyTorch modelling code calls the same functions with
-``xp=torch``. `kanjax.basis` (the module to import) adds the JAX lifting, ``expand``, and
+``xp=torch``. `kanjax.kan.basis` (the module to import) adds the JAX lifting, ``expand``, and
 documents the families.
 """
 
@@ -16,7 +16,8 @@ import functools
 import math
 import numbers
 import types
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 

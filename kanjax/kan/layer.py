@@ -2,20 +2,21 @@
 
     y_o = Σ_i φ_io(x_i) + bias_o,      φ_io(x) = Σ_k coef[i, k, o] · s_k · B_k(t(x))
 
-where B_k are the basis functions of `kanjax.basis`, t(x) maps the input into the basis' natural
+where B_k are the basis functions of `kanjax.kan.basis`, t(x) maps the input into the basis' natural
 interval (the `domain`), and s_k = 1 / max |B_k| on that interval makes every column O(1), so
 float16 never overflows at high degree (Hermite, Bessel, Gegenbauer grow like n! otherwise).
 
 The basis is evaluated in float32 (`basis_dtype`) and cast to the compute dtype for the
 contraction: the elementwise recurrences are a few percent of the layer's time and float16
-recurrences lose digits at degree 8 (benchmarks/kan_layer.py measures this). The contraction is a
+recurrences lose digits at degree 8 (benchmarks/perf/kan_layer.py measures this). The contraction is a
 single matmul of (…, in·K) by (in·K, out), as in efficient-kan.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,8 @@ class KANLinear(nnx.Module):
     """KAN layer, (…, in_features) → (…, out_features), any number of leading dims.
 
     Args:
-      basis: a family of `kanjax.basis.BASES` ("chebyshev2" by default: the study's best
-        speed/accuracy trade-off at degree 2).
+      basis: a family of `kanjax.kan.BASES` ("chebyshev2" by default; why:
+        benchmarks/results/agnews/agnews.md).
       degree: polynomial degree (polynomial and rational families; ignored by bspline / rbf).
       domain: how inputs reach the basis' interval: "tanh" (default), "layernorm"
         (standardise over features, then tanh), "clip", or "none" (the raw input is fed to the
@@ -51,15 +52,14 @@ class KANLinear(nnx.Module):
         vanishes at 0 and the constant column drops out), "none" (the basis as defined) or
         "gauss" (minus its mean for N(0, 1) inputs). A column with a non-zero mean gets the same
         gradient sign from every input, and Adam's per-coefficient steps then move the layer's
-        output for all tokens alike, in·lr per step; on AGNews "zero" gained 2.2 points on every
-        paired seed and won on validation (benchmarks/results/kan_recipe.md). At degree 2 it
-        makes every symmetric family (Chebyshev, Legendre, Gegenbauer, Jacobi(α=β), Hermite)
-        the same layer: columns ∝ x and x².
+        output for all tokens alike, in·lr per step (benchmarks/results/agnews/kan_recipe.md).
+        At degree 2 it makes every symmetric family (Chebyshev, Legendre, Gegenbauer,
+        Jacobi(α=β), Hermite) the same layer: columns ∝ x and x².
       coef_init: "random" draws every coefficient i.i.d., so most of the output at init is the
         constant column and the even terms, the same for every token. "linear" starts the layer
         as a random linear map of the squashed input, coef[i, :, o] = a · W[i, o] with
         Σ_k a_k s_k B_k(t(u)) = u: the function a linear layer starts from, with the higher-order
-        coefficients at zero for gradients to grow (benchmarks/results/kan_recipe.md).
+        coefficients at zero for gradients to grow (benchmarks/results/agnews/kan_recipe.md).
       axes: logical axis names (in_axis, out_axis) for sharding; the basis axis is "basis".
       dtype: compute dtype of the contraction (None: the input's); parameters stay param_dtype.
       basis_dtype: dtype the basis is evaluated in (float32 by default, see module docstring).
@@ -77,7 +77,7 @@ class KANLinear(nnx.Module):
         basis: str = "chebyshev2",
         degree: int = 2,
         domain: str = "tanh",
-        base: Optional[str] = None,
+        base: str | None = None,
         use_bias: bool = True,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -86,7 +86,7 @@ class KANLinear(nnx.Module):
         init_scale: float = 1.0,
         coef_init: str = "linear",
         center: str = "zero",
-        axes: Sequence[Optional[str]] = (None, None),
+        axes: Sequence[str | None] = (None, None),
         rngs: nnx.Rngs,
         **basis_params,
     ):
@@ -222,7 +222,7 @@ class KANLinear(nnx.Module):
         degree: int = 2,
         domain: str = "none",
         **kwargs,
-    ) -> "KANLinear":
+    ) -> KANLinear:
         """A KAN layer computing `x @ kernel + bias`, kernel of shape (in, out); no RNG needed.
 
         With `domain="none"` and a polynomial family whose span holds the affine functions

@@ -2,11 +2,11 @@
 
 XLA:CPU differentiates `x (…, i) @ W (i, o)` into a weight gradient `xᵀ · g` whose operands it
 first copies into transposed layouts; those copies of (tokens × width) activations, fused with the
-elementwise producers of g, cost more than the matmuls themselves (benchmarks/results/train_step.md:
-half of a mini-model step before this module). Here the weight gradient is computed as `(gᵀ x)ᵀ`,
+elementwise producers of g, cost more than the matmuls themselves (benchmarks/results/perf/train_step.md).
+Here the weight gradient is computed as `(gᵀ x)ᵀ`,
 a product XLA runs on the activations as they lie, followed by a transpose of the small (o, i)
 result. Values are the same products, summed in the same order by the same kernels up to layout;
-`tests/test_matmul.py` checks them against jax.grad of the plain product.
+`tests/kan/test_matmul.py` checks them against jax.grad of the plain product.
 
 `dot_general` has `jax.lax.dot_general`'s signature, so it plugs into `nnx.Linear(dot_general=…)`;
 contractions other than "last axis of x with the first of a 2-D W" fall through to lax unchanged.

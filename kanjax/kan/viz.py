@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +49,11 @@ def edge_functions(layer: KANLinear, x: np.ndarray, edges: Sequence[tuple[int, i
 def plot_functions(
     layer: KANLinear,
     path: str | Path,
-    edges: Optional[Sequence[tuple[int, int]]] = None,
+    edges: Sequence[tuple[int, int]] | None = None,
     *,
-    x_range: Optional[tuple[float, float]] = None,
+    x_range: tuple[float, float] | None = None,
     num_points: int = 400,
-    title: Optional[str] = None,
+    title: str | None = None,
 ) -> Path:
     """Draw the learned 1-D functions of selected (input, output) edges to a PNG.
 

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-
 # ----------------------------------------------------------------------------- rope
 
 
@@ -78,7 +77,7 @@ def attention_mask_bool(t: int, s: int, offset, attention_mask=None, segment_ids
     """(b|1, t, s) bool: query at slot offset+i sees key slot j iff j <= offset+i, key valid, same segment.
 
     attention_mask (b, s) marks valid keys; a (b, t, s) one says directly which keys each query sees
-    (e.g. continuations packed after a shared context, kanjax.packing), still ANDed with causality."""
+    (e.g. continuations packed after a shared context, kanjax.evals.packing), still ANDed with causality."""
     q_slot = offset + jnp.arange(t)
     mask = (jnp.arange(s)[None, :] <= q_slot[:, None])[None]
     if attention_mask is not None and attention_mask.ndim == 3:
@@ -111,7 +110,7 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
 
     Query block i only meets keys [0, (i+1)·block): the blocks above the diagonal are all masked
     anyway, so skipping them halves the score work, and the smaller score matrices stay in cache
-    (benchmarks/model_forward.py: 58 → 16 ms per SmolLM2 layer at 8 × 256 tokens on CPU).
+    (benchmarks/perf/model_forward.py: 58 → 16 ms per SmolLM2 layer at 8 × 256 tokens on CPU).
     """
     b, t, h, e = q.shape
     s, kh = k.shape[1], k.shape[2]

@@ -12,7 +12,8 @@ same cache slot and one scalar write index serves the whole batch.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,7 @@
 """KANSpec: which projections of a Llama model become KAN layers, and how (the config's `kan` section).
 
 Pure data with its validation: it knows the basis registry (to check a basis and its keywords) and
-nothing of the model. `kanjax.kanify` applies it; `kanjax.kanify.KANSpec` is the public name.
+nothing of the model. `kanjax.llama.kanify` applies it; `kanjax.llama.KANSpec` and `kanjax.KANSpec` are its public names.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class KANSpec:
                              "map); it cannot be combined with kan.param_match='width'")
 
     @classmethod
-    def from_dict(cls, d) -> "KANSpec":
+    def from_dict(cls, d) -> KANSpec:
         """From a plain dict or ml_collections ConfigDict; unknown keys are errors naming them."""
         d = dict(d)
         names = {f.name for f in dataclasses.fields(cls)}

@@ -1,7 +1,7 @@
 """KAN-ification: put KAN layers in any projection of a Llama model, optionally parameter-matched.
 
 This is the only module that knows both `kanjax.kan` and `kanjax.llama`; what to convert is a
-`KANSpec` (`kanjax.kan_spec`, also importable from here). It works through the
+`KANSpec` (`kanjax.llama.kan_spec`). It works through the
 model's projection factory (`llama.Projections`): `kanify(model, spec)` rebuilds the model with a
 factory that returns `KANProjection`s for the targeted (kind, layer) pairs and copies every other
 parameter from the source.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ class KANProjection(nnx.Module):
     """(…, in) → (…, out) by `strategy` (see module docstring), with an optional rank-r `proj`."""
 
     def __init__(self, in_features: int, out_features: int, *, strategy: str, spec: KANSpec,
-                 rank: Optional[int], use_bias: bool, axes: tuple, dtype, param_dtype, rngs: nnx.Rngs):
+                 rank: int | None, use_bias: bool, axes: tuple, dtype, param_dtype, rngs: nnx.Rngs):
         width = rank or out_features  # output width of the KAN stage
         mid_axis = None if rank else axes[1]
         final_bias = use_bias and not rank
@@ -97,7 +97,7 @@ class KANProjections(Projections):
     parts whose shapes match are copied from it, and init="from_linear" builds KAN stages from it.
     """
 
-    def __init__(self, spec: KANSpec, selected: Sequence[int], ranks: dict, source: Optional[dict] = None):
+    def __init__(self, spec: KANSpec, selected: Sequence[int], ranks: dict, source: dict | None = None):
         self.spec, self.selected, self.ranks, self.source = spec, frozenset(selected), ranks, source or {}
 
     def __call__(self, kind, layer, in_features, out_features, *, use_bias, axes, dtype, param_dtype, rngs):

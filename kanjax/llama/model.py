@@ -21,9 +21,16 @@ from flax import nnx
 from jax import lax
 
 from kanjax.kan import matmul
-from kanjax.llama.attention import (KVCache, apply_rope, attention, attention_mask_bool, blocked_causal_attention,
-                              default_positions, rope_cos_sin, rope_inv_freq)
-# Model surgery lives in kanjax.surgery; these two are part of this module's public names.
+from kanjax.llama.attention import (
+    KVCache,
+    apply_rope,
+    attention,
+    attention_mask_bool,
+    blocked_causal_attention,
+    default_positions,
+    rope_cos_sin,
+    rope_inv_freq,
+)
 
 INIT_STD = 0.02  # transformers' default initializer_range; only matters for fresh (untrained) models
 _ACTIVATIONS = ("silu", "none")
@@ -108,7 +115,7 @@ class LlamaConfig:
         return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
 
     @classmethod
-    def from_hf(cls, config: dict | str | Path) -> "LlamaConfig":
+    def from_hf(cls, config: dict | str | Path) -> LlamaConfig:
         """From a transformers config dict, a config.json path or a folder holding config.json.
 
         Understands both the transformers<5 layout (rope_theta + rope_scaling) and the v5 one
@@ -302,7 +309,7 @@ class LlamaModel(nnx.Module):
         """input_ids (b,t) -> final-normed hidden (b,t,d), plus the new cache when one is given.
 
         attention_mask is (b,t) without a cache and (b,max_len) with one (1 = real token), or a (b,t,t)
-        bool of the keys each query sees (with explicit positions; packed rows, kanjax.packing).
+        bool of the keys each query sees (with explicit positions; packed rows, kanjax.evals.packing).
         last_rows (b,r): the last block runs only at these positions -> (b,r,d); every earlier block
         still runs everywhere, since the last block's keys and values need all of them.
         """
@@ -389,7 +396,7 @@ class LlamaForSequenceClassification(nnx.Module):
         """-> (b, num_labels) float32 scores of the last real token of each row.
 
         Only that token's row goes through the last block (its keys and values excepted), the final
-        norm and the head: the same scores at a third less work for the study's 3-block model."""
+        norm and the head: the same scores for less work (a block fewer of every other token)."""
         idx = last_token_index(input_ids, attention_mask, self.config.pad_token_id)
         hidden = self.model(input_ids, attention_mask, positions, segment_ids=segment_ids, last_rows=idx[:, None])
         return self.score(hidden[:, 0]).astype(jnp.float32)

@@ -1,6 +1,6 @@
 """Model surgery: new models made from old ones by cutting, slicing or re-drawing parameters.
 
-    truncate_layers   the first n decoder blocks (the study's mini model: 3 of SmolLM2's 30)
+    truncate_layers   the first n decoder blocks (a shallower model of the same shape)
     trim_vocab        the N most frequent tokens of a corpus (embedding rows; id map old → new)
     reinitialize      parameters whose path matches a regex re-drawn from the model's own init
     path_string       'model/layers/3/mlp/up_proj/kernel', the path names regexes are written against

@@ -20,7 +20,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -42,7 +42,7 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def save(self, step: int, state: Any, data_state: Optional[dict], config: dict, model: dict) -> None:
+    def save(self, step: int, state: Any, data_state: dict | None, config: dict, model: dict) -> None:
         """Start saving `step` (returns before the write ends when asynchronous)."""
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -60,7 +60,7 @@ class Checkpointer:
             config=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["data"] or {}), dict(restored["config"] or {})
 
-    def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict, dict]]:
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
         """(step, state, data_state, config) of the newest readable checkpoint, or None. Unreadable
         newer steps are moved aside (`move_aside`)."""
         for step in reversed(self.steps()):
@@ -101,7 +101,7 @@ def finished_steps(directory: str | Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-def newest_config(directory: str | Path) -> Optional[dict]:
+def newest_config(directory: str | Path) -> dict | None:
     """The config JSON of the newest step whose config item reads; None without checkpoints. Reads
     only: a run checks it against its own config before it creates or writes anything."""
     for step in reversed(finished_steps(directory)):

@@ -17,13 +17,13 @@ blocks), statistics over the batch's real tokens:
 The model is probed, not changed: inside the jitted function each projection module of a freshly
 merged copy is wrapped in a `_Probe` that sows its input and output (`nnx.capture`), so the train
 step's graph is untouched and linear and KAN models are measured by the same code.
-`train.diagnostics_every` turns this on in `kanjax.train_loop` (rows with split "diagnostics").
+`train.diagnostics_every` turns this on in `kanjax.training.loop` (rows with split "diagnostics").
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -152,7 +152,7 @@ def projection_stats(graphdef, params, batch: Mapping[str, jax.Array],
 
 
 def jit_projection_stats(trainer, example_batch):
-    """projection_stats jitted for a `kanjax.train_lib.Trainer` (params sharded as in training)."""
+    """projection_stats jitted for a `kanjax.training.step.Trainer` (params sharded as in training)."""
     from kanjax.training import sharding as shard_lib
 
     return jax.jit(lambda params, batch: projection_stats(trainer.graphdef, params, batch, trainer.loss_fn),

@@ -14,23 +14,22 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kanjax.training import config as config_lib
 from kanjax.data import pipeline as data_lib
-from kanjax.training import diagnostics
-from kanjax.training import build
+from kanjax.kan.layer import count_params
+from kanjax.llama import surgery
+from kanjax.llama.kanify import param_report
+from kanjax.training import build, diagnostics
+from kanjax.training import config as config_lib
 from kanjax.training import metrics as metrics_lib
 from kanjax.training import sharding as shard_lib
-from kanjax.llama import surgery
 from kanjax.training import step as train_lib
 from kanjax.training.checkpoint import Checkpointer, newest_config
-from kanjax.kan.layer import count_params
-from kanjax.llama.kanify import param_report
 
 log = logging.getLogger("kanjax.train")
 
@@ -80,7 +79,7 @@ class Run:
     train_iter: Any
     first_batch: dict
     val_arrays: dict
-    test_arrays: Optional[dict]
+    test_arrays: dict | None
     ckpt: Checkpointer
     writer: metrics_lib.MetricWriter
     record: dict  # the model record every checkpoint carries (kanjax.training.workdir.model_record)
@@ -285,7 +284,7 @@ def finish(r: Run, end: int, train_seconds: float, per_example_test: bool = Fals
     return {**summary, "state": r.state, "trainer": r.trainer, "id_map": surgery.id_map_from_record(vocab)}
 
 
-def run(config, *, max_steps: Optional[int] = None, per_example_test: bool = False) -> dict:
+def run(config, *, max_steps: int | None = None, per_example_test: bool = False) -> dict:
     """Train per `config`; `max_steps` stops early (the schedule still follows train.steps): tests
     use it to interrupt and resume. per_example_test adds `test_correct` (n,) bool to the summary."""
     r = setup(config)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import jax
 
@@ -15,7 +15,7 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v
               "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
 
 
-def peak_flops_per_device(override: float = 0.0) -> Optional[float]:
+def peak_flops_per_device(override: float = 0.0) -> float | None:
     if override:
         return float(override)
     kind = jax.devices()[0].device_kind

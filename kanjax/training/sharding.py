@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both data-parallel axes
 
 # logical axis -> mesh axis (None: replicated). One table for the whole model.
-RULES: dict[Optional[str], Optional[str]] = {
+RULES: dict[str | None, str | None] = {
     "embed": "fsdp",
     "mlp": "tensor",
     "heads": "tensor",
@@ -53,13 +54,13 @@ def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def make_mesh(shape: Mapping[str, int], devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(devices if devices is not None else jax.devices())
     sizes = mesh_shape(shape, len(devices))
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_mesh(names: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh,
+def logical_to_mesh(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                     where: str = "") -> P:
     """Logical names of one array → PartitionSpec; undivisible or repeated mesh axes → replicated."""
     used, spec = set(), []
@@ -114,7 +115,7 @@ def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[st
     return out
 
 
-def maybe_initialize_distributed(coordinator: Optional[str], num_processes: int, process_id: int) -> None:
+def maybe_initialize_distributed(coordinator: str | None, num_processes: int, process_id: int) -> None:
     """jax.distributed.initialize when a coordinator is configured; a no-op for one process."""
     if not coordinator or num_processes <= 1:
         return

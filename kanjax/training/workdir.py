@@ -14,9 +14,9 @@ from kanjax.llama import surgery
 from kanjax.training import checkpoint
 
 
-def model_record(model, task: str, vocab: Optional[dict] = None) -> dict:
+def model_record(model, task: str, vocab: dict | None = None) -> dict:
     """What rebuilds `model` with nothing else: its config.json dict (Llama fields, KAN spec and
-    ranks, trimmed-vocabulary ids) and its task. Checkpoints store it (`kanjax.checkpoint`)."""
+    ranks, trimmed-vocabulary ids) and its task. Checkpoints store it (`kanjax.training.checkpoint`)."""
     return {"task": task, "config": hf.model_config_dict(model, vocab=vocab)}
 
 

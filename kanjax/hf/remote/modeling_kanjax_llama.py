@@ -110,7 +110,7 @@ class KanjaxKANLinear(nn.Module):
 
 
 class KanjaxKANProjection(nn.Module):
-    """(..., in) -> (..., out), kanjax.kanify.KANProjection:
+    """(..., in) -> (..., out), kanjax.llama.kanify.KANProjection:
 
         replace:    kan(x)
         parallel:   linear(x) + kan(x)

@@ -1,0 +1,1 @@
+"""What the benchmarks share: record files and provenance (records), round-robin timing (timing)."""

@@ -1,0 +1,40 @@
+"""Study records: one JSON file per unit of work, written atomically (a killed run leaves no
+half-written record, so a rerun redoes exactly the missing units), with the commit that made it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def git_commit(repo: str | Path = REPO) -> str:
+    """HEAD of the checkout at `repo`, suffixed -dirty when tracked files have changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """`text` into `path` through a temporary file and a rename (same folder, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, record: dict, *, allow_nan: bool = True) -> None:
+    write_atomic(path, json.dumps(record, indent=1, allow_nan=allow_nan))
+
+
+def read_json_folder(folder: str | Path, pattern: str = "*.json") -> list[dict]:
+    """Every record under `folder` matching `pattern`, in path order (temporary files skipped)."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob(pattern)) if ".tmp" not in p.name]

@@ -1,0 +1,1 @@
+"""Speed and memory of the library: layer, model forward, train step, evaluation, accelerator script."""
