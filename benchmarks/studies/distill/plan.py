@@ -15,8 +15,17 @@ LAYERS = (25, 26, 27, 28, 29)
 _KAN = {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "tanh", "param_match": "width",
         "init": "random", "center": "none"}
 ARMS = {"linear": None, "kan": _KAN}
+# Version 2 (issue #42): the KAN of the project's recipe (kan_recipe.md: linear coefficient init,
+# centring; KANSpec defaults), with tanh, with the linear base branch, and on raw inputs.
+_RECIPE = {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "tanh", "param_match": "width"}
 OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardise, then tanh
-                 "kan_legendre3": {**_KAN, "basis": "legendre", "degree": 3}}
+                 "kan_legendre3": {**_KAN, "basis": "legendre", "degree": 3},
+                 "kan_recipe": _RECIPE, "kan_recipe_base": {**_RECIPE, "base": "linear"},
+                 "kan_recipe_none": {**_RECIPE, "domain": "none"}}
+# v2: 4x v1's fit tokens (linear's validation error still fell at 400 steps), the same grid for every arm.
+V2 = {"arms": ("linear", "kan_recipe_none", "kan_recipe_base", "kan_recipe"), "fit_steps": 1600,
+      "records": "full_model_distill_v2_runs"}
+V1_RECORDS = "full_model_distill_runs"
 SEQ_LEN = 256
 SOURCES = {"tinyshakespeare": 160, "wikitext2_valid": 160, "ag_news_train": 160, "fastchat": 160}  # windows
 FIT_STEPS, FIT_BATCH, LRS = 400, 1024, (1e-3, 3e-3, 1e-2, 3e-2)  # linear's val error still fell at 1e-2
@@ -32,6 +41,9 @@ def settings(args) -> dict:
          "fit_batch": FIT_BATCH, "lrs": LRS, "ppl_windows": PPL_WINDOWS, "ppl_seq_len": PPL_SEQ_LEN, "chat": None,
          "bbh_tasks": ("bbh",), "bbh_limit": args.bbh_limit, "mc_limit": args.mc_limit,
          "finetune_steps": args.finetune_steps}
+    s["v2"] = bool(getattr(args, "v2", False))
+    if s["v2"]:
+        s["fit_steps"] = V2["fit_steps"]
     if args.quick:
         s.update(QUICK)
     if args.fit_steps:
@@ -64,7 +76,9 @@ def models(args, s) -> list[str]:
 
 def plan(args, s) -> list[str]:
     """Units in dependency order; the cheap comparisons come before the long benchmark runs."""
-    units = ["record"] + [f"fit__{a}__L{k}" for a in s["arms"] for k in s["layers"]]
+    units = ["record"] + [f"diagnose__L{k}" for k in s["layers"] if s["v2"]]
+    units += [f"fit__{a}__L{k}" for a in s["arms"] for k in s["layers"]]
+    units += [f"errmap__{a}" for a in s["arms"] if s["v2"]]
     if args.sequential:
         units += [f"seqfit__{a}__L{k}" for a in s["arms"] for k in s["layers"][1:]]
     if s["finetune_steps"]:

@@ -1,0 +1,191 @@
+"""benchmarks/results/distill/full_model_distill_v2.md and its curves, from the records of distillation
+v2 (issue #42) and, for the original KAN arm ("kan_v1", not rerun), the v1 records.
+
+    python -m benchmarks.studies.distill.report_v2 [--records benchmarks/results/distill/full_model_distill_v2_runs]
+
+Sections: the diagnosis (the MLP inputs' range per block, the first-token activations), the fits (test
+error per block with 95% bootstrap intervals over test windows, the lr grid), where each arm's error
+sits (first token vs the rest, per output channel), and the verdicts of rules_v2.py. Parts whose
+units have not run yet say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.studies.distill import rules_v2
+from benchmarks.studies.distill.plan import LRS, OPTIONAL_ARMS, V1_RECORDS, V2
+from benchmarks.studies.distill.stats import load
+from benchmarks.studies.distill.tables import fit_table, lr_table
+
+REPO = Path(__file__).resolve().parents[3]
+V1_ARM = "kan_v1"  # the original study's KAN arm, its v1 records (400 steps), relabelled
+
+
+def with_v1_kan(R: dict, v1_records: Path) -> dict:
+    """R plus v1's `kan` fit records as arm `kan_v1` (same recording windows and test split)."""
+    out = dict(R)
+    if v1_records.is_dir():
+        for unit, r in load(v1_records).items():
+            if r["kind"] == "fit" and r["arm"] == "kan":
+                out[unit.replace("__kan__", f"__{V1_ARM}__")] = {**r, "arm": V1_ARM}
+    return out
+
+
+def diagnosis_table(R: dict, layers: list[int]) -> str:
+    rows = [R.get(f"diagnose__L{k}") for k in layers]
+    if not any(rows):
+        return "_No diagnosis records yet (`diagnose__L<k>` units)._"
+    cols = ["block", "tokens", "median / p99 / p99.9 / max \\|x\\| (not first)", "share \\|x\\| > 2 (not first / first)",
+            "channels p99 > 1 / > 3", "top outlier channels (p99, max)", "first-token \\|x\\| median / max",
+            "first-token share of ‖y‖²", "first-token max \\|y\\| vs others' p99"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for k, r in zip(layers, rows):
+        if r is None:
+            continue
+        p = r["abs_x_percentiles_rest"]
+        top = ", ".join(f"{c['channel']} ({c['p99']:.1f}, {c['max']:.0f})" for c in r["outlier_channels"][:3])
+        lines.append(f"| {k} | {r['tokens']:,} | {p['p50']:.2f} / {p['p99']:.2f} / {p['p99.9']:.2f} / "
+                     f"{r['abs_x_max_rest']:.1f} | {100 * r['saturated_share_rest']:.2f}% / "
+                     f"{100 * r['saturated_share_first']:.1f}% | {r['channels_p99_over_1']} / "
+                     f"{r['channels_p99_over_3']} | {top} | {r['first_abs_x_median']:.2f} / "
+                     f"{r['first_abs_x_max']:.1f} | {100 * r['first_y_energy_share']:.0f}% | "
+                     f"{r['first_abs_y_max']:,.0f} vs {r['rest_abs_y_p99']:.2f} |")
+    return "\n".join(lines)
+
+
+def diagnosis_text(R: dict, layers: list[int]) -> str:
+    """Causes, each sentence computed from the diagnosis records."""
+    rows = {k: R[f"diagnose__L{k}"] for k in layers if f"diagnose__L{k}" in R}
+    if not rows:
+        return ""
+    med = [r["abs_x_percentiles_rest"]["p50"] for r in rows.values()]
+    sat = [r["saturated_share_rest"] for r in rows.values()]
+    share = {k: r["first_y_energy_share"] for k, r in rows.items()}
+    top = max(share, key=share.get)
+    return "\n".join([
+        f"- Ordinary tokens: the median |x| is {min(med):.2f}–{max(med):.2f}, so on `tanh`'s interval a "
+        f"degree-2 edge is nearly linear there (x² is ~{min(med):.2f}× x); {100 * min(sat):.2f}–{100 * max(sat):.2f}% "
+        "of entries exceed |x| = 2, where tanh flattens them.",
+        f"- First tokens: they carry {100 * min(share.values()):.0f}–{100 * max(share.values()):.0f}% of the blocks' "
+        f"output energy ‖y‖² (block {top}: {100 * share[top]:.0f}%), from inputs up to |x| = "
+        f"{max(r['first_abs_x_max'] for r in rows.values()):.0f}: a squashing domain clips exactly these.",
+    ])
+
+
+def errmap_table(R: dict, arms: list[str], layers: list[int]) -> str:
+    maps = {a: R[f"errmap__{a}"] for a in arms if f"errmap__{a}" in R}
+    if not maps:
+        return "_No error-map records yet (`errmap__<arm>` units)._"
+    cols = ["block"] + [f"{a}: first / other tokens (top-1% channels' share)" for a in maps]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for k in layers:
+        cells = []
+        for a, m in maps.items():
+            b = m["blocks"].get(str(k))
+            cells.append("–" if b is None else f"{b['rel_err_first']:.3f} / {b['rel_err_rest']:.3f} "
+                                               f"({100 * b['rest_error_share_top1pct_channels']:.0f}%)")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
+    best = rules_v2.best_kan_arm(R, kan_arms, layers)
+    if best is None:
+        return ("- Best re-learned KAN arm: not chosen yet (no KAN arm has fits on every block).\n"
+                "- Target (fit within +0.05 of linear on every block, spliced perplexity within 5%): not measured yet.\n"
+                "- Warm start fine-tuned vs linear fine-tuned: not measured yet.")
+    t = rules_v2.target(R, best, "linear", layers)
+    gaps = ", ".join(f"{k}: {g:+.3f}" for k, g in sorted(t["fit"].items()))
+    ppl = "not measured yet" if t["ppl"] is None else f"{100 * t['ppl']:+.1f}%"
+    lines = [f"- Best re-learned KAN arm (lowest mean validation error over the blocks): **{best}**.",
+             f"- Target: **{t['status']}**. Test error − linear's per block: {gaps}; spliced WikiText-2 "
+             f"perplexity vs the linear splice: {ppl}."]
+    for k in t["missed_blocks"]:
+        loc = rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (best, "linear") if f"errmap__{a}" in R},
+                                    best, "linear", k)
+        if loc is not None:
+            where = "first tokens (the attention sink)" if loc["first"] > loc["rest"] else "ordinary tokens"
+            lines.append(f"  - Block {k}: the gap sits on {where}: first tokens {loc['kan_first']:.3f} vs "
+                         f"{loc['lin_first']:.3f}, other tokens {loc['kan_rest']:.3f} vs {loc['lin_rest']:.3f}.")
+    lines.append("- Warm start fine-tuned vs linear fine-tuned: "
+                 + rules_v2.warm_start_verdict(None, None) + ".")
+    return "\n".join(lines)
+
+
+def plot_curves(R: dict, arms: list[str], layers: list[int], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    have = [k for k in layers if any(f"fit__{a}__L{k}" in R for a in arms)]
+    if not have:
+        return False
+    fig, axes = plt.subplots(1, len(have), figsize=(3.2 * len(have), 3), squeeze=False)
+    for ax, k in zip(axes[0], have):
+        for a in arms:
+            r = R.get(f"fit__{a}__L{k}")
+            if r is not None:
+                mse = rules_v2.chosen(r)["train_mse"]
+                ax.plot(range(1, len(mse) + 1), mse, label=a)
+        ax.set_yscale("log")
+        ax.set_title(f"block {k}")
+        ax.set_xlabel("fit progress (sixteenths)")
+    axes[0][0].set_ylabel("train MSE (kept lr)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def write_report(records: Path, out_dir: Path, quick: bool = False,
+                 v1_records: Path | None = None) -> Path | None:
+    R = load(records) if Path(records).is_dir() else {}
+    if not R:
+        return None
+    v1 = v1_records or REPO / "benchmarks" / "results" / "distill" / V1_RECORDS
+    R = with_v1_kan(R, Path(v1)) if not quick else R
+    layers = sorted({r["layer"] for r in R.values() if r["kind"] == "fit"})
+    arms = [a for a in V2["arms"] if any(r.get("arm") == a for r in R.values() if r["kind"] == "fit")]
+    shown = arms + ([V1_ARM] if any(r.get("arm") == V1_ARM for r in R.values()) else [])
+    kan_arms = [a for a in arms if a != "linear"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "full_model_distill_v2"
+    curves = plot_curves(R, ["linear"] + kan_arms, layers, out_dir / f"{stem}_curves.png")
+    fits, _ = fit_table(R, shown)
+    steps = {r["fit"]["steps"] for r in R.values() if r["kind"] == "fit" and r["arm"] != V1_ARM}
+    specs = "\n".join(f"- `{a}`: {OPTIONAL_ARMS.get(a) or 'the GLU MLP of width 1536'}" for a in arms)
+    lines = [f"# Distillation v2: KAN MLPs re-learned inside SmolLM2-135M-Instruct{' (--quick: not results)' if quick else ''}",
+             "", "Command (resumable; records in `benchmarks/results/distill/full_model_distill_v2_runs/`):", "",
+             "```", f"python -m benchmarks.studies.distill.study --v2{' --quick' if quick else ''}", "```", "",
+             f"Records in: {len(R)} units. Fit budget: {', '.join(map(str, sorted(steps)))} AdamW steps of 1,024 "
+             f"recorded tokens per fit (v1: 400), each lr of {', '.join(f'{lr:g}' for lr in LRS)} for every arm, "
+             "the lr with the lowest validation error kept. Arms:", "", specs,
+             f"- `{V1_ARM}`: v1's KAN arm (random coefficients, no centring, tanh; v1 records, 400 steps, not rerun)",
+             "", "## Diagnosis: what the late MLPs see", "", diagnosis_table(R, layers), "",
+             diagnosis_text(R, layers), "",
+             "## Fits: test relative error ‖ŷ−y‖/‖y‖ at the validation-chosen lr", "", fits, "",
+             "Validation error at every lr, and the kept fit's train MSE:", "", lr_table(R, shown), "",
+             *([f"![train MSE curves]({stem}_curves.png)", ""] if curves else []),
+             "## Where the error sits (test windows)", "", errmap_table(R, shown, layers), "",
+             "## Verdicts (rules in `benchmarks/studies/distill/rules_v2.py`, written before the runs)", "",
+             verdict_text(R, kan_arms, layers), ""]
+    path = out_dir / f"{stem}.md"
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+    return path
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", default=str(REPO / "benchmarks" / "results" / "distill" / V2["records"]))
+    p.add_argument("--out_dir", default=str(REPO / "benchmarks" / "results" / "distill"))
+    args = p.parse_args(argv)
+    write_report(Path(args.records), Path(args.out_dir))
+
+
+if __name__ == "__main__":
+    main()

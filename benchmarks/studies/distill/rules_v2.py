@@ -1,0 +1,95 @@
+"""The verdict rules of distillation v2 (issue #42), written before its runs and tested on made-up
+records (tests/benchmarks/test_distill_v2_rules.py). Every rule reads records only.
+
+1. The best re-learned KAN arm is chosen on *validation* error (mean over blocks of each block's
+   error at its validation-chosen lr), never on test, so the choice cannot flatter the test numbers.
+2. Target (the issue's bar for that arm): test relative fit error within +FIT_TARGET of linear's on
+   every block, and spliced WikiText-2 test perplexity within PPL_TARGET of the linear splice's.
+   Point estimates decide; the intervals are reported beside them. A missing block or perplexity
+   record makes the target "not measured yet", never "met".
+3. Warm start after fine-tuning ("a KAN warm start fine-tuned matches or beats the linear MLP
+   fine-tuned at equal budget"): on WikiText-2 test perplexity, the paired 95% interval of
+   ppl(KAN) / ppl(linear) − 1 must lie wholly below +PPL_TARGET for "matches or beats"; wholly above
+   it is "does not"; otherwise "inconclusive". A loss bigger than the margin cannot hide in it.
+"""
+
+from __future__ import annotations
+
+import math
+
+FIT_TARGET = 0.05  # relative error ‖ŷ−y‖/‖y‖, KAN − linear, on every block
+PPL_TARGET = 0.05  # relative WikiText-2 test perplexity
+_EPS = 1e-12  # a difference at the margin, up to float rounding, is within it
+
+
+def blocks_of(R: dict, arm: str) -> dict[int, dict]:
+    return {r["layer"]: r for r in R.values() if r.get("kind") == "fit" and r.get("arm") == arm}
+
+
+def chosen(r: dict) -> dict:
+    """The lr entry a fit record kept (its lowest validation error)."""
+    return r["lrs"][f"{r['best_lr']:g}"]
+
+
+def best_kan_arm(R: dict, kan_arms: list[str], layers: list[int]) -> str | None:
+    """The KAN arm with the lowest mean validation error over `layers`; arms missing a block are not
+    candidates (None when no arm has every block)."""
+    scores = {}
+    for a in kan_arms:
+        b = blocks_of(R, a)
+        if all(k in b for k in layers):
+            scores[a] = sum(chosen(b[k])["val"]["rel_err"] for k in layers) / len(layers)
+    return min(scores, key=scores.get) if scores else None
+
+
+def fit_gaps(R: dict, kan: str, lin: str, layers: list[int]) -> dict[int, float]:
+    """{block: test error of kan − test error of lin} for the blocks both have."""
+    a, b = blocks_of(R, kan), blocks_of(R, lin)
+    return {k: chosen(a[k])["test"]["rel_err"] - chosen(b[k])["test"]["rel_err"] for k in layers if k in a and k in b}
+
+
+def ppl_ratio(R: dict, model: str, ref: str, key: str = "wikitext") -> float | None:
+    """ppl(model) / ppl(ref) − 1 on `key` from the eval_ppl records (None if either is missing)."""
+    a, b = R.get(f"eval_ppl__{model}"), R.get(f"eval_ppl__{ref}")
+    if a is None or b is None:
+        return None
+    def ppl(r):
+        return math.exp(sum(r[key]["nll"]) / sum(r[key]["tokens"]))
+    return ppl(a) / ppl(b) - 1
+
+
+def target(R: dict, kan: str, lin: str, layers: list[int]) -> dict:
+    """The target check of rule 2: {"status": met | missed | not measured yet, "fit": gaps, "ppl": ratio − 1}."""
+    gaps = fit_gaps(R, kan, lin, layers)
+    ratio = ppl_ratio(R, kan, lin)
+    missed = [k for k, g in gaps.items() if g > FIT_TARGET + _EPS]
+    if missed or (ratio is not None and ratio > PPL_TARGET + _EPS):
+        status = "missed"
+    elif len(gaps) < len(layers) or ratio is None:
+        status = "not measured yet"
+    else:
+        status = "met"
+    return {"status": status, "fit": gaps, "missed_blocks": missed, "ppl": ratio}
+
+
+def warm_start_verdict(lo: float | None, hi: float | None) -> str:
+    """Rule 3 on the paired 95% interval of ppl(KAN warm start, fine-tuned) / ppl(linear, fine-tuned) − 1."""
+    if lo is None or hi is None:
+        return "not measured yet"
+    if hi < PPL_TARGET:
+        return "matches or beats"
+    if lo > PPL_TARGET:
+        return "does not match"
+    return "inconclusive"
+
+
+def gap_location(errmaps: dict, kan: str, lin: str, block: int) -> dict | None:
+    """Where kan's extra error over lin sits on one block: first tokens (attention sink) or the rest,
+    from the errmap records. None when either record is missing."""
+    a, b = errmaps.get(kan), errmaps.get(lin)
+    if a is None or b is None or str(block) not in a["blocks"] or str(block) not in b["blocks"]:
+        return None
+    ea, eb = a["blocks"][str(block)], b["blocks"][str(block)]
+    return {"first": ea["rel_err_first"] - eb["rel_err_first"], "rest": ea["rel_err_rest"] - eb["rel_err_rest"],
+            "kan_first": ea["rel_err_first"], "lin_first": eb["rel_err_first"],
+            "kan_rest": ea["rel_err_rest"], "lin_rest": eb["rel_err_rest"]}
