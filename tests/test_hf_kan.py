@@ -275,7 +275,7 @@ def test_remote_kan_layer_matches_kanjax(remote, family, params, degree):
         assert (layer.active, layer.offsets, layer.scales) == (ours.active, ours.offsets, ours.scales)
         assert layer.interval == ours.interval
         with torch.no_grad():
-            for name in ("coef", "base_kernel", "bias", "den_coef"):
+            for name in ("coef", "base_kernel", "bias", "den_coef", "num_coef", "input_scale"):
                 if getattr(layer, name) is not None:
                     getattr(layer, name).copy_(torch.from_numpy(np.array(getattr(ours, name)[...])))
             ref = layer(torch.as_tensor(x)).numpy()
