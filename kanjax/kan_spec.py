@@ -30,7 +30,8 @@ class KANSpec:
       group-rational activation (`kanjax.group_rational.GroupRational`, every group starting as
       the least-squares fit of SiLU on `SILU_FIT_RANGE`), which replaces the block's SiLU; it needs
       basis="group_rational", targets=["gate"] and mlp_activation="none" (the MLP becomes
-      down(φ(gate(x)) ⊙ up(x))); degree / den_degree / num_groups size the rational.
+      down(φ(gate(x)) ⊙ up(x))); degree / den_degree / num_groups size the rational (the warm
+      start uses `SILU_DEGREES` = (9, 8): at the default degree 2 the fit of SiLU is poor).
     basis, degree, domain, base, den_degree, basis_params: KANLinear's arguments
       (basis_params: other basis keywords such as grid, order, alpha, beta).
     num_groups: group_rational only: the number of channel groups, each with its own rational.
