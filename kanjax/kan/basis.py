@@ -35,12 +35,20 @@ bspline      grid=5, order=3, grid_range=(-1,1)  G+k    grid_range
 rbf          num_centers=8, centers=None,        len(c) grid_range
              width=None, grid_range=(-1,1)
 rational     degree=3, den_coef=None             m+1    (-1, 1)
+group_       degree=5, num_coef=None,            1      (-1, 1)
+rational     den_coef=None
 ===========  ==================================  =====  =============
 
 Rational ("safe Pade", as in the Kolmogorov-Arnold Transformer): columns ``x**i / Q(x)``, i = 0..m,
 ``Q(x) = 1 + |sum_{j=1..n} b_j x**j|`` >= 1 (no poles, bounded gradients). The layer owns b and
 passes it in as ``den_coef`` (traced is fine): shape (n,) shares one denominator, shape
 ``x.shape[-1:] + (n,)`` gives each input feature its own; None means Q = 1.
+
+Group rational (KAT's GR-KAN unit, `safe_rational`): one column, the learned function itself,
+``P(x) / Q(x)`` with ``P = sum_{i=0..m} a_i x**i`` (``num_coef``, m = degree) and
+``Q = 1 + sum_{i=1..n} |b_i| |x|**i`` (``den_coef``). A KAN layer owns one (a, b) per group of input
+channels (`group_index`) and passes them per feature; None is the identity (P = x, Q = 1), the
+function the layer starts from, so the column layout is the identity's (offset 0, scale 1).
 
 B-splines use uniform knots extended by ``order`` knots on each side and the
 Cox-de Boor recursion from half-open indicators [t_j <= x < t_{j+1}], so the K
@@ -65,8 +73,12 @@ from kanjax.kan.basis_terms import (
     column_layout,
     expand_numpy,
     freeze,
+    group_index,
+    group_rational,
+    identity_rational,
     n_basis,
     resolve_params,
+    safe_rational,
     squash,
     squash_normal,
     to_interval,
@@ -120,4 +132,5 @@ def _lifted(name, static, per_feature):
 
 
 __all__ = ["BASES", "Basis", "CENTERS", "DOMAINS", "GH_NODES", "GH_WEIGHTS", "column_layout", "expand",
-           "expand_numpy", "freeze", "n_basis", "resolve_params", "squash", "squash_normal", "to_interval"]
+           "expand_numpy", "freeze", "group_index", "group_rational", "identity_rational", "n_basis",
+           "resolve_params", "safe_rational", "squash", "squash_normal", "to_interval"]

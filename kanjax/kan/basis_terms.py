@@ -161,6 +161,59 @@ def _rational(x, xp, degree, den_coef):
     return [c * inv_q for c in cols]
 
 
+def safe_rational(x, xp, num_coef, den_coef):
+    """KAT's safe Pade unit P(x) / Q(x): P(x) = sum_{i=0..m} a_i x**i, Q(x) = 1 + sum_{i=1..n} |b_i| |x|**i.
+
+    num_coef (..., m+1) holds a_0..a_m and den_coef (..., n) holds b_1..b_n; their leading axes
+    broadcast against x (a row per feature, or per group after `group_rational`'s reshape). Q >= 1
+    everywhere, so there is no pole whatever the coefficients. |b| is written as where(b < 0, -b, b):
+    its derivative at b = 0 is 1 (as in KAT's kernels), so a denominator that starts at zero still
+    learns (the derivative of abs there is 0 in PyTorch).
+    """
+    p = 0.0
+    for j in reversed(range(num_coef.shape[-1])):  # Horner, static unroll
+        p = p * x + num_coef[..., j]
+    ax, q = xp.abs(x), 0.0
+    for j in reversed(range(den_coef.shape[-1])):
+        b = den_coef[..., j]
+        q = (q + xp.where(b < 0, -b, b)) * ax
+    return p / (1.0 + q)
+
+
+def identity_rational(degree: int, den_degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a (m+1,), b (n,)) of the rational that is exactly the identity: P(x) = x, Q = 1."""
+    a = np.zeros(degree + 1)
+    a[1] = 1.0
+    return a, np.zeros(den_degree)
+
+
+def _group_rational(x, xp, degree, num_coef, den_coef):
+    # One column, the learned function itself. None (the layout, column_layout's constants):
+    # the identity the layer starts from.
+    if num_coef is None:
+        num_coef, den_coef = identity_rational(degree, 0)
+    if den_coef is None:
+        den_coef = np.zeros(0)
+    return [_full(x, xp, safe_rational(x, xp, num_coef, den_coef))]
+
+
+def group_index(n_features: int, num_groups: int) -> np.ndarray:
+    """(n_features,) group of each channel: contiguous blocks, channel c in group c * G // n.
+
+    The same as KAT's c // (n / G) when G divides n; otherwise the blocks differ in size by one.
+    """
+    return (np.arange(n_features) * num_groups) // n_features
+
+
+def group_rational(x, num_coef, den_coef, xp=np):
+    """x (..., C) -> (..., C): channel c through its group's safe rational (KAT's GR-KAN activation).
+
+    num_coef (G, m+1), den_coef (G, n), group of each channel from `group_index(C, G)`.
+    """
+    idx = group_index(x.shape[-1], num_coef.shape[0])  # numpy, JAX and PyTorch all index with it
+    return safe_rational(x, xp, num_coef[idx], den_coef[idx])
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -223,7 +276,7 @@ def _den_coef(name, key, v):
 _CONVERTERS = {
     "degree": _int(0), "grid": _int(1), "order": _int(0), "num_centers": _int(1),
     "alpha": _real, "beta": _real, "width": _opt_width, "grid_range": _grid_range,
-    "centers": _centers, "den_coef": _den_coef,
+    "centers": _centers, "den_coef": _den_coef, "num_coef": _den_coef,
 }
 
 
@@ -248,6 +301,15 @@ def _check_rbf(p, given):
         if "num_centers" in given and p["num_centers"] != k:
             raise _err("rbf", "num_centers", f"contradicts len(centers) = {k}", p["num_centers"])
         p["num_centers"] = k
+
+
+def _check_group_rational(p, given):
+    if p["degree"] < 1:  # the identity it starts from needs the x term
+        raise _err("group_rational", "degree", "must be >= 1", p["degree"])
+    a = p["num_coef"]
+    if a is not None and a.shape[-1] != p["degree"] + 1:
+        raise _err("group_rational", "num_coef", f"must have degree + 1 = {p['degree'] + 1} columns",
+                   tuple(a.shape))
 
 
 # ------------------------------------------------------------------ registry
@@ -290,6 +352,11 @@ BASES: dict[str, Basis] = {b.name: b for b in (
           size=lambda degree, **_: degree + 1,
           interval=lambda **_: (-1.0, 1.0), polynomial=False,
           feature_params=("den_coef",)),
+    Basis("group_rational", _group_rational,
+          types.MappingProxyType({"degree": 5, "num_coef": None, "den_coef": None}),
+          size=lambda **_: 1,
+          interval=lambda **_: (-1.0, 1.0), polynomial=False,
+          check=_check_group_rational, feature_params=("num_coef", "den_coef")),
 )}
 
 

@@ -44,8 +44,20 @@ class KANLinear(nnx.Module):
         basis, for exact conversion of linear layers with `from_linear`).
       base: optional residual branch: "silu" (silu(x) @ W_base, as in the original KAN) or
         "linear" (x @ W_base).
-      den_degree: rational family only: degree n of the learned denominator 1 + |Σ_j b_ij x^j|,
-        one set of n coefficients per input feature (parameter `den_coef`, shape (in, n)).
+      den_degree: rational family: degree n of the learned denominator 1 + |Σ_j b_ij x^j|,
+        one set of n coefficients per input feature (parameter `den_coef`, shape (in, n));
+        group_rational: degree n of Q = 1 + Σ_j |b_gj| |x|^j, one set per group (`den_coef` (G, n)).
+      num_groups: group_rational only (KAT's GR-KAN): the input channels form G = min(num_groups,
+        in) contiguous groups (`kanjax.kan.basis_terms.group_index`), each with one learned rational
+        φ_g = P_g / Q_g (numerator degree `degree`: `num_coef` (G, degree + 1); denominator
+        `den_coef` (G, den_degree)), so y = φ(x) @ coef[:, 0, :] + bias: a group-rational
+        activation, then one linear map. Every φ_g starts as the identity (P = x, Q = 1), and
+        coef gets KAT's variance-preserving init (std ∝ 1 / sqrt(in · E[φ(x)²]), x ~ N(0, 1)), so
+        the layer starts as a plain linear layer of the squashed input.
+      input_scale: a learned per-input-channel scale s (parameter `input_scale` (in,), init 1)
+        applied before the domain map, t = map(s ⊙ x): the basis sees each channel on its own range
+        (`kanjax.kan.range_refit` sets it from a batch's percentiles and refits coef). The base branch
+        still sees the raw x.
       init_scale: multiplies the variance-preserving init (1: output std of a default
         nnx.Linear for N(0, 1) inputs; kanify matches the init scale of the layer it replaces).
       center: "zero" (default: each column minus its value at input 0, so every edge function
@@ -66,7 +78,8 @@ class KANLinear(nnx.Module):
       **basis_params: any other keyword of the basis (grid, order, alpha, beta, centers, …).
 
     Parameters: coef (in, K, out), bias (out,), base_kernel (in, out) if base,
-    den_coef (in, n) for rational.
+    den_coef (in, n) for rational, num_coef (G, m + 1) and den_coef (G, n) for group_rational,
+    input_scale (in,) with input_scale=True.
     """
 
     def __init__(
@@ -83,6 +96,8 @@ class KANLinear(nnx.Module):
         param_dtype: Any = jnp.float32,
         basis_dtype: Any = jnp.float32,
         den_degree: int = 2,
+        num_groups: int = 8,
+        input_scale: bool = False,
         init_scale: float = 1.0,
         coef_init: str = "linear",
         center: str = "zero",
@@ -100,9 +115,11 @@ class KANLinear(nnx.Module):
             raise ValueError(f"KANLinear: coef_init={coef_init!r} is not one of {COEF_INITS}")
         if basis not in basis_lib.BASES:
             raise ValueError(f"KANLinear: unknown basis {basis!r}; known: {sorted(basis_lib.BASES)}")
-        if "den_coef" in basis_params:
-            raise ValueError("KANLinear: den_coef is a learned parameter of the rational layer; "
-                             "set its size with den_degree")
+        if "den_coef" in basis_params or "num_coef" in basis_params:
+            raise ValueError("KANLinear: num_coef / den_coef are learned parameters of the rational layers; "
+                             "set their sizes with degree, den_degree (and num_groups)")
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"KANLinear: num_groups={num_groups!r} must be a positive integer")
         if "degree" in basis_lib.BASES[basis].defaults:
             basis_params["degree"] = degree
         # Stored as a hashable tuple: NNX graph definitions are hashed as jit cache keys.
@@ -111,7 +128,8 @@ class KANLinear(nnx.Module):
         self.in_features, self.out_features = in_features, out_features
         self.basis, self.domain, self.base = basis, domain, base
         self.dtype, self.param_dtype, self.basis_dtype = dtype, param_dtype, basis_dtype
-        self.den_degree = den_degree if basis == "rational" else 0
+        self.den_degree = den_degree if basis in ("rational", "group_rational") else 0
+        self.num_groups = min(num_groups, in_features) if basis == "group_rational" else 0
         self.axes = tuple(axes)
         self.interval = tuple(float(v) for v in basis_lib.BASES[basis].interval(**self.basis_params))
         self.center = center
@@ -125,6 +143,11 @@ class KANLinear(nnx.Module):
         def param(value, names):
             return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
+        if self.num_groups:  # every group starts as the identity, the function _init_coef assumes
+            a, b = basis_lib.identity_rational(self.basis_params["degree"], self.den_degree)
+            self.num_coef = param(jnp.tile(jnp.asarray(a, param_dtype), (self.num_groups, 1)), (None, None))
+            self.den_coef = param(jnp.tile(jnp.asarray(b, param_dtype), (self.num_groups, 1)), (None, None))
+        self.input_scale = param(jnp.ones((in_features,), param_dtype), (in_axis,)) if input_scale else None
         kan_share = 0.5 if base else 1.0
         self.coef = param(self._init_coef(rngs.params(), kan_share * init_scale ** 2, coef_init),
                           (in_axis, "basis", out_axis))
@@ -138,7 +161,7 @@ class KANLinear(nnx.Module):
             self.bias = param(jnp.zeros((out_features,), param_dtype), (out_axis,))
         else:
             self.bias = None
-        if self.den_degree:
+        if self.den_degree and not self.num_groups:
             # Small random start: |Σ b x^j| has zero gradient at b = 0, which would freeze it.
             self.den_coef = param(
                 0.1 * jax.random.normal(rngs.params(), (in_features, self.den_degree), param_dtype),
@@ -153,14 +176,21 @@ class KANLinear(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """(…, i) → (…, i, K) normalised basis values, in basis_dtype."""
-        return self.features_of_squashed(basis_lib.squash(x.astype(self.basis_dtype), self.domain, jnp))
+        x = x.astype(self.basis_dtype)
+        if self.input_scale is not None:
+            x = x * self.input_scale[...].astype(self.basis_dtype)
+        return self.features_of_squashed(basis_lib.squash(x, self.domain, jnp))
 
     def features_of_squashed(self, u: jax.Array) -> jax.Array:
         """Same as `features`, from the already squashed input u (…, i)."""
         lo, hi = self.interval
         t = basis_lib.to_interval(u.astype(self.basis_dtype), lo, hi, self.domain)
         params = dict(self.basis_params)
-        if self.den_degree:
+        if self.num_groups:  # each feature gets its group's rational
+            idx = basis_lib.group_index(self.in_features, self.num_groups)
+            params["num_coef"] = self.num_coef[...].astype(self.basis_dtype)[idx]
+            params["den_coef"] = self.den_coef[...].astype(self.basis_dtype)[idx]
+        elif self.den_degree:
             params["den_coef"] = self.den_coef[...].astype(self.basis_dtype)
         phi = basis_lib.expand(self.basis, t, **params)
         if len(self.active) != phi.shape[-1]:
@@ -208,7 +238,7 @@ class KANLinear(nnx.Module):
         """(n,) points already in the basis' coordinates → (n, K) normalised columns, float64.
 
         The rational denominator is left out (Q = 1): it is O(1) at init and this is only used
-        for constants."""
+        for constants. A group rational is the identity every group starts as (its default)."""
         phi = basis_lib.expand_numpy(self.basis, t, **self.basis_params)[:, list(self.active)]
         return (phi - np.asarray(self.offsets)) * np.asarray(self.scales)
 
@@ -241,7 +271,7 @@ class KANLinear(nnx.Module):
         if bias is not None and not kwargs["use_bias"]:
             raise ValueError("from_linear: a bias was given but use_bias=False")
         layer = cls(n_in, n_out, basis=basis, degree=degree, domain=domain, rngs=nnx.Rngs(0), **kwargs)
-        if layer.base or layer.den_degree:
+        if layer.base or layer.basis == "rational":
             raise ValueError("from_linear: needs base=None and a non-rational basis")
         a = _identity_coefficients(layer)  # (K,)
         coef = a[None, :, None] * kernel[:, None, :]
@@ -262,8 +292,10 @@ def _identity_coefficients(layer: KANLinear, exact: bool = True) -> np.ndarray:
     if not exact:
         return a
     err = np.max(np.abs(phi @ a - u))
-    # Exact on [-1, 1] is exact everywhere only for polynomials (B-splines vanish off their grid).
-    unbounded = layer.domain == "none" and not basis_lib.BASES[layer.basis].polynomial
+    # Exact on [-1, 1] is exact everywhere only for polynomials (B-splines vanish off their grid) and
+    # for the group rational, which starts as the identity itself.
+    everywhere = basis_lib.BASES[layer.basis].polynomial or layer.basis == "group_rational"
+    unbounded = layer.domain == "none" and not everywhere
     if err > 1e-7 or unbounded:
         raise ValueError(
             f"from_linear: basis {layer.basis!r} with {layer.basis_params} cannot represent the "

@@ -16,7 +16,7 @@ from kanjax.kan.layer import CENTERS, COEF_INITS
 ATTN_KINDS = ("q", "k", "v", "o")
 MLP_KINDS = ("gate", "up", "down")
 GROUPS = {"attn": ATTN_KINDS, "mlp": MLP_KINDS, "all": ATTN_KINDS + MLP_KINDS}
-STRATEGIES = ("replace", "parallel", "sequential")
+STRATEGIES = ("replace", "parallel", "sequential", "activation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +25,18 @@ class KANSpec:
 
     targets: kinds among q, k, v, o, gate, up, down, or the groups attn, mlp, all.
     layers: "all", "last:N", or a sequence of block indices.
-    strategy: replace | parallel | sequential.
+    strategy: replace | parallel | sequential | activation. "activation" is KAT's warm start: the
+      projection stays linear (the pretrained kernel) and is followed by a learnable
+      group-rational activation (`kanjax.kan.group_rational.GroupRational`, every group starting as
+      the least-squares fit of SiLU on `SILU_FIT_RANGE`), which replaces the block's SiLU; it needs
+      basis="group_rational", targets=["gate"] and mlp_activation="none" (the MLP becomes
+      down(φ(gate(x)) ⊙ up(x))); degree / den_degree / num_groups size the rational (the warm
+      start uses `SILU_DEGREES` = (9, 8): at the default degree 2 the fit of SiLU is poor).
     basis, degree, domain, base, den_degree, basis_params: KANLinear's arguments
       (basis_params: other basis keywords such as grid, order, alpha, beta).
+    num_groups: group_rational only: the number of channel groups, each with its own rational.
+    input_scale: KANLinear's learned per-input-channel scale before the domain map (init 1;
+      `kanjax.kan.range_refit` fits it to a batch of activations).
     mlp_activation: "silu" or "none" (GLU without SiLU) for the blocks whose MLP is KAN-ified.
     param_match: "none" or "width" (see the module docstring).
     param_ratio: with param_match="width", the share of the linear block's parameters to match
@@ -52,6 +61,8 @@ class KANSpec:
     coef_init: str = "linear"
     center: str = "zero"
     bottleneck_init: str = "output"
+    num_groups: int = 8
+    input_scale: bool = False
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -82,6 +93,16 @@ class KANSpec:
         if not 0 < float(self.param_ratio) <= 1:
             raise ValueError(f"kan.param_ratio: {self.param_ratio!r} is not in (0, 1]")
         put("param_ratio", float(self.param_ratio))
+        if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) or self.num_groups < 1:
+            raise ValueError(f"kan.num_groups: {self.num_groups!r} is not a positive integer")
+        if not isinstance(self.input_scale, bool):
+            raise ValueError(f"kan.input_scale: {self.input_scale!r} is not True or False")
+        if self.strategy == "activation" and self.targets:
+            need = dict(basis="group_rational", targets=("gate",), mlp_activation="none", base="", input_scale=False)
+            bad = {k: getattr(self, k) for k, v in need.items() if getattr(self, k) != v}
+            if bad:
+                raise ValueError(f"kan.strategy='activation' replaces the gate's SiLU by a group rational after the "
+                                 f"linear gate projection: it needs {need}; got {bad}")
         if self.init == "from_linear" and self.param_match != "none":
             raise ValueError("kan.init='from_linear' keeps full widths (it reproduces the pretrained "
                              "map); it cannot be combined with kan.param_match='width'")
@@ -120,7 +141,8 @@ class KANSpec:
             kw["degree"] = self.degree
         if include_layer_args:
             kw.update(basis=self.basis, domain=self.domain, base=self.base or None, den_degree=self.den_degree,
-                      coef_init=self.coef_init, center=self.center)
+                      coef_init=self.coef_init, center=self.center, num_groups=self.num_groups,
+                      input_scale=self.input_scale)
         return kw
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:

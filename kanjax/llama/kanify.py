@@ -6,10 +6,12 @@ model's projection factory (`llama.Projections`): `kanify(model, spec)` rebuilds
 factory that returns `KANProjection`s for the targeted (kind, layer) pairs and copies every other
 parameter from the source.
 
-A `KANProjection` maps (…, in) → (…, out) by one of three strategies,
+A `KANProjection` maps (…, in) → (…, out) by one of four strategies,
     replace:    kan(x)
     parallel:   linear(x) + kan(x)
     sequential: kan(linear(x))
+    activation: act(linear(x)), act a learnable group-rational activation (`GroupRational`, stored
+                as `kan`) that starts as SiLU's least-squares fit: KAT's warm start of the gate
 optionally followed by a linear rank-r "proj" (r → out) when the projection is parameter-matched
 through a bottleneck (attention projections, whose widths the heads fix).
 
@@ -32,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from kanjax.kan import matmul
+from kanjax.kan.group_rational import GroupRational
 from kanjax.kan.layer import KANLinear, count_params
 from kanjax.llama.kan_spec import ATTN_KINDS, GROUPS, MLP_KINDS, KANSpec
 from kanjax.llama.model import INIT_STD, LlamaConfig, Projections, axes_meta
@@ -74,6 +77,10 @@ class KANProjection(nnx.Module):
         elif strategy == "parallel":
             self.linear = stage_linear(in_features, width, final_bias, (axes[0], mid_axis))
             self.kan = kan(in_features, width, False, (axes[0], mid_axis))
+        elif strategy == "activation":  # the linear stage keeps the whole map; the rational replaces SiLU
+            self.linear = stage_linear(in_features, width, final_bias, (axes[0], mid_axis))
+            self.kan = GroupRational(width, num_groups=spec.num_groups, degree=spec.degree,
+                                     den_degree=spec.den_degree, init="silu", param_dtype=param_dtype)
         else:
             self.linear = stage_linear(in_features, width, False, (axes[0], mid_axis))
             self.kan = kan(width, width, final_bias, (mid_axis, mid_axis))
@@ -85,7 +92,7 @@ class KANProjection(nnx.Module):
             h = self.kan(x)
         elif self.strategy == "parallel":
             h = self.linear(x) + self.kan(x)
-        else:
+        else:  # sequential, activation
             h = self.kan(self.linear(x))
         return h if self.proj is None else self.proj(h)
 
@@ -121,7 +128,7 @@ def _initialize_from_source(module: KANProjection, spec: KANSpec, kernel, bias) 
         module.linear.kernel[...] = jnp.asarray(kernel, module.linear.kernel.dtype)
         if module.linear.bias is not None and bias is not None:
             module.linear.bias[...] = jnp.asarray(bias, module.linear.bias.dtype)
-    if spec.init != "from_linear":
+    if spec.init != "from_linear" or spec.strategy == "activation":  # the rational already is SiLU's fit
         return
     kan = module.kan
     if spec.strategy == "parallel":  # the linear branch already is the map: KAN starts at zero
@@ -136,6 +143,8 @@ def _initialize_from_source(module: KANProjection, spec: KANSpec, kernel, bias) 
     if kan.base:
         kan.base_kernel[...] = jnp.zeros_like(kan.base_kernel[...])
     kan.coef[...] = ref.coef[...]
+    if kan.num_groups:  # the group rationals start as the identity, as ref's
+        kan.num_coef[...], kan.den_coef[...] = ref.num_coef[...], ref.den_coef[...]
     if kan.bias is not None:
         kan.bias[...] = ref.bias[...] if target_b is not None else jnp.zeros_like(kan.bias[...])
 

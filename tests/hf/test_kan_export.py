@@ -128,6 +128,17 @@ CASES = {
     "layernorm_silu": (dict(targets=["all"], domain="layernorm", base="silu", basis="laguerre"), {}),
     # center="zero" is the default: every case above is centred
     "uncentred_degree5": (dict(targets=["all"], center="none", basis="chebyshev", degree=5), {}),
+    # issue 42's layer options: the group-rational KAN (uneven groups: 32 and 48 channels in 3),
+    # with the linear base branch and domain "none", parameter-matched; the warm start (SiLU replaced
+    # by a group rational after the linear gate); the learned per-channel input scale
+    "group_rational": (dict(targets=["all"], basis="group_rational", degree=3, den_degree=2, num_groups=3), {}),
+    "group_rational_linear_none": (dict(targets=["mlp"], basis="group_rational", base="linear", domain="none",
+                                        degree=4, den_degree=3, param_match="width"), {}),
+    "warm_start_activation": (dict(targets=["gate"], strategy="activation", basis="group_rational",
+                                   mlp_activation="none", degree=5, den_degree=4, layers="last:1"), {}),
+    "input_scale_bspline_none": (dict(targets=["all"], basis="bspline", input_scale=True, domain="none",
+                                      base="linear", basis_params={"grid": 4, "order": 2, "grid_range": (-3, 3)}), {}),
+    "input_scale_chebyshev2": (dict(targets=["mlp"], basis="chebyshev2", input_scale=True), {}),
 }
 
 
@@ -276,7 +287,7 @@ def test_remote_kan_layer_matches_kanjax(remote, family, params, degree):
         assert (layer.active, layer.offsets, layer.scales) == (ours.active, ours.offsets, ours.scales)
         assert layer.interval == ours.interval
         with torch.no_grad():
-            for name in ("coef", "base_kernel", "bias", "den_coef"):
+            for name in ("coef", "base_kernel", "bias", "den_coef", "num_coef", "input_scale"):
                 if getattr(layer, name) is not None:
                     getattr(layer, name).copy_(torch.from_numpy(np.array(getattr(ours, name)[...])))
             ref = layer(torch.as_tensor(x)).numpy()

@@ -1,4 +1,4 @@
-"""kanjax.basis against independent references (scipy.special, scipy BSpline, closed forms)."""
+"""kanjax.kan.basis against independent references (scipy.special, scipy BSpline, closed forms)."""
 
 import math
 
@@ -95,13 +95,13 @@ def test_lower_degree_is_prefix(name):
 
 
 def test_polynomial_flags_and_intervals():
-    assert len(BASES) == 13
+    assert len(BASES) == 14
     assert sorted(n for n in ALL if BASES[n].polynomial) == sorted(
         ["chebyshev", "chebyshev2", "legendre", "hermite", "laguerre", "jacobi",
          "gegenbauer", "bessel", "fibonacci", "lucas"])
     interval = {n: BASES[n].interval(**resolve_params(n)) for n in ALL}
     assert interval["hermite"] == (-2.0, 2.0) and interval["laguerre"] == (0.0, 4.0)
-    assert interval["bspline"] == interval["rbf"] == interval["rational"] == (-1.0, 1.0)
+    assert interval["bspline"] == interval["rbf"] == interval["rational"] == interval["group_rational"] == (-1.0, 1.0)
     assert BASES["bspline"].interval(**resolve_params("bspline", grid_range=(0, 3))) == (0.0, 3.0)
 
 

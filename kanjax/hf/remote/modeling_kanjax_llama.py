@@ -10,15 +10,21 @@ builds this model and loads kanjax's tensors under kanjax's own names and layout
     <projection>.kan.coef         (in, K, out)   basis coefficients
     <projection>.kan.bias         (out,)
     <projection>.kan.base_kernel  (in, out)      residual branch (base "silu" / "linear")
-    <projection>.kan.den_coef     (in, n)        rational denominator
+    <projection>.kan.den_coef     (in, n)        rational denominator; (G, n) for group_rational
+    <projection>.kan.num_coef     (G, m + 1)     group_rational numerators (one per channel group)
+    <projection>.kan.input_scale  (in,)          per-channel input scale (kan["input_scale"])
     <projection>.linear.weight    (width, in)    linear stage (parallel / sequential)
     <projection>.proj.weight      (out, rank)    rank-r bottleneck (parameter-matched attention)
+
+With strategy "activation" the projection is act(linear(x)), act the group-rational activation
+(`KanjaxGroupRational`: `num_coef` (G, m + 1), `den_coef` (G, n) under `<projection>.kan`).
 
 Embeddings, norms, RoPE (llama3 scaling included), attention and the heads are transformers'
 own Llama modules; only the projections the KANSpec targets and the per-layer MLP widths and
 activations differ. The KAN layer mirrors `kanjax.kan.KANLinear` operation by operation:
 
-    u   = squash(x)                 tanh | layernorm (standardise, then tanh) | clip | none
+    u   = squash(s * x)             tanh | layernorm (standardise, then tanh) | clip | none
+                                    (s: the learned input_scale, when the spec has one)
     t   = lo + (u + 1)(hi - lo)/2   onto the basis interval (skipped for "none" / (-1, 1))
     phi = B_k(t) * s_k              active columns k, s_k = 1 / max|B_k| on the interval
     y   = phi.reshape(.., in*K) @ coef.reshape(in*K, out) + base(x) @ base_kernel + bias
@@ -44,7 +50,17 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from .configuration_kanjax_llama import KanjaxLlamaConfig
-from .kanjax_basis import BASES, column_layout, freeze, resolve_params, squash, to_interval
+from .kanjax_basis import (
+    BASES,
+    column_layout,
+    freeze,
+    group_index,
+    group_rational,
+    identity_rational,
+    resolve_params,
+    squash,
+    to_interval,
+)
 
 try:  # transformers >= 5: init functions that skip tensors already loaded from the checkpoint
     from transformers import initialization as _init
@@ -58,11 +74,13 @@ class KanjaxKANLinear(nn.Module):
     """KAN layer (..., in_features) -> (..., out_features), kanjax.kan.KANLinear's forward.
 
     Parameters: coef (in, K, out); bias (out,) if use_bias; base_kernel (in, out) if base;
-    den_coef (in, den_degree) for the rational family with den_degree > 0.
+    den_coef (in, den_degree) for the rational family with den_degree > 0; num_coef (G, degree + 1)
+    and den_coef (G, den_degree) for group_rational (G = min(num_groups, in)); input_scale (in,).
     """
 
     def __init__(self, in_features: int, out_features: int, *, basis: str, degree: int, domain: str,
-                 center: str, base, den_degree: int, use_bias: bool, basis_params: dict):
+                 center: str, base, den_degree: int, use_bias: bool, basis_params: dict, num_groups: int = 8,
+                 input_scale: bool = False):
         super().__init__()
         params = {k: freeze(v) for k, v in basis_params.items()}
         if "degree" in BASES[basis].defaults:
@@ -78,13 +96,24 @@ class KanjaxKANLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if use_bias else None
         n_den = den_degree if basis == "rational" else 0
         self.den_coef = nn.Parameter(torch.empty(in_features, n_den)) if n_den else None
+        self.num_coef, self.num_groups = None, 0
+        if basis == "group_rational":  # identity start (P = x, Q = 1), as kanjax; loading overwrites it
+            self.num_groups = min(num_groups, in_features)
+            a, b = identity_rational(self.basis_params["degree"], den_degree)
+            self.num_coef = nn.Parameter(torch.tensor(a, dtype=torch.float32).repeat(self.num_groups, 1))
+            self.den_coef = nn.Parameter(torch.tensor(b, dtype=torch.float32).repeat(self.num_groups, 1))
+        self.input_scale = nn.Parameter(torch.ones(in_features)) if input_scale else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(..., i) -> (..., i, K) normalised basis values, float32."""
         lo, hi = self.interval
-        t = to_interval(squash(x.float(), self.domain, torch), lo, hi, self.domain)
+        x = x.float() if self.input_scale is None else x.float() * self.input_scale.float()
+        t = to_interval(squash(x, self.domain, torch), lo, hi, self.domain)
         params = dict(self.basis_params)
-        if self.den_coef is not None:
+        if self.num_coef is not None:  # each feature gets its group's rational
+            idx = group_index(self.in_features, self.num_groups)
+            params["num_coef"], params["den_coef"] = self.num_coef.float()[idx], self.den_coef.float()[idx]
+        elif self.den_coef is not None:
             params["den_coef"] = self.den_coef.float()
         cols = BASES[self.basis].terms(t, torch, **params)
         phi = torch.stack([cols[k] for k in self.active], dim=-1)
@@ -109,12 +138,30 @@ class KanjaxKANLinear(nn.Module):
                 f"domain={self.domain}, base={self.base}")
 
 
+class KanjaxGroupRational(nn.Module):
+    """kanjax.kan.group_rational.GroupRational: (..., C) -> (..., C), channel c through its group's
+    P/Q (kanjax_basis.group_rational), in float32 whatever the model dtype."""
+
+    def __init__(self, features: int, *, num_groups: int, degree: int, den_degree: int):
+        super().__init__()
+        self.features, self.num_groups = features, min(num_groups, features)
+        self.num_coef = nn.Parameter(torch.empty(self.num_groups, degree + 1))
+        self.den_coef = nn.Parameter(torch.empty(self.num_groups, den_degree))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_rational(x.float(), self.num_coef.float(), self.den_coef.float(), torch).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.features}, groups={self.num_groups}, degree=({self.num_coef.shape[1] - 1}, {self.den_coef.shape[1]})"
+
+
 class KanjaxKANProjection(nn.Module):
     """(..., in) -> (..., out), kanjax.llama.kanify.KANProjection:
 
         replace:    kan(x)
         parallel:   linear(x) + kan(x)
         sequential: kan(linear(x))
+        activation: kan(linear(x)), kan a KanjaxGroupRational (the gate's SiLU replaced)
 
     then, with a rank r, a linear bottleneck proj (r -> out).
     """
@@ -132,7 +179,9 @@ class KanjaxKANProjection(nn.Module):
                 n_in, n_out, basis=kan["basis"], degree=int(kan["degree"]), domain=kan["domain"],
                 center=kan.get("center", "none"), base=kan["base"], den_degree=int(kan["den_degree"]),
                 use_bias=bias,
-                basis_params=dict(kan["basis_params"] or {}))
+                basis_params=dict(kan["basis_params"] or {}),
+                # absent from exports older than these options: their defaults are the old layer
+                num_groups=int(kan.get("num_groups", 8)), input_scale=bool(kan.get("input_scale", False)))
 
         if self.strategy == "replace":
             self.linear = None
@@ -140,6 +189,10 @@ class KanjaxKANProjection(nn.Module):
         elif self.strategy == "parallel":
             self.linear = nn.Linear(in_features, width, bias=final_bias)
             self.kan = kan_layer(in_features, width, False)
+        elif self.strategy == "activation":
+            self.linear = nn.Linear(in_features, width, bias=final_bias)
+            self.kan = KanjaxGroupRational(width, num_groups=int(kan["num_groups"]), degree=int(kan["degree"]),
+                                           den_degree=int(kan["den_degree"]))
         elif self.strategy == "sequential":
             self.linear = nn.Linear(in_features, width, bias=False)
             self.kan = kan_layer(width, width, final_bias)
@@ -152,7 +205,7 @@ class KanjaxKANProjection(nn.Module):
             h = self.kan(x)
         elif self.strategy == "parallel":
             h = self.linear(x) + self.kan(x)
-        else:
+        else:  # sequential, activation
             h = self.kan(self.linear(x))
         return h if self.proj is None else self.proj(h)
 
@@ -245,6 +298,13 @@ class KanjaxLlamaPreTrainedModel(LlamaPreTrainedModel):
             if module.den_coef is not None:
                 # |sum b x^j| has zero gradient at b = 0: start small but non-zero.
                 _init.normal_(module.den_coef, mean=0.0, std=0.1)
+            if module.num_coef is not None:
+                _init.normal_(module.num_coef, mean=0.0, std=0.1)
+            if module.input_scale is not None:
+                _init.ones_(module.input_scale)
+        if isinstance(module, KanjaxGroupRational):
+            _init.normal_(module.num_coef, mean=0.0, std=0.1)
+            _init.zeros_(module.den_coef)
 
 
 class KanjaxLlamaModel(KanjaxLlamaPreTrainedModel, LlamaModel):
