@@ -9,8 +9,9 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "kanjax"
 GROUND = {"basis_terms", "basis", "matmul", "attention", "llama", "surgery", "kan", "kan_spec", "kanify", "sharding", "train_lib",
           "diagnostics", "data_arrays", "evaluate", "generate", "viz", "config", "hf_names", "hf_gguf", "metrics",
-          "bbh", "distill", "distill_in_situ", "packing"}
-MIDDLE = {"tfds_source", "data_sources", "data", "checkpoint", "hf_kan", "hf_folder", "hf", "experiment", "eval_tasks"}
+          "bbh", "distill", "distill_in_situ", "packing", "workdir_lock", "signals", "divergence"}
+MIDDLE = {"tfds_source", "data_sources", "data", "checkpoint", "hf_kan", "hf_folder", "hf", "experiment", "eval_tasks",
+          "resume"}
 TOP = {"train_loop", "eval_models", "lm_eval_adapter"}
 LEVEL = {**{m: 0 for m in GROUND}, **{m: 1 for m in MIDDLE}, **{m: 2 for m in TOP}}
 
