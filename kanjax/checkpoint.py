@@ -12,11 +12,16 @@ Orbax writes each step into a temporary folder and renames it only once complete
 killed half-way is never listed as a checkpoint. A step that is listed but cannot be read (a disk
 fault, a truncated file) is moved aside into `<workdir>/checkpoints_unreadable/` (kept, reported in
 one line) and the run resumes from the step before it, so its later saves do not collide with it.
+
+A save that fails (a full disk, a quota, a file-size limit) raises `CheckpointSaveError` in one line
+naming the step, the reason and the last complete checkpoint, which it never touches: at the save
+itself when synchronous, else at the first step after the background write fails (`poll`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -25,8 +30,26 @@ from typing import Any, Optional
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kanjax.config import InputError
+
 log = logging.getLogger(__name__)
 ITEMS = ("state", "data", "config", "model")
+
+
+class CheckpointSaveError(InputError):
+    """A checkpoint could not be written (an environment problem the user fixes, like bad input:
+    one line, exit code 2); the checkpoints already complete are kept."""
+
+
+def _reason(err: BaseException) -> str:
+    """The operating system's words from a tensorstore / Orbax error ("No space left on device")."""
+    text = str(err)
+    found = re.search(r"(Failed to write [^\[]*?: )?([A-Z][^\[\]:]*?) \[os_error_code", text)
+    if found:
+        return found.group(2)
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return (text.strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 class Checkpointer:
@@ -38,17 +61,44 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self.in_flight: Optional[int] = None  # the step whose (asynchronous) save has not been confirmed
+        self.closed = False
 
     def should_save(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
     def save(self, step: int, state: Any, data_state: Optional[dict], config: dict, model: dict) -> None:
         """Start saving `step` (returns before the write ends when asynchronous)."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state or {}),
-            config=ocp.args.JsonSave(config),
-            model=ocp.args.JsonSave(model)), force=True)
+        with self._reporting(step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state or {}),
+                config=ocp.args.JsonSave(config),
+                model=ocp.args.JsonSave(model)), force=True)
+        self.in_flight = step
+
+    def _reporting(self, step: Optional[int]):
+        """Context turning a failed write (of `step`, or of the save in flight) into CheckpointSaveError."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            try:
+                yield
+            except Exception as err:  # noqa: BLE001 - tensorstore / Orbax raise ValueError, OSError, ...
+                failed = self.in_flight if self.in_flight is not None else step
+                self.in_flight = None
+                done = [s for s in finished_steps(self.directory) if s != failed]
+                last = f"the last complete one, step {done[-1]}, is kept" if done else "no earlier checkpoint exists"
+                raise CheckpointSaveError(f"checkpoint step {failed} could not be written to {self.directory} "
+                                          f"({_reason(err)}); {last}. Free space or use another "
+                                          "--config.workdir, then rerun to resume") from err
+        return ctx()
+
+    def poll(self) -> None:
+        """Raise CheckpointSaveError once an asynchronous save has failed (cheap: call every step)."""
+        if self.in_flight is not None and not self.manager.is_saving_in_progress():
+            self.wait()
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -82,11 +132,19 @@ class Checkpointer:
         return dest
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._reporting(None):
+            self.manager.wait_until_finished()
+        self.in_flight = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for the save in flight, then release Orbax's threads; a second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 # ----------------------------------------------------------------------------- reading a run back
