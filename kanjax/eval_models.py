@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from kanjax import bbh, eval_tasks, evaluate, experiment
+from kanjax.config import InputError
 
 DEFAULT_TOKENIZER = "HuggingFaceTB/SmolLM2-135M-Instruct"  # SmolLM2's vocabulary and chat template
 WORKDIR_TOKENIZER = "tokenizer"  # train.py saves the run's tokenizer here in its workdir
@@ -99,10 +100,27 @@ def load_model(spec: str, tokenizer=None):
         model, id_map = hf.load_pretrained(path), hf.vocab_map(path)
     else:
         model, id_map = hf.load_pretrained(spec), None
-    evaluate.check_lm(model)
+    check_scorable(model, spec, tokenizer, id_map)
     if tokenizer is None:
         return model
     return model, (tokenizer if id_map is None else MappedTokenizer(tokenizer, id_map))
+
+
+def check_scorable(model, spec: str, tokenizer=None, id_map=None) -> None:
+    """InputError, in one line, for a model eval.py cannot score: a sequence classifier (no LM head;
+    a train.py classifier's test accuracy is its workdir's summary.md), or a tokenizer whose ids
+    run past the embedding rows (a trimmed-vocabulary model exported without its id map)."""
+    if not callable(getattr(model, "logits", None)):
+        where = (f"; its test accuracy is in {Path(spec) / 'summary.md'} (train.py's final evaluation: the same "
+                 "train.py command again re-runs it)") if is_kanjax_workdir(Path(spec)) else ""
+        raise InputError(f"--model {spec} is a sequence classifier ({type(model).__name__}), not a language "
+                         f"model: eval.py scores text with an LM head{where}")
+    rows = model.config.vocab_size
+    if tokenizer is not None and id_map is None and len(tokenizer) > rows:
+        raise InputError(f"--model {spec} has {rows} embedding rows but the tokenizer {len(tokenizer)} ids: a "
+                         "trimmed-vocabulary model exported without its id map (export it again with "
+                         "hf.save_pretrained(..., id_map=id_map)), or the wrong --tokenizer")
+    evaluate.check_lm(model)
 
 
 def default_output(model_spec: str) -> Path:

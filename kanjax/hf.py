@@ -327,7 +327,7 @@ def abstract_model(hf_config: Mapping, *, task: str, dtype=jnp.float32, param_dt
 
 
 def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, *,
-                    dtype=None, vocab: dict | None = None) -> Path:
+                    dtype=None, vocab: dict | None = None, id_map=None) -> Path:
     """Write an HF checkpoint folder that `transformers.AutoModelForCausalLM` loads cleanly.
 
     Writes config.json, model.safetensors (HF names and (out, in) layouts, metadata
@@ -340,9 +340,17 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
     dtype: tensor dtype in the file (e.g. jnp.bfloat16); default: the params' dtype.
     vocab: a trimmed-vocabulary model's id record (`kanjax.surgery.vocab_record`), kept in
       config.json as `kanjax_vocab` so the folder says which tokenizer ids its rows are.
+    id_map: the same as the (tokenizer vocab,) old → new id map `load_workdir` returns. A model
+      with fewer embedding rows than `tokenizer` has ids and neither of the two is refused
+      (InputError naming id_map): its folder would ship a tokenizer whose ids are not its rows.
     The folder and its files get the usual permissions (umask), readable by others like any
     file written here, not the private ones of the temp folder they are staged in.
     """
+    if vocab is None and id_map is not None:
+        from kanjax.surgery import vocab_record_from_id_map
+
+        vocab = vocab_record_from_id_map(id_map)
+    _check_vocab_travels(model, tokenizer, vocab)
     target = Path(path).expanduser().resolve()
     tensors = to_hf_tensors(model, dtype)
     file_dtype = dtype if dtype is not None else next(iter(tensors.values())).dtype
@@ -357,6 +365,18 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
         if tokenizer is not None:
             hf_folder.write_tokenizer(tokenizer, staged)
     return target
+
+
+def _check_vocab_travels(model, tokenizer, vocab) -> None:
+    rows = model.config.vocab_size
+    ids = len(tokenizer) if hasattr(tokenizer, "__len__") and not isinstance(tokenizer, (str, os.PathLike)) else None
+    if vocab is None and ids is not None and ids > rows:
+        raise InputError(f"save_pretrained: the model has {rows} embedding rows but the tokenizer {ids} ids (a trimmed "
+                         "vocabulary): pass id_map= (the id map load_workdir returns) so the folder maps the "
+                         "tokenizer's ids to its rows")
+    if vocab is not None and vocab["source_vocab_size"] < (ids or 0):
+        raise InputError(f"save_pretrained: the id map covers {vocab['source_vocab_size']} tokenizer ids but the "
+                         f"tokenizer has {ids}: not the tokenizer this model was trimmed with")
 
 
 def load_gguf(path: str | os.PathLike | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,
