@@ -20,9 +20,13 @@ itself when synchronous, else at the first step after the background write fails
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import inspect
 import logging
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -79,8 +83,6 @@ class Checkpointer:
 
     def _reporting(self, step: Optional[int]):
         """Context turning a failed write (of `step`, or of the save in flight) into CheckpointSaveError."""
-        import contextlib
-
         @contextlib.contextmanager
         def ctx():
             try:
@@ -113,11 +115,12 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict, dict]]:
         """(step, state, data_state, config) of the newest readable checkpoint, or None. Unreadable
         newer steps are moved aside (`move_aside`)."""
-        for step in reversed(self.steps()):
-            try:
-                return (step, *self.restore(step, abstract_state))
-            except Exception as err:  # noqa: BLE001 - any unreadable step: set it aside, fall back
-                self.move_aside(step, err)
+        with quiet_abandoned_reads():
+            for step in reversed(self.steps()):
+                try:
+                    return (step, *self.restore(step, abstract_state))
+                except Exception as err:  # noqa: BLE001 - any unreadable step: set it aside, fall back
+                    self.move_aside(step, err.with_traceback(None))  # frees the failed read's frames
         return None
 
     def move_aside(self, step: int, err: BaseException) -> Path:
@@ -179,19 +182,48 @@ def read_model_record(directory: str | Path, step: int) -> dict:
     return dict(ocp.JsonCheckpointHandler().restore(path))
 
 
+class UnreadableCheckpointError(InputError):
+    """A listed checkpoint whose files cannot be read (truncated, a disk fault); names the step."""
+
+
+@contextlib.contextmanager
+def quiet_abandoned_reads():
+    """A failed Orbax read leaves tensorstore coroutines behind, and Python prints one traceback per
+    coroutine when it collects them ("Exception ignored in: <coroutine ...>": hundreds for a real
+    model). Inside this context they are collected and dropped; the failure is reported once."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not inspect.iscoroutine(unraisable.object):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+
+
 def read_params(directory: str | Path, step: int) -> dict:
     """The params of checkpoint `step` as nested dicts of numpy arrays, whatever the topology that
-    saved them (no restore target needed)."""
+    saved them (no restore target needed). Unreadable files: UnreadableCheckpointError, one line."""
     import jax
 
     path = (Path(directory) / str(step) / "state").absolute()
     # The item's handler, not a Checkpointer: the step-level _CHECKPOINT_METADATA of a composite
     # checkpoint is not inside the item folder, and a Checkpointer warns that it is missing.
     handler = ocp.PyTreeCheckpointHandler()
-    meta = handler.metadata(path)
-    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    return _strip_value(handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
+    with quiet_abandoned_reads():
+        try:
+            meta = handler.metadata(path)
+            meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+            return _strip_value(handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
+        except Exception as err:  # noqa: BLE001 - tensorstore raises bare Exception
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            problem = f"checkpoint step {step} in {directory} cannot be read ({first}); a truncated or damaged file?"
+    raise UnreadableCheckpointError(problem)  # outside the except: the failed read is already collected
 
 
 def _strip_value(tree):

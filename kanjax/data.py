@@ -18,9 +18,11 @@ Array layouts are documented in `kanjax.data_arrays`; `make_iterator`/`eval_batc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -50,7 +52,8 @@ def load_tokenizer(name_or_path: str):
         raise ValueError(f"data.tokenizer is not set; {hint}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return _quiet(AutoTokenizer.from_pretrained(str(path)))
+        with _no_config_chatter():
+            return _quiet(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False))
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise FileNotFoundError(f"tokenizer folder {path} does not exist; {hint}")
     online = not env_offline() and hub_reachable()
@@ -61,6 +64,24 @@ def load_tokenizer(name_or_path: str):
             raise
         raise ConnectionError(f"tokenizer {name_or_path!r} is not a local folder nor in the HF cache, and the "
                       f"Hugging Face hub is unreachable (offline); {hint}") from e
+
+
+@contextlib.contextmanager
+def _no_config_chatter():
+    """A KAN export's config.json names remote code (auto_map) that a tokenizer never needs:
+    without trust_remote_code=False transformers asks "Do you wish to run the custom code? [y/N]"
+    (eval.py would wait for an answer), then warns about the model type and a deprecated field."""
+    import warnings
+
+    logger = logging.getLogger("transformers.configuration_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _quiet(tokenizer):

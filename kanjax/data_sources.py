@@ -128,11 +128,21 @@ def check_labels(labels, num_labels: int, where) -> None:
             if not (v.lstrip("-").isdigit()):
                 raise DataError(f"{where(i)}: label {v!r} is not an integer class index 0..{num_labels - 1}")
             v = int(v)
-        if isinstance(v, (float, np.floating)):  # a column with "3.0" in it is read as floats
-            raise DataError(f"{where(i)}: label {v!r} is not an integer class index 0..{num_labels - 1} "
-                            "(write labels as 0, 1, ...; a value like 3.0 turns the column into decimals)")
+        if isinstance(v, (float, np.floating)):  # JSON 3.0, or a CSV column pandas read as decimals
+            raise DataError(f"{where(i)}: label {v!r} is not an integer class index 0..{num_labels - 1}")
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_labels:
             raise DataError(f"{where(i)}: label {v!r} is outside 0..{num_labels - 1} (model.num_labels={num_labels})")
+
+
+def _non_integer_label(file: Path, num_labels: int) -> None:
+    """The first label of a CSV written as something other than an integer, named by its line."""
+    import csv
+
+    with open(file, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.DictReader(f), 2):
+            value = (row.get("label") or "").strip()
+            if not value.lstrip("-").isdigit():
+                raise DataError(f"{file}:{line}: label {value!r} is not an integer class index 0..{num_labels - 1}")
 
 
 def _check_columns(ds, task: str, source: str) -> None:
@@ -171,6 +181,8 @@ def _load_file(file: Path, task: str, num_labels: int | None = None):
     if len(ds) == 0:
         raise DataError(f"{file}: no rows" + (" (a header only?)" if builder == "csv" else ""))
     _check_columns(ds, task, str(file))
+    if task == "classify" and num_labels and builder == "csv" and ds.features["label"].dtype.startswith("float"):
+        _non_integer_label(file, num_labels)  # one "3.0" makes pandas read every label as a decimal
     if task == "classify" and num_labels:
         first = 2 if builder == "csv" else 1  # the line of row 0: after the header in a CSV
         check_labels(ds["label"], num_labels, lambda i: f"{file}:{i + first}")

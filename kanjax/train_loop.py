@@ -30,10 +30,10 @@ from kanjax import sharding as shard_lib
 from kanjax import surgery, train_lib
 from kanjax.checkpoint import Checkpointer, finished_steps, newest_config
 from kanjax.divergence import Diverged, DivergenceWatch, check_eval, params_finite
-from kanjax.signals import Interrupted, StopSignals
-from kanjax.workdir_lock import WorkdirLock
 from kanjax.kan import count_params
 from kanjax.kanify import param_report
+from kanjax.signals import Interrupted, StopSignals
+from kanjax.workdir_lock import WorkdirLock
 
 log = logging.getLogger("kanjax.train")
 
@@ -43,8 +43,7 @@ log = logging.getLogger("kanjax.train")
 _FREE_TO_CHANGE = ("workdir", "data.path", "data.name", "data.tokenizer", "data.cache_dir", "data.tfds_dir",
                    "data.num_workers", "model.source", "model.config", "train.steps", "train.log_every",
                    "train.diagnostics_every", "train.peak_flops", "train.max_skipped_steps", "eval.", "checkpoint.",
-                   "distributed.",
-                   "mesh.")
+                   "distributed.", "mesh.")
 
 
 def evaluate(eval_fn, params, arrays, config, mesh, limit: int = 0, progress: str = "") -> dict:
