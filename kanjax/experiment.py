@@ -101,7 +101,7 @@ def model_from_config(config, tokenizer, *, dtype, vocab: Optional[dict] = None)
                                                  return_inverse=True)
         vocab = surgery.vocab_record(id_map, kept)
         log.info("vocabulary trimmed to %d ids", model.config.vocab_size)
-    model = kanify(model, kan_spec(config.kan), seed=config.seed)
+    model = surgery.attach_vocab(kanify(model, kan_spec(config.kan), seed=config.seed), vocab)
     return model, id_map, model_record(model, config.model.task, vocab)
 
 
@@ -115,6 +115,7 @@ def model_from_record(record: dict, *, dtype=jnp.float32):
     """The model of a record, with shapes only (restore parameters into it), and its id map."""
     model = hf.abstract_model(record["config"], task=record["task"], dtype=dtype)
     vocab = record["config"].get("kanjax_vocab")
+    surgery.attach_vocab(model, vocab)  # an export of it then carries the id map (hf.save_pretrained)
     return model, None if vocab is None else surgery.id_map_from_record(vocab)
 
 

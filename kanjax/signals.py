@@ -21,10 +21,13 @@ from typing import Optional
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """A run stopped by a signal. `exit_code` is 128 + the signal number (130 for SIGINT, 143 for
     SIGTERM: what a shell or a scheduler reports for a process the signal ended); `saved_step` is
-    the checkpoint written on the way out (None: none was needed, or the run had not yet begun)."""
+    the checkpoint written on the way out (None: none was needed, or the run had not yet begun).
+    A BaseException, like KeyboardInterrupt: raised from a signal handler anywhere, it must not be
+    taken for a failure by an `except Exception` on its way out (a checkpoint read would be set
+    aside as unreadable)."""
 
     def __init__(self, signum: int, saved_step: Optional[int] = None, message: str = ""):
         self.signum, self.saved_step = signum, saved_step

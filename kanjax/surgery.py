@@ -14,6 +14,7 @@ Works on any kanjax Llama model (causal LM or classifier, linear or KAN-ified): 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections import Counter
 
@@ -94,6 +95,7 @@ def trim_vocab(model, tokenizer, texts, size: int, *, unk_token_id: int | None =
     new_cfg = dataclasses.replace(cfg, vocab_size=len(kept), bos_token_id=remap(cfg.bos_token_id),
                                   eos_token_id=eos, pad_token_id=remap(cfg.pad_token_id))
     with_config(new, new_cfg)
+    attach_vocab(new, vocab_record(id_map, kept))
     return (new, id_map, kept) if return_inverse else (new, id_map)
 
 
@@ -149,6 +151,23 @@ def vocab_record_from_id_map(id_map: np.ndarray) -> dict:
     return vocab_record(id_map, kept)
 
 
+VOCAB_ATTR = "kanjax_vocab"
+
+
+def attach_vocab(model, record: dict | None):
+    """Keep a trimmed vocabulary's record on the model itself (as a JSON string: static and
+    hashable for nnx), so `kanjax.hf.save_pretrained` writes it with no argument. Returns model."""
+    if record is not None:
+        setattr(model, VOCAB_ATTR, json.dumps(record))
+    return model
+
+
+def attached_vocab(model) -> dict | None:
+    """The record `attach_vocab` kept on `model`, or None (an untrimmed model)."""
+    text = getattr(model, VOCAB_ATTR, None)
+    return json.loads(text) if isinstance(text, str) else None
+
+
 def id_map_from_record(record: dict | None) -> np.ndarray | None:
     """Inverse of `vocab_record`: (old vocab,) int32 mapping old → new ids."""
     if record is None:
@@ -159,4 +178,4 @@ def id_map_from_record(record: dict | None) -> np.ndarray | None:
 
 
 __all__ = ["with_config", "truncate_layers", "trim_vocab", "reinitialise", "path_string", "param_arrays",
-           "vocab_record", "vocab_record_from_id_map", "id_map_from_record"]
+           "vocab_record", "vocab_record_from_id_map", "id_map_from_record", "attach_vocab", "attached_vocab"]

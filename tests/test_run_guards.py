@@ -268,22 +268,29 @@ def trimmed_lm_workdir(tmp_path_factory, shared_data):
 
 
 def test_export_of_a_trimmed_model_carries_its_id_map_and_scores_like_the_workdir(trimmed_lm_workdir, tmp_path,
-                                                                                 tokenizer_dir, shared_data):
-    from kanjax import eval_models, hf
+                                                                                 tokenizer_dir, shared_data, caplog):
+    import logging
+
+    from kanjax import checkpoint, eval_models, hf, surgery
     from kanjax.config import InputError
     from kanjax.data import load_tokenizer
 
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    model, id_map, _ = eval_models.load_workdir(trimmed_lm_workdir)
+    model, id_map, step = eval_models.load_workdir(trimmed_lm_workdir)
     rows = model.config.vocab_size  # 256 kept + the special tokens
     assert rows < len(tokenizer) == 49152
-    with pytest.raises(InputError, match=rf"{rows} embedding rows but the tokenizer 49152 ids .*pass id_map="):
-        hf.save_pretrained(model, tmp_path / "unmapped", tokenizer)
-    assert not (tmp_path / "unmapped").exists()
-    # The README's recipe, as written there.
+    recorded = checkpoint.read_model_record(trimmed_lm_workdir / "checkpoints", step)["config"]["kanjax_vocab"]
+    # The README's recipe, as written there, passes the map; without it the model's own record is written.
     recipe = [ln.strip() for ln in (REPO_ROOT / "README.md").read_text().splitlines() if "hf.save_pretrained(" in ln]
     assert recipe and all("id_map=id_map" in ln for ln in recipe), recipe
     hf.save_pretrained(model, tmp_path / "export", tokenizer, id_map=id_map)
+    hf.save_pretrained(model, tmp_path / "plain", tokenizer)
+    for folder in ("export", "plain"):
+        np.testing.assert_array_equal(hf.vocab_map(tmp_path / folder), id_map)
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["kanjax_vocab"] == recorded
+    # ... and a re-export of the loaded folder keeps it.
+    hf.save_pretrained(hf.load_pretrained(tmp_path / "plain"), tmp_path / "again", tokenizer)
+    np.testing.assert_array_equal(hf.vocab_map(tmp_path / "again"), id_map)
     task = {"arc_easy": str(shared_data / "mc_benchmarks" / "arc_easy.jsonl")}
     scores = []
     for spec in (trimmed_lm_workdir, tmp_path / "export"):
@@ -293,11 +300,14 @@ def test_export_of_a_trimmed_model_carries_its_id_map_and_scores_like_the_workdi
         res = eval_models.run(m, tok, ["arc_easy"], task_files=task, limit=4, progress=False)["tasks"]["arc_easy"]
         scores.append((res["acc"], res["acc_norm"]))
     assert scores[0] == scores[1]
-    # A folder exported without the map (as the old recipe did, tokenizer copied by hand) is refused by eval.
-    hf.save_pretrained(model, tmp_path / "old_export")
+    # A model that lost its map (as every export did before): the save warns, eval.py refuses in one line.
+    delattr(model, surgery.VOCAB_ATTR)
+    with caplog.at_level(logging.WARNING, logger="kanjax.hf"):
+        hf.save_pretrained(model, tmp_path / "unmapped", tokenizer)
+    assert any(f"{rows} embedding rows but the tokenizer 49152 ids" in r.getMessage() for r in caplog.records)
     with pytest.raises(InputError, match=rf"{rows} embedding rows but the tokenizer 49152 ids: a trimmed-vocabulary "
                                          r"model exported without its id map"):
-        eval_models.load_model(str(tmp_path / "old_export"), tokenizer)
+        eval_models.load_model(str(tmp_path / "unmapped"), tokenizer)
 
 
 # ----------------------------------------------------------------------------- one line instead of a traceback
@@ -435,3 +445,22 @@ def test_eval_help_describes_model(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert info.value.code == 0
     assert "--model MODEL what to evaluate: a train.py workdir (its latest checkpoint), an HF checkpoint folder" in out
+
+
+def test_resume_past_a_truncated_checkpoint_prints_one_line_and_shows_final_progress(finished_run, tmp_path,
+                                                                                     shared_data, capfd):
+    """The truncated newest checkpoint is set aside in one line, without the "Exception ignored in:
+    <coroutine ...>" traceback per abandoned read; the final validation and test passes show progress."""
+    from kanjax.train_loop import run
+
+    workdir = _copy(finished_run, tmp_path) / "run"
+    state = workdir / "checkpoints" / "4" / "state"
+    victim = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    capfd.readouterr()
+    run(_config(tmp_path, shared_data, **{"train.steps": 4, "checkpoint.every": 2, "eval.test_limit": 16}))
+    out = capfd.readouterr()
+    assert [ln for ln in out.out.splitlines() if "unreadable" in ln][0].startswith("checkpoint step 4 is unreadable")
+    assert "resumed from checkpoint step 2" in out.out
+    assert "Exception ignored" not in out.err and "Traceback" not in out.err
+    assert "validation: " in out.err and "test: " in out.err  # the final passes' progress bars
