@@ -49,7 +49,7 @@ def load_tokenizer(name_or_path: str):
 
     hint = "pass a local tokenizer folder (train.py: --config.data.tokenizer=<folder>; eval.py: --tokenizer)"
     if not name_or_path:
-        raise ValueError(f"data.tokenizer is not set; {hint}")
+        raise DataError(f"data.tokenizer is not set; {hint}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         with _no_config_chatter():
@@ -209,7 +209,7 @@ def build(data_cfg, split: str, *, seed: int, tokenizer=None, id_map=None, num_l
     if split != "train":
         return arrays, info
     if n < batch_size:
-        raise ValueError(f"the train split has {n} examples, fewer than one batch of {batch_size}")
+        raise DataError(f"the train split has {n} examples, fewer than one batch of {batch_size} (data.batch_size)")
     return make_iterator(arrays, batch_size=batch_size, seed=seed, shuffle=True,
                          num_epochs=data_cfg.num_epochs, drop_remainder=True,
                          num_threads=int(data_cfg.num_workers)), info

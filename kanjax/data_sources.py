@@ -228,7 +228,8 @@ def _carve(ds, split: str, val_fraction: float, seed: int):
     n = len(ds)
     n_val = round(n * val_fraction)
     if not 0 < n_val < n:
-        raise ValueError(f"val_fraction={val_fraction} of {n} rows leaves an empty train or validation split")
+        raise DataError(f"data.val_fraction={val_fraction} of {n} training rows leaves an empty train or validation "
+                        "split: give more rows or another data.val_fraction")
     perm = np.random.default_rng(seed).permutation(n)
     return ds.select(np.sort(perm[:n_val] if split == "validation" else perm[n_val:]))
 
@@ -256,7 +257,7 @@ def load_raw(data_cfg, split: str, num_labels: int | None = None):
     else:
         name = data_cfg.name
         if not name:
-            raise ValueError(f"task {task!r} needs data.path (local {LAYOUT[task]}) or data.name (hub id)")
+            raise DataError(f"task {task!r} needs data.path (local {LAYOUT[task]}) or data.name (hub id)")
         if tfds_source.is_tfds(name):
             loaders = tfds_source.load_splits(name, data_cfg.tfds_dir, task, data_cfg.tfds_text_field)
             files = {canonical_split(s): f for s, f in loaders.items() if canonical_split(s)}

@@ -361,6 +361,8 @@ def test_unknown_precision_is_a_config_error_before_anything_loads():
      r"train\.csv: missing column\(s\) \['text'\] needed for task 'classify'; columns found: \['headline', 'label'\]"),
     ("text,label\n,1\n ,2\n", r"train\.csv: the text column is empty in all 2 rows"),
     ("text,label\nsome news,1\nmore news,3.0\n", r"train\.csv:3: label '3\.0' is not an integer class index 0\.\.3"),
+    ("text,label\nsome news,1\nmore news,2\n", r"data\.val_fraction=0\.1 of 2 training rows leaves an empty train or "
+                                              r"validation split"),
 ])
 def test_data_files_that_cannot_train_name_the_problem(tmp_path, tokenizer_dir, content, match):
     from kanjax import data
