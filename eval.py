@@ -124,6 +124,10 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     """main, with input errors (an unknown task, a missing folder, an unusable file, no network for a
     hub id) reported in one line with exit code 2; --verbose shows the traceback instead."""
+    if not parse_args(argv).verbose:
+        from kanjax.checkpoint import drop_async_leftovers
+
+        drop_async_leftovers()  # an unreadable checkpoint's abandoned tensorstore reads, one traceback each
     try:
         return main(argv)
     except (InputError, FileNotFoundError, ConnectionError) as e:

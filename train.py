@@ -42,6 +42,9 @@ def main(argv):
         # each such failure itself in one line.
         for noisy in ("absl", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        from kanjax.checkpoint import drop_async_leftovers
+
+        drop_async_leftovers()  # the same failures' abandoned tensorstore callbacks ("Event loop is closed")
     from kanjax.config import InputError
     from kanjax.divergence import Diverged
     from kanjax.signals import Interrupted

@@ -186,6 +186,26 @@ class UnreadableCheckpointError(InputError):
     """A listed checkpoint whose files cannot be read (truncated, a disk fault); names the step."""
 
 
+def _async_leftover(unraisable) -> bool:
+    """A tensorstore coroutine a failed Orbax read or write abandoned, or its callback arriving after
+    Orbax's event loop closed ("RuntimeError: Event loop is closed"): noise once the failure that
+    caused it is reported."""
+    return inspect.iscoroutine(unraisable.object) or (
+        isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value))
+
+
+def drop_async_leftovers() -> None:
+    """Process-wide (train.py and eval.py without --verbose): Python's unraisable-exception hook
+    ignores `_async_leftover`s, which a failed save or read prints by the hundred otherwise."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _async_leftover(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def quiet_abandoned_reads():
     """A failed Orbax read leaves tensorstore coroutines behind, and Python prints one traceback per
@@ -194,7 +214,7 @@ def quiet_abandoned_reads():
     previous = sys.unraisablehook
 
     def hook(unraisable):
-        if not inspect.iscoroutine(unraisable.object):
+        if not _async_leftover(unraisable):
             previous(unraisable)
 
     sys.unraisablehook = hook
