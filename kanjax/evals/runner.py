@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kanjax.errors import InputError
 from kanjax.evals import bbh
 from kanjax.evals import loglik as evaluate
 from kanjax.evals import tasks as eval_tasks
-from kanjax.hf.sources import source_kind
+from kanjax.hf.sources import is_workdir, source_kind
 from kanjax.training.workdir import load_workdir
 
 DEFAULT_TOKENIZER = "HuggingFaceTB/SmolLM2-135M-Instruct"  # SmolLM2's vocabulary and chat template
@@ -79,10 +80,27 @@ def load_model(spec: str, tokenizer=None):
         model, id_map = hf.load_pretrained(spec), hf.vocab_map(spec)
     else:
         model, id_map = hf.load_pretrained(spec), None
-    evaluate.check_lm(model)
+    check_scorable(model, spec, tokenizer, id_map)
     if tokenizer is None:
         return model
     return model, (tokenizer if id_map is None else MappedTokenizer(tokenizer, id_map))
+
+
+def check_scorable(model, spec: str, tokenizer=None, id_map=None) -> None:
+    """InputError, in one line, for a model eval.py cannot score: a sequence classifier (no LM head;
+    a train.py classifier's test accuracy is its workdir's summary.md), or a tokenizer whose ids
+    run past the embedding rows (a trimmed-vocabulary model exported without its id map)."""
+    if not callable(getattr(model, "logits", None)):
+        where = (f"; its test accuracy is in {Path(spec) / 'summary.md'} (train.py's final evaluation: the same "
+                 "train.py command again re-runs it)") if is_workdir(spec) else ""
+        raise InputError(f"--model {spec} is a sequence classifier ({type(model).__name__}), not a language "
+                         f"model: eval.py scores text with an LM head{where}")
+    rows = model.config.vocab_size
+    if tokenizer is not None and id_map is None and len(tokenizer) > rows:
+        raise InputError(f"--model {spec} has {rows} embedding rows but the tokenizer {len(tokenizer)} ids: a "
+                         "trimmed-vocabulary model exported without its id map (export it again with "
+                         "hf.save_pretrained(..., id_map=id_map)), or the wrong --tokenizer")
+    evaluate.check_lm(model)
 
 
 def default_output(model_spec: str) -> Path:

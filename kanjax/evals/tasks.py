@@ -169,7 +169,7 @@ def convert_rows(rows, convert: Callable[[dict], dict], source: str, limit: int 
         except (ValueError, TypeError, IndexError, AttributeError) as e:
             raise MalformedRowError(f"{source}:{i}: {type(e).__name__}: {e}") from e
     if not docs:
-        raise ValueError(f"{source}: no rows")
+        raise MalformedRowError(f"{source}: no rows (an empty file?)")
     return docs
 
 

@@ -292,9 +292,12 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32,
     folder = _resolve_folder(path_or_hub_id)
     hf_config = json.loads((folder / "config.json").read_text())
     source = _SafetensorsSource(_weight_files(folder))
-    return model_from_hf_tensors(hf_config, source, dtype=dtype, param_dtype=param_dtype,
-                                 task=task, num_labels=num_labels, seed=seed,
-                                 projections=projections)
+    model = model_from_hf_tensors(hf_config, source, dtype=dtype, param_dtype=param_dtype,
+                                  task=task, num_labels=num_labels, seed=seed,
+                                  projections=projections)
+    from kanjax.llama.surgery import attach_vocab
+
+    return attach_vocab(model, hf_config.get("kanjax_vocab"))  # a re-export keeps the id map
 
 
 def model_config_dict(model, dtype=None, vocab: dict | None = None) -> dict:
@@ -334,7 +337,7 @@ def abstract_model(hf_config: Mapping, *, task: str, dtype=jnp.float32, param_dt
 
 
 def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, *,
-                    dtype=None, vocab: dict | None = None) -> Path:
+                    dtype=None, vocab: dict | None = None, id_map=None) -> Path:
     """Write an HF checkpoint folder that `transformers.AutoModelForCausalLM` loads cleanly.
 
     Writes config.json, model.safetensors (HF names and (out, in) layouts, metadata
@@ -347,9 +350,19 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
     dtype: tensor dtype in the file (e.g. jnp.bfloat16); default: the params' dtype.
     vocab: a trimmed-vocabulary model's id record (`kanjax.llama.surgery.vocab_record`), kept in
       config.json as `kanjax_vocab` so the folder says which tokenizer ids its rows are.
+    id_map: the same as the (tokenizer vocab,) old → new id map `load_workdir` returns.
+      Without either, the record the model carries is written: `trim_vocab`, `load_workdir` and
+      `load_pretrained` attach it (`kanjax.llama.surgery.attach_vocab`), so a trimmed model always
+      exports with its map. A tokenizer with more ids than the model has rows, and no map, is
+      warned about (its folder's ids would run past the embedding; eval.py refuses it).
     The folder and its files get the usual permissions (umask), readable by others like any
     file written here, not the private ones of the temp folder they are staged in.
     """
+    from kanjax.llama.surgery import attached_vocab, vocab_record_from_id_map
+
+    if vocab is None:
+        vocab = vocab_record_from_id_map(id_map) if id_map is not None else attached_vocab(model)
+    _check_vocab_travels(model, tokenizer, vocab)
     target = Path(path).expanduser().resolve()
     tensors = to_hf_tensors(model, dtype)
     file_dtype = dtype if dtype is not None else next(iter(tensors.values())).dtype
@@ -364,6 +377,17 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None, 
         if tokenizer is not None:
             hf_folder.write_tokenizer(tokenizer, staged)
     return target
+
+
+def _check_vocab_travels(model, tokenizer, vocab) -> None:
+    rows = model.config.vocab_size
+    ids = len(tokenizer) if hasattr(tokenizer, "__len__") and not isinstance(tokenizer, (str, os.PathLike)) else None
+    if vocab is None and ids is not None and ids > rows:
+        logger.warning("save_pretrained: the model has %d embedding rows but the tokenizer %d ids and no id map was "
+                       "given (id_map=): the folder's tokenizer gives ids past its embedding", rows, ids)
+    if vocab is not None and vocab["source_vocab_size"] < (ids or 0):
+        raise InputError(f"save_pretrained: the id map covers {vocab['source_vocab_size']} tokenizer ids but the "
+                         f"tokenizer has {ids}: not the tokenizer this model was trimmed with")
 
 
 def load_gguf(path: str | os.PathLike | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,

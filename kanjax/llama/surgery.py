@@ -14,6 +14,7 @@ Works on any kanjax Llama model (causal LM or classifier, linear or KAN-ified): 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections import Counter
 
@@ -49,7 +50,7 @@ def _special_ids(tokenizer, vocab_size: int) -> list[int]:
 
 
 def trim_vocab(model, tokenizer, texts, size: int, *, unk_token_id: int | None = None,
-               return_inverse: bool = False):
+               return_inverse: bool = False, kept=None):
     """Keep the ``size`` most frequent token ids of ``tokenizer(texts)`` (ties: lower id first; ids never
     seen are not kept) plus every special/added token; returns a copy with sliced embedding rows
     (and lm_head columns when untied).
@@ -59,15 +60,19 @@ def trim_vocab(model, tokenizer, texts, size: int, *, unk_token_id: int | None =
     old ids that were dropped map to the reserved id = new id of ``unk_token_id`` (default the
     tokenizer's unk token, else its lowest special id; ``<|endoftext|>`` = 0 for SmolLM2).
     With ``return_inverse=True`` also returns new -> old (new vocab,) int32 (map generations back).
+    ``kept`` (new -> old ids, e.g. a checkpoint's `vocab_record`) keeps exactly those ids instead:
+    texts and size are then not used (a resumed run keeps the vocabulary it was trained with).
     """
     cfg = model.config
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
     specials = _special_ids(tokenizer, cfg.vocab_size)
-    special_set = set(specials)
-    frequent = sorted((i for i in counts if i not in special_set and i < cfg.vocab_size),
-                      key=lambda i: (-counts[i], i))[:size]
-    kept = np.array(sorted(set(specials) | set(frequent)), np.int32)
+    if kept is None:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
+        special_set = set(specials)
+        frequent = sorted((i for i in counts if i not in special_set and i < cfg.vocab_size),
+                          key=lambda i: (-counts[i], i))[:size]
+        kept = sorted(set(specials) | set(frequent))
+    kept = np.array(kept, np.int32)
     if unk_token_id is None:
         unk_token_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else (specials or kept)[0]
     if unk_token_id not in set(kept.tolist()):
@@ -90,6 +95,7 @@ def trim_vocab(model, tokenizer, texts, size: int, *, unk_token_id: int | None =
     new_cfg = dataclasses.replace(cfg, vocab_size=len(kept), bos_token_id=remap(cfg.bos_token_id),
                                   eos_token_id=eos, pad_token_id=remap(cfg.pad_token_id))
     with_config(new, new_cfg)
+    attach_vocab(new, vocab_record(id_map, kept))
     return (new, id_map, kept) if return_inverse else (new, id_map)
 
 
@@ -136,6 +142,32 @@ def vocab_record(id_map: np.ndarray, kept: np.ndarray) -> dict:
     return {"kept": np.asarray(kept).tolist(), "unk": unk, "source_vocab_size": int(len(id_map))}
 
 
+def vocab_record_from_id_map(id_map: np.ndarray) -> dict:
+    """`vocab_record` from the old → new id map alone (what `load_workdir` returns): each new id's
+    lowest old id stands for it, so `id_map_from_record` gives back exactly this map."""
+    id_map = np.asarray(id_map)
+    kept = np.full(int(id_map.max()) + 1, -1, np.int64)
+    kept[id_map[::-1]] = np.arange(len(id_map))[::-1]  # the lowest old id of each new id
+    return vocab_record(id_map, kept)
+
+
+VOCAB_ATTR = "kanjax_vocab"
+
+
+def attach_vocab(model, record: dict | None):
+    """Keep a trimmed vocabulary's record on the model itself (as a JSON string: static and
+    hashable for nnx), so `kanjax.hf.save_pretrained` writes it with no argument. Returns model."""
+    if record is not None:
+        setattr(model, VOCAB_ATTR, json.dumps(record))
+    return model
+
+
+def attached_vocab(model) -> dict | None:
+    """The record `attach_vocab` kept on `model`, or None (an untrimmed model)."""
+    text = getattr(model, VOCAB_ATTR, None)
+    return json.loads(text) if isinstance(text, str) else None
+
+
 def id_map_from_record(record: dict | None) -> np.ndarray | None:
     """Inverse of `vocab_record`: (old vocab,) int32 mapping old → new ids."""
     if record is None:
@@ -146,4 +178,4 @@ def id_map_from_record(record: dict | None) -> np.ndarray | None:
 
 
 __all__ = ["with_config", "truncate_layers", "trim_vocab", "reinitialize", "path_string", "param_arrays",
-           "vocab_record", "id_map_from_record"]
+           "vocab_record", "vocab_record_from_id_map", "id_map_from_record", "attach_vocab", "attached_vocab"]

@@ -74,9 +74,13 @@ def check_tokenizer_fits(tokenizer, model) -> None:
                           f"(model.source); use the tokenizer the checkpoint was trained with")
 
 
-def model_from_config(config, tokenizer, *, dtype):
+def model_from_config(config, tokenizer, *, dtype, vocab: dict | None = None):
     """(model, id_map or None, record): the model the config describes, the map of tokenizer ids to
-    its trimmed vocabulary, and the record that rebuilds it (`model_from_record`)."""
+    its trimmed vocabulary, and the record that rebuilds it (`model_from_record`).
+
+    vocab: a recorded trimmed vocabulary (`surgery.vocab_record`, what a checkpoint's model record
+    holds): kept as it is instead of trimming afresh from the training texts, so a resumed run's
+    embedding rows stand for the same tokens whatever data.path now says."""
     model = load_source_model(config.model, dtype=dtype, seed=config.seed)
     if config.model.reinit:
         try:
@@ -91,12 +95,18 @@ def model_from_config(config, tokenizer, *, dtype):
         surgery.with_config(model, dataclasses.replace(model.config, pad_token_id=pad_id(tokenizer)))
     if config.model.num_layers and config.model.num_layers < model.config.num_hidden_layers:
         model = surgery.truncate_layers(model, config.model.num_layers)
-    id_map = vocab = None
-    if config.model.vocab_size:
+    recorded, id_map, vocab = vocab, None, None
+    if config.model.vocab_size and recorded is not None:
+        model, id_map, kept = surgery.trim_vocab(model, tokenizer, None, 0, return_inverse=True,
+                                                 kept=recorded["kept"],
+                                                 unk_token_id=recorded["kept"][recorded["unk"]])
+        vocab = surgery.vocab_record(id_map, kept)
+        log.info("vocabulary: the recorded %d ids", model.config.vocab_size)
+    elif config.model.vocab_size:
         texts = data.train_texts(config.data, tokenizer)
         model, id_map, kept = surgery.trim_vocab(model, tokenizer, texts, config.model.vocab_size,
                                                  return_inverse=True)
         vocab = surgery.vocab_record(id_map, kept)
         log.info("vocabulary trimmed to %d ids", model.config.vocab_size)
-    model = kanify(model, kan_spec(config.kan), seed=config.seed)
+    model = surgery.attach_vocab(kanify(model, kan_spec(config.kan), seed=config.seed), vocab)
     return model, id_map, model_record(model, config.model.task, vocab)

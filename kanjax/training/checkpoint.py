@@ -12,12 +12,21 @@ Orbax writes each step into a temporary folder and renames it only once complete
 killed half-way is never listed as a checkpoint. A step that is listed but cannot be read (a disk
 fault, a truncated file) is moved aside into `<workdir>/checkpoints_unreadable/` (kept, reported in
 one line) and the run resumes from the step before it, so its later saves do not collide with it.
+
+A save that fails (a full disk, a quota, a file-size limit) raises `CheckpointSaveError` in one line
+naming the step, the reason and the last complete checkpoint, which it never touches: at the save
+itself when synchronous, else at the first step after the background write fails (`poll`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import inspect
 import logging
+import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +34,26 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kanjax.errors import InputError
+
 log = logging.getLogger(__name__)
 ITEMS = ("state", "data", "config", "model")
+
+
+class CheckpointSaveError(InputError):
+    """A checkpoint could not be written (an environment problem the user fixes, like bad input:
+    one line, exit code 2); the checkpoints already complete are kept."""
+
+
+def _reason(err: BaseException) -> str:
+    """The operating system's words from a tensorstore / Orbax error ("No space left on device")."""
+    text = str(err)
+    found = re.search(r"(Failed to write [^\[]*?: )?([A-Z][^\[\]:]*?) \[os_error_code", text)
+    if found:
+        return found.group(2)
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return (text.strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 class Checkpointer:
@@ -38,17 +65,42 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self.in_flight: int | None = None  # the step whose (asynchronous) save has not been confirmed
+        self.closed = False
 
     def should_save(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
     def save(self, step: int, state: Any, data_state: dict | None, config: dict, model: dict) -> None:
         """Start saving `step` (returns before the write ends when asynchronous)."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state or {}),
-            config=ocp.args.JsonSave(config),
-            model=ocp.args.JsonSave(model)), force=True)
+        with self._reporting(step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state or {}),
+                config=ocp.args.JsonSave(config),
+                model=ocp.args.JsonSave(model)), force=True)
+        self.in_flight = step
+
+    def _reporting(self, step: int | None):
+        """Context turning a failed write (of `step`, or of the save in flight) into CheckpointSaveError."""
+        @contextlib.contextmanager
+        def ctx():
+            try:
+                yield
+            except Exception as err:  # noqa: BLE001 - tensorstore / Orbax raise ValueError, OSError, ...
+                failed = self.in_flight if self.in_flight is not None else step
+                self.in_flight = None
+                done = [s for s in finished_steps(self.directory) if s != failed]
+                last = f"the last complete one, step {done[-1]}, is kept" if done else "no earlier checkpoint exists"
+                raise CheckpointSaveError(f"checkpoint step {failed} could not be written to {self.directory} "
+                                          f"({_reason(err)}); {last}. Free space or use another "
+                                          "--config.workdir, then rerun to resume") from err
+        return ctx()
+
+    def poll(self) -> None:
+        """Raise CheckpointSaveError once an asynchronous save has failed (cheap: call every step)."""
+        if self.in_flight is not None and not self.manager.is_saving_in_progress():
+            self.wait()
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -63,11 +115,12 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
         """(step, state, data_state, config) of the newest readable checkpoint, or None. Unreadable
         newer steps are moved aside (`move_aside`)."""
-        for step in reversed(self.steps()):
-            try:
-                return (step, *self.restore(step, abstract_state))
-            except Exception as err:  # noqa: BLE001 - any unreadable step: set it aside, fall back
-                self.move_aside(step, err)
+        with quiet_abandoned_reads():
+            for step in reversed(self.steps()):
+                try:
+                    return (step, *self.restore(step, abstract_state))
+                except Exception as err:  # noqa: BLE001 - any unreadable step: set it aside, fall back
+                    self.move_aside(step, err.with_traceback(None))  # frees the failed read's frames
         return None
 
     def move_aside(self, step: int, err: BaseException) -> Path:
@@ -82,11 +135,19 @@ class Checkpointer:
         return dest
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._reporting(None):
+            self.manager.wait_until_finished()
+        self.in_flight = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for the save in flight, then release Orbax's threads; a second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 # ----------------------------------------------------------------------------- reading a run back
@@ -121,19 +182,68 @@ def read_model_record(directory: str | Path, step: int) -> dict:
     return dict(ocp.JsonCheckpointHandler().restore(path))
 
 
+class UnreadableCheckpointError(InputError):
+    """A listed checkpoint whose files cannot be read (truncated, a disk fault); names the step."""
+
+
+def _async_leftover(unraisable) -> bool:
+    """A tensorstore coroutine a failed Orbax read or write abandoned, or its callback arriving after
+    Orbax's event loop closed ("RuntimeError: Event loop is closed"): noise once the failure that
+    caused it is reported."""
+    return inspect.iscoroutine(unraisable.object) or (
+        isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value))
+
+
+def drop_async_leftovers() -> None:
+    """Process-wide (train.py and eval.py without --verbose): Python's unraisable-exception hook
+    ignores `_async_leftover`s, which a failed save or read prints by the hundred otherwise."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _async_leftover(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def quiet_abandoned_reads():
+    """A failed Orbax read leaves tensorstore coroutines behind, and Python prints one traceback per
+    coroutine when it collects them ("Exception ignored in: <coroutine ...>": hundreds for a real
+    model). Inside this context they are collected and dropped; the failure is reported once."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _async_leftover(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+
+
 def read_params(directory: str | Path, step: int) -> dict:
     """The params of checkpoint `step` as nested dicts of numpy arrays, whatever the topology that
-    saved them (no restore target needed)."""
+    saved them (no restore target needed). Unreadable files: UnreadableCheckpointError, one line."""
     import jax
 
     path = (Path(directory) / str(step) / "state").absolute()
     # The item's handler, not a Checkpointer: the step-level _CHECKPOINT_METADATA of a composite
     # checkpoint is not inside the item folder, and a Checkpointer warns that it is missing.
     handler = ocp.PyTreeCheckpointHandler()
-    meta = handler.metadata(path)
-    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    return _strip_value(handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
+    with quiet_abandoned_reads():
+        try:
+            meta = handler.metadata(path)
+            meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+            return _strip_value(handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"])
+        except Exception as err:  # noqa: BLE001 - tensorstore raises bare Exception
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            problem = f"checkpoint step {step} in {directory} cannot be read ({first}); a truncated or damaged file?"
+    raise UnreadableCheckpointError(problem)  # outside the except: the failed read is already collected
 
 
 def _strip_value(tree):

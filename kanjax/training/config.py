@@ -82,6 +82,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        ("train.grad_accum", t.grad_accum)):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    # Checked here, not where they are used: the run would otherwise stop after loading data and model.
+    for key, value, allowed in (("train.precision", t.precision, ("fp32", "bf16", "fp16")),
+                                ("train.schedule", t.schedule, ("cosine", "constant"))):
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
     if m.num_layers < 0 or m.vocab_size < 0:
         raise ConfigError("model.num_layers and model.vocab_size must be >= 0 (0 = keep all)")
     try:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -24,12 +25,15 @@ from kanjax.data import pipeline as data_lib
 from kanjax.kan.layer import count_params
 from kanjax.llama import surgery
 from kanjax.llama.kanify import param_report
-from kanjax.training import build, diagnostics
+from kanjax.training import build, diagnostics, resume
 from kanjax.training import config as config_lib
 from kanjax.training import metrics as metrics_lib
 from kanjax.training import sharding as shard_lib
 from kanjax.training import step as train_lib
-from kanjax.training.checkpoint import Checkpointer, newest_config
+from kanjax.training.checkpoint import Checkpointer, finished_steps, newest_config
+from kanjax.training.divergence import Diverged, DivergenceWatch, check_eval, params_finite
+from kanjax.training.signals import Interrupted, StopSignals
+from kanjax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger("kanjax.train")
 
@@ -38,19 +42,25 @@ log = logging.getLogger("kanjax.train")
 # optimisation, and a resume with it changed must be asked for (checkpoint.allow_changed).
 _FREE_TO_CHANGE = ("workdir", "data.path", "data.name", "data.tokenizer", "data.cache_dir", "data.tfds_dir",
                    "data.num_workers", "model.source", "model.config", "train.steps", "train.log_every",
-                   "train.diagnostics_every", "train.peak_flops", "eval.", "checkpoint.", "distributed.",
-                   "mesh.")
+                   "train.diagnostics_every", "train.peak_flops", "train.max_skipped_steps", "eval.", "checkpoint.",
+                   "distributed.", "mesh.")
 
 
-def evaluate(eval_fn, params, arrays, config, mesh, limit: int = 0) -> dict:
+def evaluate(eval_fn, params, arrays, config, mesh, limit: int = 0, progress: str = "") -> dict:
     """Loss / accuracy (and perplexity for LM tasks) over a whole split, each example once.
-    eval_fn: `train_lib.jit_eval_step`; with per_example it also gives `correct` (n,) bool."""
+    eval_fn: `train_lib.jit_eval_step`; with per_example it also gives `correct` (n,) bool.
+    progress: a progress-bar label (the final passes over a whole split take minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     if limit:
         arrays = {k: v[:limit] for k, v in arrays.items()}
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     rows = []
-    for batch in data_lib.eval_batches(arrays, config.eval.batch_size, shard_index=jax.process_index(),
-                                       shard_count=jax.process_count()):
+    batches = data_lib.eval_batches(arrays, config.eval.batch_size, shard_index=jax.process_index(),
+                                    shard_count=jax.process_count())
+    total = -(-data_lib.num_rows(arrays) // config.eval.batch_size)
+    for batch in tqdm(batches, total=total, desc=progress, disable=not progress or jax.process_index() != 0,
+                      dynamic_ncols=True, leave=False):
         batch = {k: v for k, v in batch.items() if k != "weight" or config.model.task == "classify"}
         out = jax.device_get(eval_fn(params, shard_lib.host_batch_to_global(batch, mesh)))
         for k in totals:
@@ -86,6 +96,7 @@ class Run:
     num_params: int
     flops_per_token: float
     is_main: bool
+    lock: WorkdirLock | None = None  # this run's hold on the workdir (process 0); `run` releases it
 
 
 def _check_batch(config, mesh) -> None:
@@ -126,13 +137,27 @@ def _startup_summary(config, mesh, model, info) -> str:
 
 
 def setup(config) -> Run:
-    """Validate, build data and model, create the trainer, resume from the newest readable checkpoint."""
+    """Validate, lock the workdir (`kanjax.training.workdir_lock`: before anything is written; a busy one
+    stops here), build data and model, create the trainer, resume from the newest readable
+    checkpoint. The caller releases `Run.lock` (`run` does)."""
     shard_lib.maybe_initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
                                            config.distributed.process_id)
     config_lib.validate(config)
     workdir = Path(config.workdir)
     mesh = shard_lib.make_mesh(config.mesh.shape.to_dict())
     _check_batch(config, mesh)
+    lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    try:
+        r = _setup_locked(config, workdir, mesh)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    r.lock = lock
+    return r
+
+
+def _setup_locked(config, workdir: Path, mesh) -> Run:
     if not config.data.cache_dir:
         config.data.cache_dir = str(workdir / "cache")
     cfg_json = config_lib.config_to_json(config)
@@ -144,11 +169,15 @@ def setup(config) -> Run:
             raise config_lib.ConfigError(
                 f"{workdir} holds checkpoints of a run with other settings ({shown}). Use another workdir, or "
                 f"resume anyway with --config.checkpoint.allow_changed={','.join(diff)}")
+    done_steps = finished_steps(workdir / "checkpoints")
+    if done_steps:
+        resume.check_steps(workdir, done_steps[-1], config.train.steps)
+    vocab = resume.recorded_vocab(workdir / "checkpoints", saved, cfg_json) if saved is not None else None
 
     if config.data.path:  # a missing local file is named before any download or model build
         data_lib.split_files(Path(config.data.path))
     tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
-    model, id_map, record = build.model_from_config(config, tokenizer,
+    model, id_map, record = build.model_from_config(config, tokenizer, vocab=vocab,
                                                          dtype=train_lib.compute_dtype(config.train.precision))
     # Labels outside the classifier's range fail here, before any step, naming file and line.
     labels = config.model.num_labels if config.model.task == "classify" else None
@@ -190,8 +219,13 @@ def _dig(d: dict, dotted: str):
     return d
 
 
-def train(r: Run, end: int) -> float:
-    """Steps r.start … end−1; returns the seconds they took."""
+def train(r: Run, end: int, stop: StopSignals | None = None) -> float:
+    """Steps r.start … end−1; returns the seconds they took.
+
+    Raises `Diverged` at the first non-finite loss (fp32/bf16), after train.max_skipped_steps
+    skipped steps in a row, or on non-finite parameters, checked at each log point and before
+    every save: no checkpoint holds what followed. With `stop` (its `defer` set by the caller), a
+    SIGTERM/SIGINT ends the step in flight, saves it and raises `Interrupted`."""
     from tqdm.auto import tqdm
 
     config, cfg_json = r.config, config_lib.config_to_json(r.config)
@@ -203,49 +237,85 @@ def train(r: Run, end: int) -> float:
     peak = metrics_lib.peak_flops_per_device(config.train.peak_flops)
     bar = tqdm(total=end, initial=r.start, disable=not r.is_main, desc="train", dynamic_ncols=True)
     window = {"start": time.perf_counter(), "steps": 0, "acc": None}
+    watch = DivergenceWatch(config.train.precision, config.train.max_skipped_steps)
     batch = r.first_batch
     t0 = time.perf_counter()
-    for step in range(r.start, end):
-        if step > r.start:
-            batch = next(r.train_iter)
-        global_batch = shard_lib.host_batch_to_global(batch, r.mesh)
-        if diag_fn is not None and (step == 0 or (step + 1) % diag_every == 0):
-            # Measured on the batch about to be trained on, with the parameters before this step.
-            r.writer.write(step, "diagnostics", jax.device_get(diag_fn(r.state["params"], global_batch)))
-        r.state, m = step_fn(r.state, global_batch)
-        window["acc"] = m if window["acc"] is None else jax.tree.map(jnp.add, window["acc"], m)
-        window["steps"] += 1
-        done = step + 1
-        if done % config.train.log_every == 0 or done == end:
-            acc = jax.device_get(window["acc"])
-            elapsed, n = time.perf_counter() - window["start"], window["steps"]
-            values = {"loss": float(acc["loss"]) / n, "grad_norm": float(acc["grad_norm"]) / n,
-                      "accuracy": float(acc["correct"]) / max(float(acc["count"]), 1.0),
-                      "skipped_steps": int(jax.device_get(r.state["skipped"])), "step_time": elapsed / n,
-                      "tokens_per_sec": tokens_per_step * n / elapsed}
-            if "loss_scale" in acc:
-                values["loss_scale"] = float(m["loss_scale"])
-            values["tflops_per_sec"] = r.flops_per_token * values["tokens_per_sec"] / 1e12
-            if peak:
-                values["mfu"] = r.flops_per_token * values["tokens_per_sec"] / (peak * jax.device_count())
-            r.writer.write(done, "train", values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_sec']:.0f}",
-                            step_s=f"{values['step_time']:.3f}", skipped=values["skipped_steps"])
-            window = {"start": time.perf_counter(), "steps": 0, "acc": None}
-        bar.update(1)
-        # The final step's validation belongs to `finish`; a run stopped early (--stop_after)
-        # validates at its last step like any other, so a resume never lacks a scheduled one.
-        if config.eval.every and done % config.eval.every == 0 and done != config.train.steps:
-            r.writer.write(done, "validation", evaluate(eval_fn, r.state["params"], r.val_arrays, config, r.mesh,
-                                                        limit=config.eval.limit))
-        if r.ckpt.should_save(done) and done != end:
-            r.ckpt.save(done, r.state, r.train_iter.get_state(), cfg_json, r.record)
-    bar.close()
+    try:
+        for step in range(r.start, end):
+            if step > r.start:
+                batch = next(r.train_iter)
+            global_batch = shard_lib.host_batch_to_global(batch, r.mesh)
+            if diag_fn is not None and (step == 0 or (step + 1) % diag_every == 0):
+                # Measured on the batch about to be trained on, with the parameters before this step.
+                r.writer.write(step, "diagnostics", jax.device_get(diag_fn(r.state["params"], global_batch)))
+            r.state, m = step_fn(r.state, global_batch)
+            window["acc"] = m if window["acc"] is None else jax.tree.map(jnp.add, window["acc"], m)
+            window["steps"] += 1
+            done = step + 1
+            watch.add(done, m)
+            bar.update(1)
+            if done % config.train.log_every == 0 or done == end:
+                acc = jax.device_get(window["acc"])
+                elapsed, n = time.perf_counter() - window["start"], window["steps"]
+                values = {"loss": float(acc["loss"]) / n, "grad_norm": float(acc["grad_norm"]) / n,
+                          "accuracy": float(acc["correct"]) / max(float(acc["count"]), 1.0),
+                          "skipped_steps": int(jax.device_get(r.state["skipped"])), "step_time": elapsed / n,
+                          "tokens_per_sec": tokens_per_step * n / elapsed}
+                if "loss_scale" in acc:
+                    values["loss_scale"] = float(m["loss_scale"])
+                values["tflops_per_sec"] = r.flops_per_token * values["tokens_per_sec"] / 1e12
+                if peak:
+                    values["mfu"] = r.flops_per_token * values["tokens_per_sec"] / (peak * jax.device_count())
+                r.writer.write(done, "train", values)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_sec']:.0f}",
+                                step_s=f"{values['step_time']:.3f}", skipped=values["skipped_steps"])
+                window = {"start": time.perf_counter(), "steps": 0, "acc": None}
+                watch.check(_last_good(r))
+            # The final step's validation belongs to `finish`; a run stopped early (--stop_after)
+            # validates at its last step like any other, so a resume never lacks a scheduled one.
+            if config.eval.every and done % config.eval.every == 0 and done != config.train.steps:
+                watch.check(_last_good(r))
+                val = evaluate(eval_fn, r.state["params"], r.val_arrays, config, r.mesh, limit=config.eval.limit)
+                check_eval(val, "validation", done)
+                r.writer.write(done, "validation", val)
+            if r.ckpt.should_save(done) and done != end:
+                _save(r, done, watch, cfg_json)
+            r.ckpt.poll()  # a background save that failed stops the run here, not at the next save
+            if stop is not None and stop.requested is not None:
+                if done not in r.ckpt.steps():
+                    _save(r, done, watch, cfg_json)
+                r.ckpt.close()
+                r.writer.close()
+                raise Interrupted(stop.requested, done, f"stopped by {_signal_name(stop.requested)} after step "
+                                                        f"{done} of {end}; checkpoint {done} saved in {r.workdir}: "
+                                                        "run the same command again to resume")
+    finally:
+        bar.close()  # before any message: it then starts on a line of its own
     seconds = time.perf_counter() - t0
     if end > r.start and end not in r.ckpt.steps():
-        r.ckpt.save(end, r.state, r.train_iter.get_state(), cfg_json, r.record)
+        _save(r, end, watch, cfg_json)
     r.ckpt.close()
     return seconds
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _last_good(r: Run) -> str:
+    steps = r.ckpt.steps()
+    return f" (the last checkpoint is step {steps[-1]})" if steps else " (no checkpoint was saved)"
+
+
+def _save(r: Run, step: int, watch: DivergenceWatch, cfg_json: dict) -> None:
+    """Save `step` once the steps since the last check and the parameters are known finite."""
+    watch.check(_last_good(r))
+    if not params_finite(r.state["params"]):
+        raise Diverged(step, f"training diverged: the parameters at step {step} are not finite; not saved"
+                             f"{_last_good(r)}")
+    r.ckpt.save(step, r.state, r.train_iter.get_state(), cfg_json, r.record)
 
 
 def _example_eval_batch(r: Run) -> dict:
@@ -262,14 +332,18 @@ def finish(r: Run, end: int, train_seconds: float, per_example_test: bool = Fals
                "skipped_steps": int(jax.device_get(r.state["skipped"]))}
     if end == config.train.steps:
         eval_fn = train_lib.jit_eval_step(r.trainer, _example_eval_batch(r), per_example=per_example_test)
-        val = evaluate(eval_fn, r.state["params"], r.val_arrays, config, r.mesh, limit=config.eval.limit)
+        val = evaluate(eval_fn, r.state["params"], r.val_arrays, config, r.mesh, limit=config.eval.limit,
+                       progress="validation")
+        check_eval(val, "validation", end)
         val.pop("correct", None)
         r.writer.write(end, "validation", val)
         rows = metrics_lib.read_metrics(r.workdir / "metrics.jsonl") if r.is_main else []
         best = max([row["accuracy"] for row in rows if row["split"] == "validation"] + [val["accuracy"]])
         summary.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"], "best_val_accuracy": best})
         if r.test_arrays is not None:
-            test = evaluate(eval_fn, r.state["params"], r.test_arrays, config, r.mesh, limit=config.eval.test_limit)
+            test = evaluate(eval_fn, r.state["params"], r.test_arrays, config, r.mesh, limit=config.eval.test_limit,
+                            progress="test")
+            check_eval(test, "test", end)
             if per_example_test:
                 summary["test_correct"] = test.pop("correct")
             r.writer.write(end, "test", test)
@@ -279,18 +353,42 @@ def finish(r: Run, end: int, train_seconds: float, per_example_test: bool = Fals
     r.writer.close()
     if r.is_main:
         metrics_lib.plot_curves(r.workdir / "metrics.jsonl", r.workdir / "curves.png", title=str(r.workdir.name))
-        print(metrics_lib.summary_table(summary), flush=True)
+        table = metrics_lib.summary_table(summary)
+        (r.workdir / "summary.md").write_text(table + "\n")  # the table printed below, kept with the run
+        print(table, flush=True)
     vocab = r.record["config"].get("kanjax_vocab")  # the trimmed vocabulary's old → new id map, if any
     return {**summary, "state": r.state, "trainer": r.trainer, "id_map": surgery.id_map_from_record(vocab)}
 
 
 def run(config, *, max_steps: int | None = None, per_example_test: bool = False) -> dict:
     """Train per `config`; `max_steps` stops early (the schedule still follows train.steps): tests
-    use it to interrupt and resume. per_example_test adds `test_correct` (n,) bool to the summary."""
-    r = setup(config)
-    end = config.train.steps if max_steps is None else min(config.train.steps, max_steps)
-    seconds = train(r, end)
-    return finish(r, end, seconds, per_example_test)
+    use it to interrupt and resume. per_example_test adds `test_correct` (n,) bool to the summary.
+
+    SIGTERM/SIGINT: before the first step (loading, compiling) and after the last checkpoint
+    (final evaluation) they raise `Interrupted` at once; during the steps the step in flight ends
+    and is saved first (`train`). A second signal exits at once. The workdir's lock is released
+    however the run ends."""
+    with StopSignals() as stop:
+        r = setup(config)
+        try:
+            end = config.train.steps if max_steps is None else min(config.train.steps, max_steps)
+            stop.defer = True
+            seconds = train(r, end, stop)
+            stop.defer = False
+            if stop.requested is not None:  # it came during the last step, which is saved: stop here
+                raise Interrupted(stop.requested, end, f"stopped by {_signal_name(stop.requested)} after step "
+                                                       f"{end}, its checkpoint saved; the final evaluation was "
+                                                       "not run (the same command again runs it)")
+            return finish(r, end, seconds, per_example_test)
+        except BaseException:
+            stop.defer = False
+            with contextlib.suppress(Exception):  # the error in hand is the one to report
+                r.ckpt.close()  # a save already in flight completes (it is a good one); idempotent
+                r.writer.close()
+            raise
+        finally:
+            if r.lock is not None:
+                r.lock.release()
 
 
 __all__ = ["run", "setup", "train", "finish", "evaluate", "changed_keys", "Run"]

@@ -24,6 +24,7 @@ def model_from_record(record: dict, *, dtype=jnp.float32):
     """The model of a record, with shapes only (restore parameters into it), and its id map."""
     model = hf.abstract_model(record["config"], task=record["task"], dtype=dtype)
     vocab = record["config"].get("kanjax_vocab")
+    surgery.attach_vocab(model, vocab)  # an export of it then carries the id map (hf.save_pretrained)
     return model, None if vocab is None else surgery.id_map_from_record(vocab)
 
 
