@@ -35,6 +35,22 @@ def write_json(path: str | Path, record: dict, *, allow_nan: bool = True) -> Non
     write_atomic(path, json.dumps(record, indent=1, allow_nan=allow_nan))
 
 
-def read_json_folder(folder: str | Path, pattern: str = "*.json") -> list[dict]:
-    """Every record under `folder` matching `pattern`, in path order (temporary files skipped)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob(pattern)) if ".tmp" not in p.name]
+def read_json_folder(folder: str | Path, pattern: str = "*.json", file_key: str | None = None) -> list[dict]:
+    """Every record in `folder` matching `pattern`, in path order (temporary files skipped); with
+    `file_key`, each record also holds its file name under that key."""
+    out = []
+    for p in sorted(Path(folder).glob(pattern)):
+        if ".tmp" not in p.name:
+            out.append({**json.loads(p.read_text()), **({file_key: p.name} if file_key else {})})
+    return out
+
+
+def group_records(records: list[dict], key: str, order: str | None = None) -> dict[str, list[dict]]:
+    """{record[key]: its records}, groups in first-seen order, each sorted by record[order] if given."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r[key], []).append(r)
+    if order:
+        for runs in groups.values():
+            runs.sort(key=lambda r: r[order])
+    return groups

@@ -118,13 +118,16 @@ def test_report_says_what_is_missing_and_names_the_chosen_arm(tmp_path):
 @pytest.mark.slow
 def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared_data, smollm2_gguf):
     records = tmp_path / "records"
-    study.main(["--v2", "--quick", "--only", "^(record|diagnose|fit|errmap)", "--records", str(records),
-                "--workdir", str(tmp_path / "work"), "--data_dir", str(shared_data)])
+    arms = ("linear", "kan_recipe_none", "gr_kan", "gr_warm")  # one of each code path (the other recipe arms: specs)
+    study.main(["--v2", "--quick", "--arms", ",".join(arms), "--only", "^(record|diagnose|fit|errmap)",
+                "--records", str(records), "--workdir", str(tmp_path / "work"), "--data_dir", str(shared_data)])
     units = {p.stem for p in records.glob("*.json")}
-    assert {"record", "diagnose__L4", "diagnose__L5", "errmap__linear", "errmap__kan_recipe_none"} <= units
-    assert {f"fit__{a}__L{k}" for a in ("linear", "kan_recipe", "kan_recipe_base", "kan_recipe_none")
-            for k in (4, 5)} <= units
+    assert {"record", "diagnose__L4", "diagnose__L5", "errmap__linear", "errmap__gr_warm"} <= units
+    assert {f"fit__{a}__L{k}" for a in arms for k in (4, 5)} <= units
     fit_rec = json.loads((records / "fit__kan_recipe_none__L4.json").read_text())
     assert fit_rec["spec"]["domain"] == "none" and fit_rec["fit"]["steps"] == 20  # --quick's budget wins
+    # The warm start begins at the pretrained block (its SiLU fit aside): far below a fresh block's error.
+    warm, fresh = (json.loads((records / f"fit__{a}__L4.json").read_text())["start"] for a in ("gr_warm", "linear"))
+    assert warm < 0.1 < fresh
     text = (tmp_path / "full_model_distill_v2.md").read_text()
     assert "## Diagnosis" in text and "| 4 |" in text and "Best re-learned KAN arm" in text

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common.records import group_records, read_json_folder
 from benchmarks.studies.agnews import plan as agnews_plan  # the arm list and the rate choice
 
 CLOSE = 1.0  # accuracy points: a difference whose 95% interval lies inside ±CLOSE is "close"
@@ -39,13 +40,7 @@ SAME_DEGREE_BASE = f"kan_chebyshev2_deg{agnews_plan.FAMILY_DEGREE['jacobi']}"
 
 
 def load_records(folder: Path) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for path in sorted(Path(folder).glob("*.json")):
-        r = json.loads(path.read_text())
-        groups.setdefault(r["name"], []).append(r)
-    for runs in groups.values():
-        runs.sort(key=lambda r: r["seed"])
-    return groups
+    return group_records(read_json_folder(folder), "name", order="seed")
 
 
 correct_bits = agnews_plan.correct_bits  # (N,) bool per test text, from a record

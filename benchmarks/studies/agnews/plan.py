@@ -27,6 +27,8 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.common.records import read_json_folder
+
 REPO = Path(__file__).resolve().parents[3]
 
 # The budget every run gets. 80 tokens hold 93% of the shared AGNews training texts whole (the
@@ -130,7 +132,7 @@ def record_path(args, phase: str, name: str, seed: int) -> Path:
 
 
 def read_records(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+    return read_json_folder(folder)
 
 
 def best_rate(by_lr: dict[float, list[dict]], choice_seeds: int = CHOICE_SEEDS) -> float | None:

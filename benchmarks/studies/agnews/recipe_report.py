@@ -10,10 +10,11 @@ learning-rate grid for linear and the KAN. Every number and verdict below is com
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
+
+from benchmarks.common.records import group_records, read_json_folder
 
 REPO = Path(__file__).resolve().parents[3]
 from benchmarks.studies.agnews import plan as agnews_plan  # the arm lists and the rate choice
@@ -26,12 +27,7 @@ TAKEOFF_LOSS = 1.2  # train loss below ln 4 = 1.386 by a margin: the run has lef
 def load(records: Path, phase: str) -> dict[str, list[dict]]:
     """{arm: runs sorted by seed}, arms in the order the study runner defines them."""
     order = [a.name for a in agnews_plan.PHASES[phase]]
-    groups: dict[str, list[dict]] = {}
-    for path in sorted((records / phase).glob("*.json")):
-        r = json.loads(path.read_text())
-        groups.setdefault(r["name"], []).append(r)
-    for runs in groups.values():
-        runs.sort(key=lambda r: r["seed"])
+    groups = group_records(read_json_folder(records / phase), "name", order="seed")
     rank = {n: i for i, n in enumerate(order)}
     return dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 

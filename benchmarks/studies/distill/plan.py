@@ -21,9 +21,17 @@ _RECIPE = {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "t
 OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardise, then tanh
                  "kan_legendre3": {**_KAN, "basis": "legendre", "degree": 3},
                  "kan_recipe": _RECIPE, "kan_recipe_base": {**_RECIPE, "base": "linear"},
-                 "kan_recipe_none": {**_RECIPE, "domain": "none"}}
+                 "kan_recipe_none": {**_RECIPE, "domain": "none"},
+                 # KAT's GR-KAN: a parameter-matched group-rational KAN MLP re-learned from scratch ...
+                 "gr_kan": {"targets": ("mlp",), "basis": "group_rational", "degree": 5, "den_degree": 4,
+                            "num_groups": 8, "domain": "none", "param_match": "width"},
+                 # ... and the warm start: the pretrained projections kept, SiLU -> group-rational fit of it
+                 "gr_warm": {"targets": ("gate",), "strategy": "activation", "basis": "group_rational",
+                             "mlp_activation": "none", "degree": 9, "den_degree": 8, "num_groups": 8,
+                             "init": "from_linear"}}
+WARM_ARMS = ("gr_warm",)  # fits start from the pretrained block (units.start_mlp), not a fresh one
 # v2: 4x v1's fit tokens (linear's validation error still fell at 400 steps), the same grid for every arm.
-V2 = {"arms": ("linear", "kan_recipe_none", "kan_recipe_base", "kan_recipe"), "fit_steps": 1600,
+V2 = {"arms": ("linear", "kan_recipe_none", "kan_recipe_base", "kan_recipe", "gr_kan", "gr_warm"), "fit_steps": 1600,
       "records": "full_model_distill_v2_runs"}
 V1_RECORDS = "full_model_distill_runs"
 SEQ_LEN = 256

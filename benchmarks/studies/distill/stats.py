@@ -9,12 +9,12 @@ and MT-Bench conversations for perplexities (paired for ratios).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common.records import read_json_folder
 from benchmarks.studies.distill.judge import MC_TASKS
 
 METRIC = {"arc_easy": "acc_norm", "arc_challenge": "acc_norm", "openbook_qa": "acc_norm", "copa": "acc",
@@ -25,7 +25,7 @@ ORDER_SUFFIX = ("", "_seq", "_ft")  # judged models: the arm's fit, its sequenti
 
 
 def load(records: Path) -> dict[str, dict]:
-    return {json.loads(p.read_text())["unit"]: json.loads(p.read_text()) for p in sorted(Path(records).glob("*.json"))}
+    return {r["unit"]: r for r in read_json_folder(records)}
 
 
 def _rng():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks.common.records import git_commit
 from benchmarks.studies.distill import judge  # how a whole model is scored; imports nothing heavy
-from benchmarks.studies.distill.plan import SOURCES, arm_spec, earlier_fit, settings
+from benchmarks.studies.distill.plan import SOURCES, WARM_ARMS, arm_spec, earlier_fit, settings
 
 REPO = Path(__file__).resolve().parents[3]
 CHAT_FASTCHAT = "fastchat_dummy_conversation_messages.jsonl"
@@ -191,6 +191,24 @@ def run_record(args, s) -> dict:
             "record_seconds": manifest["seconds"], "splits": {k: len(v) for k, v in recording(args).splits.items()}}
 
 
+def start_mlp(args, s, rec, arm: str, layer: int):
+    """The replacement a fit starts from: fresh (re-initialized) for re-learned arms; for a warm-start
+    arm (plan.WARM_ARMS) the pretrained block itself, KAN-ified by the arm's spec (its projections
+    kept, SiLU replaced by the group-rational activation)."""
+    import dataclasses
+
+    from flax import nnx
+
+    from benchmarks.studies.distill import fit as distill
+    from kanjax.llama.kanify import kanify
+
+    spec = arm_spec(arm)
+    if arm not in WARM_ARMS:
+        return distill.replacement_mlp(rec.config, layer, spec, seed=args.seed)
+    warm = kanify(teacher(args, s), dataclasses.replace(spec, layers=(layer,)), seed=args.seed)
+    return nnx.clone(warm.model.layers[layer].mlp)
+
+
 def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
     """Fit a fresh replacement at every lr of the grid on (x, y) (lrs an earlier record of the same
     budget already holds are kept, not refitted); save each; choose by val error."""
@@ -205,13 +223,14 @@ def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
     out = {"arm": arm, "layer": layer, "spec": None if spec is None else spec.to_dict(), "lrs": {},
            "fit": {"steps": s["fit_steps"], "batch_tokens": s["fit_batch"], "train_tokens": int(len(train))},
            "earlier_seconds": earlier["seconds"] if earlier else 0.0}
-    probe = distill.replacement_mlp(rec.config, layer, spec, seed=args.seed)
+    probe = start_mlp(args, s, rec, arm, layer)
     out["params"], out["width"] = count_params(probe), distill.mlp_width(probe)
+    out["start"] = distill.fit_errors(probe, x, y, rec.splits["val"], rec.seq_len)["rel_err"]  # val error at step 0
     for lr in s["lrs"]:
         if earlier and f"{lr:g}" in earlier["lrs"] and params_file(args, unit, lr).is_file():
             out["lrs"][f"{lr:g}"] = earlier["lrs"][f"{lr:g}"]
             continue
-        mlp = distill.replacement_mlp(rec.config, layer, spec, seed=args.seed)
+        mlp = start_mlp(args, s, rec, arm, layer)
         cfg = distill.FitConfig(steps=s["fit_steps"], batch_tokens=s["fit_batch"], lr=lr,
                                 warmup=max(1, s["fit_steps"] // 20), seed=args.seed,
                                 log_every=max(1, s["fit_steps"] // 16))

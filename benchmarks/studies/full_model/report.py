@@ -10,12 +10,13 @@ for both arms) and, where an arm has several seeds, its seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common.records import group_records, read_json_folder
 
 REPO = Path(__file__).resolve().parents[3]
 TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "copa", "winogrande")
@@ -33,12 +34,7 @@ BOOTSTRAP = 4000
 
 
 def load(records: Path) -> dict[str, list[dict]]:
-    rows: dict[str, list[dict]] = {}
-    for path in sorted(records.glob("*.json")):
-        r = json.loads(path.read_text())
-        r["_file"] = path.name
-        rows.setdefault(r["row"], []).append(r)
-    return rows
+    return group_records(read_json_folder(records, file_key="_file"), "row")
 
 
 def answers(r: dict, task: str) -> np.ndarray:
