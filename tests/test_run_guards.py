@@ -297,7 +297,7 @@ def test_export_of_a_trimmed_model_carries_its_id_map_and_scores_like_the_workdi
     task = {"arc_easy": str(shared_data / "mc_benchmarks" / "arc_easy.jsonl")}
     scores = []
     for spec in (trimmed_lm_workdir, tmp_path / "export"):
-        m, tok = eval_models.load_model(str(spec), eval_models.load_tokenizer(None, str(spec)))
+        m, tok = eval_models.load_model(str(spec), load_tokenizer(eval_models.tokenizer_source(None, str(spec))))
         assert isinstance(tok, eval_models.MappedTokenizer)
         np.testing.assert_array_equal(tok.id_map, id_map)
         res = eval_models.run(m, tok, ["arc_easy"], task_files=task, limit=4, progress=False)["tasks"]["arc_easy"]
@@ -438,7 +438,7 @@ def test_a_kan_exports_tokenizer_loads_without_asking_to_run_remote_code(tmp_pat
                    dict(targets=["mlp"], basis="chebyshev2", degree=2))
     folder = hf.save_pretrained(model, tmp_path / "kan", load_tokenizer(str(tokenizer_dir)))
     capfd.readouterr()
-    tok = eval_models.load_tokenizer(None, str(folder))
+    tok = load_tokenizer(eval_models.tokenizer_source(None, str(folder)))
     out = capfd.readouterr()
     assert len(tok) == 49152 and "custom code" not in out.out + out.err and "kanjax_llama" not in out.err
 
