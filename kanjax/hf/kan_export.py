@@ -104,6 +104,7 @@ def spec_from_config(hf_config: Mapping[str, Any]) -> KANSpec:
     kan = dict(hf_config["kan"])
     # Exports written before `center` existed hold uncentred layers; the default became "zero" later.
     kan.setdefault("center", "none")
+    kan.setdefault("activation_init", "silu_fit")  # exports before it: the rational fit of SiLU
     # JSON turned tuples (grid_range, centers) into lists; KANSpec must stay hashable.
     kan["basis_params"] = {k: freeze(v) for k, v in (kan.get("basis_params") or {}).items()}
     return KANSpec.from_dict(kan)

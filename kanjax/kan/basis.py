@@ -79,6 +79,7 @@ from kanjax.kan.basis_terms import (
     n_basis,
     resolve_params,
     safe_rational,
+    silu,
     squash,
     squash_normal,
     to_interval,
@@ -133,4 +134,4 @@ def _lifted(name, static, per_feature):
 
 __all__ = ["BASES", "Basis", "CENTERS", "DOMAINS", "GH_NODES", "GH_WEIGHTS", "column_layout", "expand",
            "expand_numpy", "freeze", "group_index", "group_rational", "identity_rational", "n_basis",
-           "resolve_params", "safe_rational", "squash", "squash_normal", "to_interval"]
+           "resolve_params", "safe_rational", "silu", "squash", "squash_normal", "to_interval"]

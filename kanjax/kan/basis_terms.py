@@ -205,13 +205,21 @@ def group_index(n_features: int, num_groups: int) -> np.ndarray:
     return (np.arange(n_features) * num_groups) // n_features
 
 
-def group_rational(x, num_coef, den_coef, xp=np):
-    """x (..., C) -> (..., C): channel c through its group's safe rational (KAT's GR-KAN activation).
+def silu(x, xp):
+    """SiLU x·σ(x) = x / (1 + e^{-x}), written through e^{-|x|}: no overflow, in any xp."""
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, x, x * e) / (1.0 + e)
+
+
+def group_rational(x, num_coef, den_coef, xp=np, residual=False):
+    """x (..., C) -> (..., C): channel c through its group's safe rational (KAT's GR-KAN activation),
+    plus SiLU(x) when `residual` (φ = SiLU + P/Q: exactly SiLU while P = 0).
 
     num_coef (G, m+1), den_coef (G, n), group of each channel from `group_index(C, G)`.
     """
     idx = group_index(x.shape[-1], num_coef.shape[0])  # numpy, JAX and PyTorch all index with it
-    return safe_rational(x, xp, num_coef[idx], den_coef[idx])
+    y = safe_rational(x, xp, num_coef[idx], den_coef[idx])
+    return silu(x, xp) + y if residual else y
 
 
 # ---------------------------------------------------------------- validation

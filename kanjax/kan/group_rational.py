@@ -10,7 +10,9 @@ runs too. It appears in two places:
   layer's inputs, then one matmul; every φ_g starts as the identity);
 * `GroupRational` here, the activation alone, which the kanify strategy "activation" puts after a
   pretrained projection in place of the SiLU it removes (KAT's warm start of a pretrained ViT):
-  every φ_g then starts as `silu_fit`, a least-squares fit of SiLU over `SILU_FIT_RANGE`.
+  every φ_g then starts as `silu_fit`, a least-squares fit of SiLU over `SILU_FIT_RANGE`
+  (KANSpec activation_init="silu_fit"), or, with `residual=True`, is φ_g = SiLU + P_g/Q_g with
+  P_g = 0 (init "zero"): exactly SiLU at step 0 (activation_init="silu_residual").
 
 A rational (m, n) with this even denominator cannot follow SiLU's two asymptotes (x on the right,
 0 on the left), so the fit is good only on a finite range: the range must cover the activations
@@ -36,7 +38,7 @@ from kanjax.kan import basis as basis_lib
 SILU_FIT_RANGE = (-48.0, 64.0)
 # The warm start's degrees: (9, 8) fits SiLU on SILU_FIT_RANGE to 1.9e-3 max (KAT's (5, 4): 0.24).
 SILU_DEGREES = (9, 8)
-INITS = ("silu", "identity")
+INITS = ("silu", "identity", "zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +58,7 @@ class RationalFit:
 
 def silu_numpy(x: np.ndarray) -> np.ndarray:
     """SiLU in float64 without overflow: x·σ(x) = x / (1 + e^{-x}), written through e^{-|x|}."""
-    x = np.asarray(x, np.float64)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, x / (1.0 + e), x * e / (1.0 + e))
+    return basis_lib.silu(np.asarray(x, np.float64), np)
 
 
 def _residual_and_jacobian(p, zp, az, y, w):
@@ -143,10 +143,18 @@ def fit_errors(fit: RationalFit, x: np.ndarray, fn: Callable = silu_numpy) -> di
 
 
 def initial_coefficients(init: str, degree: int, den_degree: int) -> tuple[np.ndarray, np.ndarray]:
-    """(a (m+1,), b (n,)) a group rational starts from: "silu" (`silu_fit`) or "identity" (exact)."""
-    if init == "silu":
+    """(a (m+1,), b (n,)) a group rational starts from: "silu" (`silu_fit`), "identity" (exact) or
+    "zero" (P = 0, exactly; Q = the SiLU fit's denominator), the start of the residual form.
+
+    Why Q starts at the fit's denominator, not 1: with P = 0, ∂φ/∂b = −P |x|^j / Q² is 0 whatever b,
+    so b gets no gradient at step 0 in either case; a gets x^i / Q, so after one step P ≠ 0 and b
+    learns (|b|'s derivative is 1 at 0 too, `safe_rational`). Q = 1 would make the residual a
+    pure polynomial at first (a_9 x^9 ≈ 2e15·a_9 at |x| = 50); the fit's Q is ≈ 1 near 0 (1.12 at
+    |x| = 1) and 2.8e4 at |x| = 50 at (9, 8), and keeps P/Q at most linear as |x| → ∞.
+    """
+    if init in ("silu", "zero"):
         fit = silu_fit(degree, den_degree)
-        return fit.num_coef, fit.den_coef
+        return (fit.num_coef if init == "silu" else np.zeros(degree + 1)), fit.den_coef
     if init == "identity":
         return basis_lib.identity_rational(degree, den_degree)
     raise ValueError(f"GroupRational: init={init!r} is not one of {INITS}")
@@ -156,17 +164,20 @@ class GroupRational(nnx.Module):
     """Learnable group-rational activation (…, features) → (…, features), evaluated in float32.
 
     Parameters num_coef (G, degree + 1) and den_coef (G, den_degree), G = min(num_groups,
-    features); every group starts from the same `initial_coefficients(init, …)`.
+    features); every group starts from the same `initial_coefficients(init, …)`. residual=True:
+    φ_g = SiLU + P_g/Q_g (`basis_terms.group_rational(residual=True)`); with init="zero" it is
+    SiLU exactly at step 0.
     """
 
     def __init__(self, features: int, *, num_groups: int = 8, degree: int = SILU_DEGREES[0],
-                 den_degree: int = SILU_DEGREES[1], init: str = "silu", param_dtype: Any = jnp.float32):
+                 den_degree: int = SILU_DEGREES[1], init: str = "silu", residual: bool = False,
+                 param_dtype: Any = jnp.float32):
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
             raise ValueError(f"GroupRational: num_groups={num_groups!r} must be a positive integer")
         if degree < 1 or den_degree < 0:
             raise ValueError(f"GroupRational: need degree >= 1 and den_degree >= 0, got ({degree}, {den_degree})")
         self.features, self.num_groups = features, min(num_groups, features)
-        self.degree, self.den_degree = degree, den_degree
+        self.degree, self.den_degree, self.residual = degree, den_degree, bool(residual)
         a, b = initial_coefficients(init, degree, den_degree)
         g = self.num_groups
         self.num_coef = nnx.Param(jnp.tile(jnp.asarray(a, param_dtype), (g, 1)))
@@ -177,5 +188,5 @@ class GroupRational(nnx.Module):
             raise ValueError(f"GroupRational expects input (..., {self.features}), got {x.shape}")
         # float32 whatever the compute dtype: degree-9 powers of |x| ~ 50 lose everything in bf16.
         y = basis_lib.group_rational(x.astype(jnp.float32), self.num_coef[...].astype(jnp.float32),
-                                     self.den_coef[...].astype(jnp.float32), jnp)
+                                     self.den_coef[...].astype(jnp.float32), jnp, residual=self.residual)
         return y.astype(x.dtype)

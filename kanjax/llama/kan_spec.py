@@ -17,6 +17,7 @@ ATTN_KINDS = ("q", "k", "v", "o")
 MLP_KINDS = ("gate", "up", "down")
 GROUPS = {"attn": ATTN_KINDS, "mlp": MLP_KINDS, "all": ATTN_KINDS + MLP_KINDS}
 STRATEGIES = ("replace", "parallel", "sequential", "activation")
+ACTIVATION_INITS = ("silu_fit", "silu_residual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,10 @@ class KANSpec:
       basis="group_rational", targets=["gate"] and mlp_activation="none" (the MLP becomes
       down(φ(gate(x)) ⊙ up(x))); degree / den_degree / num_groups size the rational (the warm
       start uses `SILU_DEGREES` = (9, 8): at the default degree 2 the fit of SiLU is poor).
+    activation_init: strategy "activation" only: "silu_fit" (default: φ_g = P_g/Q_g, the fit
+      above; SmolLM2's logits move by ~4e-2) or "silu_residual" (φ_g = SiLU + P_g/Q_g with P_g = 0:
+      SiLU exactly at step 0, logits within float32 rounding (4e-5 on SmolLM2), the same parameter
+      count). Exports without the key load as "silu_fit".
     basis, degree, domain, base, den_degree, basis_params: KANLinear's arguments
       (basis_params: other basis keywords such as grid, order, alpha, beta).
     num_groups: group_rational only: the number of channel groups, each with its own rational.
@@ -63,6 +68,7 @@ class KANSpec:
     bottleneck_init: str = "output"
     num_groups: int = 8
     input_scale: bool = False
+    activation_init: str = "silu_fit"
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -85,7 +91,7 @@ class KANSpec:
         for key, allowed in (("strategy", STRATEGIES), ("mlp_activation", ("silu", "none")),
                              ("param_match", ("none", "width")), ("init", ("random", "from_linear")),
                              ("coef_init", COEF_INITS), ("center", CENTERS),
-                             ("bottleneck_init", ("layerwise", "output"))):
+                             ("bottleneck_init", ("layerwise", "output")), ("activation_init", ACTIVATION_INITS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"kan.{key}: {getattr(self, key)!r} is not one of {allowed}")
         if self.targets:  # validates basis name and its keywords, naming the bad one
@@ -103,6 +109,9 @@ class KANSpec:
             if bad:
                 raise ValueError(f"kan.strategy='activation' replaces the gate's SiLU by a group rational after the "
                                  f"linear gate projection: it needs {need}; got {bad}")
+        if self.activation_init != "silu_fit" and self.strategy != "activation":
+            raise ValueError(f"kan.activation_init={self.activation_init!r} is for strategy='activation' only, "
+                             f"got strategy={self.strategy!r}")
         if self.init == "from_linear" and self.param_match != "none":
             raise ValueError("kan.init='from_linear' keeps full widths (it reproduces the pretrained "
                              "map); it cannot be combined with kan.param_match='width'")

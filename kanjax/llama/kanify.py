@@ -12,6 +12,7 @@ A `KANProjection` maps (…, in) → (…, out) by one of four strategies,
     sequential: kan(linear(x))
     activation: act(linear(x)), act a learnable group-rational activation (`GroupRational`, stored
                 as `kan`) that starts as SiLU's least-squares fit: KAT's warm start of the gate
+                (or, activation_init="silu_residual", as SiLU + P/Q with P = 0: SiLU exactly)
 optionally followed by a linear rank-r "proj" (r → out) when the projection is parameter-matched
 through a bottleneck (attention projections, whose widths the heads fix).
 
@@ -79,8 +80,10 @@ class KANProjection(nnx.Module):
             self.kan = kan(in_features, width, False, (axes[0], mid_axis))
         elif strategy == "activation":  # the linear stage keeps the whole map; the rational replaces SiLU
             self.linear = stage_linear(in_features, width, final_bias, (axes[0], mid_axis))
+            residual = spec.activation_init == "silu_residual"  # SiLU + P/Q, P = 0: SiLU exactly
             self.kan = GroupRational(width, num_groups=spec.num_groups, degree=spec.degree,
-                                     den_degree=spec.den_degree, init="silu", param_dtype=param_dtype)
+                                     den_degree=spec.den_degree, init="zero" if residual else "silu",
+                                     residual=residual, param_dtype=param_dtype)
         else:
             self.linear = stage_linear(in_features, width, False, (axes[0], mid_axis))
             self.kan = kan(width, width, final_bias, (mid_axis, mid_axis))
@@ -128,7 +131,7 @@ def _initialize_from_source(module: KANProjection, spec: KANSpec, kernel, bias) 
         module.linear.kernel[...] = jnp.asarray(kernel, module.linear.kernel.dtype)
         if module.linear.bias is not None and bias is not None:
             module.linear.bias[...] = jnp.asarray(bias, module.linear.bias.dtype)
-    if spec.init != "from_linear" or spec.strategy == "activation":  # the rational already is SiLU's fit
+    if spec.init != "from_linear" or spec.strategy == "activation":  # the rational already starts as SiLU
         return
     kan = module.kan
     if spec.strategy == "parallel":  # the linear branch already is the map: KAN starts at zero

@@ -136,6 +136,10 @@ CASES = {
                                         degree=4, den_degree=3, param_match="width"), {}),
     "warm_start_activation": (dict(targets=["gate"], strategy="activation", basis="group_rational",
                                    mlp_activation="none", degree=5, den_degree=4, layers="last:1"), {}),
+    # the residual warm start, SiLU + P/Q (P = 0 until _randomize's noise; kanjax_basis.silu in PyTorch)
+    "warm_start_residual": (dict(targets=["gate"], strategy="activation", basis="group_rational",
+                                 mlp_activation="none", degree=5, den_degree=4, layers="last:1",
+                                 activation_init="silu_residual"), {}),
     "input_scale_bspline_none": (dict(targets=["all"], basis="bspline", input_scale=True, domain="none",
                                       base="linear", basis_params={"grid": 4, "order": 2, "grid_range": (-3, 3)}), {}),
     "input_scale_chebyshev2": (dict(targets=["mlp"], basis="chebyshev2", input_scale=True), {}),
@@ -165,6 +169,24 @@ def test_export_older_than_center_loads_uncentred(tmp_path):
     ref = torch_logits(_load_remote(transformers.AutoModelForCausalLM, out), ids, mask)
     real = mask.astype(bool)
     assert float(np.max(np.abs(ours[real] - ref[real]))) <= TOL
+
+
+def test_export_older_than_activation_init_loads_the_silu_fit(tmp_path):
+    """Exports written before `activation_init` existed hold P/Q alone: both loaders read them so."""
+    model = _tiny_kan(CASES["warm_start_activation"][0])
+    out = hf.save_pretrained(model, tmp_path / "old")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["kan"].pop("activation_init") == "silu_fit"
+    (out / "config.json").write_text(json.dumps(cfg))
+    ids, mask = _batch()
+    ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    back = hf.load_pretrained(out)
+    assert back.kan_spec == model.kan_spec
+    np.testing.assert_array_equal(np.asarray(back(jnp.asarray(ids), jnp.asarray(mask))), ours)
+    torch_model = _load_remote(transformers.AutoModelForCausalLM, out)
+    assert not torch_model.model.layers[1].mlp.gate_proj.kan.residual
+    real = mask.astype(bool)
+    assert float(np.max(np.abs(ours[real] - torch_logits(torch_model, ids, mask)[real]))) <= TOL
 
 
 def test_exported_config_and_files(tmp_path):

@@ -17,7 +17,8 @@ builds this model and loads kanjax's tensors under kanjax's own names and layout
     <projection>.proj.weight      (out, rank)    rank-r bottleneck (parameter-matched attention)
 
 With strategy "activation" the projection is act(linear(x)), act the group-rational activation
-(`KanjaxGroupRational`: `num_coef` (G, m + 1), `den_coef` (G, n) under `<projection>.kan`).
+(`KanjaxGroupRational`: `num_coef` (G, m + 1), `den_coef` (G, n) under `<projection>.kan`; with
+kan["activation_init"] "silu_residual" it computes SiLU + P/Q).
 
 Embeddings, norms, RoPE (llama3 scaling included), attention and the heads are transformers'
 own Llama modules; only the projections the KANSpec targets and the per-layer MLP widths and
@@ -140,19 +141,21 @@ class KanjaxKANLinear(nn.Module):
 
 class KanjaxGroupRational(nn.Module):
     """kanjax.kan.group_rational.GroupRational: (..., C) -> (..., C), channel c through its group's
-    P/Q (kanjax_basis.group_rational), in float32 whatever the model dtype."""
+    P/Q (kanjax_basis.group_rational; SiLU + P/Q when residual), in float32 whatever the model dtype."""
 
-    def __init__(self, features: int, *, num_groups: int, degree: int, den_degree: int):
+    def __init__(self, features: int, *, num_groups: int, degree: int, den_degree: int, residual: bool = False):
         super().__init__()
-        self.features, self.num_groups = features, min(num_groups, features)
+        self.features, self.num_groups, self.residual = features, min(num_groups, features), residual
         self.num_coef = nn.Parameter(torch.empty(self.num_groups, degree + 1))
         self.den_coef = nn.Parameter(torch.empty(self.num_groups, den_degree))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return group_rational(x.float(), self.num_coef.float(), self.den_coef.float(), torch).to(x.dtype)
+        return group_rational(x.float(), self.num_coef.float(), self.den_coef.float(), torch,
+                              residual=self.residual).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.features}, groups={self.num_groups}, degree=({self.num_coef.shape[1] - 1}, {self.den_coef.shape[1]})"
+        return (f"{self.features}, groups={self.num_groups}, degree=({self.num_coef.shape[1] - 1}, "
+                f"{self.den_coef.shape[1]}), residual={self.residual}")
 
 
 class KanjaxKANProjection(nn.Module):
@@ -192,7 +195,9 @@ class KanjaxKANProjection(nn.Module):
         elif self.strategy == "activation":
             self.linear = nn.Linear(in_features, width, bias=final_bias)
             self.kan = KanjaxGroupRational(width, num_groups=int(kan["num_groups"]), degree=int(kan["degree"]),
-                                           den_degree=int(kan["den_degree"]))
+                                           den_degree=int(kan["den_degree"]),
+                                           # absent from exports older than it: the rational fit of SiLU
+                                           residual=kan.get("activation_init", "silu_fit") == "silu_residual")
         elif self.strategy == "sequential":
             self.linear = nn.Linear(in_features, width, bias=False)
             self.kan = kan_layer(width, width, final_bias)
