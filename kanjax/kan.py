@@ -10,10 +10,17 @@ The basis is evaluated in float32 (`basis_dtype`) and cast to the compute dtype 
 contraction: the elementwise recurrences are a few percent of the layer's time and float16
 recurrences lose digits at degree 8 (benchmarks/kan_layer.py measures this). The contraction is a
 single matmul of (…, in·K) by (in·K, out), as in efficient-kan.
+
+By default (`recompute=True`) the expansion and that matmul run through
+`kanjax.recompute.rowwise_recomputed`: a few row chunks at a time, with the expansion recomputed in
+the backward pass instead of kept, so the layer holds for its backward what a linear layer holds
+(its input), and the (…, in·K) expansion never exists for all rows at once
+(benchmarks/results/kan_layer.md measures memory and time with and without).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Sequence
 
@@ -23,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from kanjax import basis as basis_lib
+from kanjax import recompute as recompute_lib
 from kanjax.matmul import dense
 
 DOMAINS, CENTERS = basis_lib.DOMAINS, basis_lib.CENTERS
@@ -63,6 +71,11 @@ class KANLinear(nnx.Module):
       axes: logical axis names (in_axis, out_axis) for sharding; the basis axis is "basis".
       dtype: compute dtype of the contraction (None: the input's); parameters stay param_dtype.
       basis_dtype: dtype the basis is evaluated in (float32 by default, see module docstring).
+      recompute: evaluate expansion and contraction in row chunks and recompute the expansion in
+        the backward pass (see module docstring); False keeps autodiff's plain residuals. Values
+        and gradients are the same either way (up to float summation order).
+      chunks: number of row chunks with `recompute` (None: `kanjax.recompute.chunk_count`, 2·K
+        chunks of at least 128 rows); it must divide the input's second-to-last axis.
       **basis_params: any other keyword of the basis (grid, order, alpha, beta, centers, …).
 
     Parameters: coef (in, K, out), bias (out,), base_kernel (in, out) if base,
@@ -87,6 +100,8 @@ class KANLinear(nnx.Module):
         coef_init: str = "linear",
         center: str = "zero",
         axes: Sequence[Optional[str]] = (None, None),
+        recompute: bool = True,
+        chunks: Optional[int] = None,
         rngs: nnx.Rngs,
         **basis_params,
     ):
@@ -113,6 +128,9 @@ class KANLinear(nnx.Module):
         self.dtype, self.param_dtype, self.basis_dtype = dtype, param_dtype, basis_dtype
         self.den_degree = den_degree if basis == "rational" else 0
         self.axes = tuple(axes)
+        if chunks is not None and (not isinstance(chunks, int) or chunks < 1):
+            raise ValueError(f"KANLinear: chunks={chunks!r} must be a positive int or None")
+        self.recompute, self.chunks = bool(recompute), chunks
         self.interval = tuple(float(v) for v in basis_lib.BASES[basis].interval(**self.basis_params))
         self.center = center
         self.active, self.offsets, self.scales = basis_lib.column_layout(basis, self.basis_items, domain, center)
@@ -151,17 +169,21 @@ class KANLinear(nnx.Module):
 
     # ----------------------------------------------------------------- forward
 
-    def features(self, x: jax.Array) -> jax.Array:
-        """(…, i) → (…, i, K) normalised basis values, in basis_dtype."""
-        return self.features_of_squashed(basis_lib.squash(x.astype(self.basis_dtype), self.domain, jnp))
+    def features(self, x: jax.Array, den_coef: Optional[jax.Array] = None) -> jax.Array:
+        """(…, i) → (…, i, K) normalised basis values, in basis_dtype.
 
-    def features_of_squashed(self, u: jax.Array) -> jax.Array:
+        den_coef: the rational family's denominator coefficients (in, n) to use instead of the
+        layer's own parameter (the recomputed path passes them in explicitly)."""
+        return self.features_of_squashed(basis_lib.squash(x.astype(self.basis_dtype), self.domain, jnp), den_coef)
+
+    def features_of_squashed(self, u: jax.Array, den_coef: Optional[jax.Array] = None) -> jax.Array:
         """Same as `features`, from the already squashed input u (…, i)."""
         lo, hi = self.interval
         t = basis_lib.to_interval(u.astype(self.basis_dtype), lo, hi, self.domain)
         params = dict(self.basis_params)
         if self.den_degree:
-            params["den_coef"] = self.den_coef[...].astype(self.basis_dtype)
+            den = self.den_coef[...] if den_coef is None else den_coef
+            params["den_coef"] = den.astype(self.basis_dtype)
         phi = basis_lib.expand(self.basis, t, **params)
         if len(self.active) != phi.shape[-1]:
             phi = phi[..., list(self.active)]
@@ -174,12 +196,14 @@ class KANLinear(nnx.Module):
             raise ValueError(f"KANLinear expects input (..., {self.in_features}), got {x.shape}")
         dtype = self.dtype or jnp.result_type(x.dtype, jnp.float32 if
                                               not jnp.issubdtype(x.dtype, jnp.floating) else x.dtype)
-        lead = x.shape[:-1]
-        phi = self.features(x).astype(dtype)
-        coef = self.coef[...].astype(dtype)
-        n_in, n_cols, n_out = coef.shape
-        # One matmul over the flattened (input, basis) axis; never a vmap of the contraction.
-        y = dense(phi.reshape(lead + (n_in * n_cols,)), coef.reshape(n_in * n_cols, n_out))
+        # coef enters in param_dtype and is cast inside: the gradients of the chunks are summed in it.
+        coef, den = self.coef[...], (self.den_coef[...] if self.den_degree else None)
+        contract = functools.partial(self._expand_contract, dtype=dtype)
+        if self.recompute:
+            chunks = self.chunks or recompute_lib.chunk_count(x.shape, coef.shape[1])
+            y = recompute_lib.rowwise_recomputed(contract, x, coef, den, chunks=chunks)
+        else:
+            y = contract(x, coef, den)
         if self.base:
             xb = x.astype(dtype)
             xb = jax.nn.silu(xb) if self.base == "silu" else xb
@@ -187,6 +211,15 @@ class KANLinear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
+
+    def _expand_contract(self, x: jax.Array, coef: jax.Array, den_coef: Optional[jax.Array], *, dtype) -> jax.Array:
+        """(…, i) → (…, o): the basis expansion and its one matmul with coef (i, K, o), both cast
+        to `dtype`; a pure function of its arguments (the layer's attributes it reads are static)."""
+        coef = coef.astype(dtype)
+        phi = self.features(x, den_coef).astype(dtype)
+        n_in, n_cols, n_out = coef.shape
+        # One matmul over the flattened (input, basis) axis; never a vmap of the contraction.
+        return dense(phi.reshape(x.shape[:-1] + (n_in * n_cols,)), coef.reshape(n_in * n_cols, n_out))
 
     # ----------------------------------------------------------------- helpers
 
