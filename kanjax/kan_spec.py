@@ -34,6 +34,8 @@ class KANSpec:
       (0.5: a KAN at about half the linear parameter count).
     init: "random" or "from_linear" (KAN layers start as the linear map they replace; exact
       with domain="none" and a polynomial basis; a parallel branch starts at zero).
+    recompute: KANLinear's `recompute` (the basis recomputed in the backward pass, in row chunks):
+      memory and time only, the function and its gradients are the same either way.
     """
 
     targets: tuple[str, ...] = ()
@@ -52,6 +54,7 @@ class KANSpec:
     coef_init: str = "linear"
     center: str = "zero"
     bottleneck_init: str = "output"
+    recompute: bool = True
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -120,7 +123,7 @@ class KANSpec:
             kw["degree"] = self.degree
         if include_layer_args:
             kw.update(basis=self.basis, domain=self.domain, base=self.base or None, den_degree=self.den_degree,
-                      coef_init=self.coef_init, center=self.center)
+                      coef_init=self.coef_init, center=self.center, recompute=bool(self.recompute))
         return kw
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kanjax import compile_cache
 from kanjax import config as config_lib
 from kanjax import data as data_lib
 from kanjax import diagnostics, experiment
@@ -38,7 +39,7 @@ log = logging.getLogger("kanjax.train")
 _FREE_TO_CHANGE = ("workdir", "data.path", "data.name", "data.tokenizer", "data.cache_dir", "data.tfds_dir",
                    "data.num_workers", "model.source", "model.config", "train.steps", "train.log_every",
                    "train.diagnostics_every", "train.peak_flops", "eval.", "checkpoint.", "distributed.",
-                   "mesh.")
+                   "mesh.", "compile_cache", "kan.recompute")
 
 
 def evaluate(eval_fn, params, arrays, config, mesh, limit: int = 0) -> dict:
@@ -126,6 +127,7 @@ def _startup_summary(config, mesh, model, info) -> str:
 
 def setup(config) -> Run:
     """Validate, build data and model, create the trainer, resume from the newest readable checkpoint."""
+    compile_cache.enable(config.get("compile_cache", ""))  # before anything compiles
     shard_lib.maybe_initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
                                            config.distributed.process_id)
     config_lib.validate(config)
