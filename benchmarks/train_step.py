@@ -265,9 +265,9 @@ def main() -> None:
             "vs_linear": med[f"linear {precision}"] / med[name] if kind == "kanjax" else None,
             "vs_torch": best_torch / med[name] if model and best_torch else None, "gflop": flops / 1e9,
             "gflop_per_s": rate[name] / 1e9, "vs_matmul": rate[name] / rate[f"dense matmul (jnp.dot) {m}×{k}×{n} "
-                                                                             f"{precision}"]}),
+                                                                             f"{precision}"],
             "peak_mib": peaks[name] / 2**20 if peaks.get(name) else None,
-            "ratios": (median_interval([a / b for a, b in zip(times[f"linear {precision}"], times[name])])
+            "ratios": (median_interval([lin / own for lin, own in zip(times[f"linear {precision}"], times[name])])
                        if kind == "kanjax" else None)})
 
     def cell(v, fmt):
