@@ -105,3 +105,34 @@ def test_param_matched_layer_plans_about_the_memory_of_a_linear_layer(basis, lim
     recomputed = _planned_peak(KANLinear(96, width, basis=basis, rngs=nnx.Rngs(0)), x)
     plain = _planned_peak(KANLinear(96, width, basis=basis, recompute=False, rngs=nnx.Rngs(0)), x)
     assert recomputed <= limit * linear < plain
+
+
+def test_the_spec_carries_recompute_to_every_kan_layer():
+    """kan.recompute (configs) reaches every KANLinear that kanify builds, both ways."""
+    import dataclasses
+
+    from kanjax.kanify import build_model
+    from kanjax.llama import LlamaConfig, LlamaForSequenceClassification
+
+    tiny = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2, num_labels=2, pad_token_id=0)
+    for recompute in (True, False):
+        model = build_model(LlamaForSequenceClassification, dataclasses.replace(tiny),
+                            dict(targets=["all"], param_match="width", recompute=recompute))
+        layers = [node for _, node in nnx.iter_graph(model) if isinstance(node, KANLinear)]
+        assert len(layers) == 7 and all(layer.recompute is recompute for layer in layers)
+
+
+def test_compile_cache_option_writes_the_programs_a_process_compiles(tmp_path):
+    """compile_cache.enable in a fresh process: its compilations land in the folder; "" is off."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jax, jax.numpy as jnp; from kanjax import compile_cache; "
+            "assert not compile_cache.enable(''); assert compile_cache.enable(sys.argv[1]); "
+            "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("JAX_COMPILATION_CACHE",
+                                                                                   "JAX_PERSISTENT_CACHE"))}
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]  # python -c imports kanjax from here
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], check=True, env=env, timeout=300, cwd=repo)
+    assert any((tmp_path / "cache").iterdir())
