@@ -74,8 +74,9 @@ class KANLinear(nnx.Module):
       recompute: evaluate expansion and contraction in row chunks and recompute the expansion in
         the backward pass (see module docstring); False keeps autodiff's plain residuals. Values
         and gradients are the same either way (up to float summation order).
-      chunks: number of row chunks with `recompute` (None: `kanjax.recompute.chunk_count`, 2·K
-        chunks of at least 128 rows); it must divide the input's second-to-last axis.
+      chunks: number of row chunks with `recompute` (None: `kanjax.recompute.chunk_count`: 2·K
+        chunks of at least 128 rows for a 2-D input, else 1); it must divide the input's
+        second-to-last axis.
       **basis_params: any other keyword of the basis (grid, order, alpha, beta, centers, …).
 
     Parameters: coef (in, K, out), bias (out,), base_kernel (in, out) if base,

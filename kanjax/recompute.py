@@ -13,8 +13,9 @@ time. The expansion then exists for 1/c of the rows at once, in either pass. Val
 are those of `fn(x, *args)`; only the summation order of gradients accumulated over the chunks (the
 parameters') differs (tests/test_recompute.py, tests/test_kan.py check them to 1e-6).
 
-Chunks are cut along x's second-to-last axis (sequence positions, or the rows of a 2-D input):
-leading (batch) axes, which a data-parallel mesh shards, stay whole in every chunk.
+Chunks are contiguous blocks of x's rows (all leading axes flattened: free reshapes, no copies).
+On a data-parallel mesh that shards the batch axis, the partitioner has to map those blocks onto
+the shards; that case is untimed.
 """
 
 from __future__ import annotations
@@ -28,39 +29,46 @@ MIN_CHUNK_ROWS = 128  # below this many rows per chunk the matmuls get small eno
 
 
 def chunk_count(shape: tuple[int, ...], k: int, min_rows: int = MIN_CHUNK_ROWS) -> int:
-    """How many chunks `KANLinear` cuts an input of `shape` (…, T, in) into for K = `k` columns.
+    """How many chunks `KANLinear` cuts an input of `shape` (…, in) into by default, for K = `k`.
 
-    2·K chunks, so each chunk's expansion (…, T/c, in·K) is half the size of the input x; fewer
-    where a chunk would hold under `min_rows` rows (all leading axes counted); always a divisor of
-    T (1 when x is 1-D or nothing larger divides)."""
+    2·K chunks of its rows (all leading axes flattened), so each chunk's expansion (rows/2K, in·K)
+    is half the size of the input; fewer where a chunk would hold under `min_rows` rows; always a
+    divisor of the row count (1 when nothing larger divides, or for a 1-D input)."""
     if len(shape) < 2:
         return 1
-    t, rows = shape[-2], 1
+    rows = 1
     for n in shape[:-1]:
         rows *= n
-    want = max(1, min(2 * k, rows // min_rows, t))
-    return next(c for c in range(want, 0, -1) if t % c == 0)
+    want = max(1, min(2 * k, rows // min_rows))
+    return next(c for c in range(want, 0, -1) if rows % c == 0)
 
 
 def rowwise_recomputed(fn: Callable, x: jax.Array, *args, chunks: int) -> jax.Array:
-    """fn(x, *args) for a row-wise fn: x (…, T, i) → (…, T, o), computed on `chunks` equal chunks
-    of T and recomputed in the backward pass (only x and args are saved for it).
+    """fn(x, *args) for a row-wise fn: x (…, i) → (…, o), computed on `chunks` equal blocks of x's
+    rows (leading axes flattened) under `jax.checkpoint` with nothing saved: the backward pass keeps
+    only x and args and recomputes fn's intermediates one block at a time.
 
     fn must treat rows independently (row r of the output depends on row r of x only) and accept
-    any leading shape; `chunks` must divide T (see `chunk_count`). With chunks=1 this is
-    `jax.checkpoint(fn)` alone. Raises ValueError on a chunk count that does not divide T.
+    (rows, i) inputs; `chunks` must divide the row count (see `chunk_count`), else ValueError.
+
+    With one chunk this is `jax.checkpoint(fn)` alone, and XLA:CPU merges the recomputation with the
+    forward pass's computation (it removes the optimisation barriers that keep them apart), so the
+    expansion stays in memory as if nothing were recomputed (tests/test_recompute.py measures this);
+    from two chunks on, the loops keep the passes apart. A custom VJP with the barrier tied to the
+    incoming gradient fared no better with one chunk, and in chunks it planned more memory (the
+    parameter gradient accumulated in its own loop carry) than the autodiff of this loop.
     """
+    shape = x.shape
+    x = x.reshape(-1, shape[-1]) if x.ndim != 2 else x  # rows: a free reshape, no copy
+    if x.shape[0] % chunks:
+        raise ValueError(f"rowwise_recomputed: {chunks} chunks do not divide the {x.shape[0]} rows of {shape}")
     body = jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
     if chunks == 1:
-        return body(x, *args)
-    t = x.shape[-2]
-    if x.ndim < 2 or t % chunks:
-        raise ValueError(f"rowwise_recomputed: {chunks} chunks do not divide axis -2 of shape {x.shape}")
-    lead = x.shape[:-2]
-    # (…, T, i) → (c, …, T/c, i): a free reshape for 2-D x, one copy of x otherwise.
-    xs = jax.numpy.moveaxis(x.reshape(lead + (chunks, t // chunks, x.shape[-1])), -3, 0)
-    ys = lax.map(lambda xc: body(xc, *args), xs)  # (c, …, T/c, o)
-    return jax.numpy.moveaxis(ys, 0, -3).reshape(lead + (t, ys.shape[-1]))
+        y = body(x, *args)
+    else:
+        ys = lax.map(lambda xc: body(xc, *args), x.reshape(chunks, -1, x.shape[-1]))
+        y = ys.reshape(x.shape[0], ys.shape[-1])
+    return y.reshape(shape[:-1] + (y.shape[-1],))
 
 
 __all__ = ["MIN_CHUNK_ROWS", "chunk_count", "rowwise_recomputed"]

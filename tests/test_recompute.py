@@ -34,11 +34,11 @@ def _rel_errors(got, ref) -> dict:
             for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(ref))}
 
 
-def test_chunk_count_is_2k_divides_the_sequence_and_keeps_chunks_large():
+def test_chunk_count_is_2k_for_rows_divides_them_and_keeps_chunks_large():
     assert chunk_count((1024, 576), 2) == 4  # 2·K
     assert chunk_count((1024, 576), 8) == 8  # 1024 rows / 128 per chunk at most
-    assert chunk_count((16, 128, 576), 2) == 4  # rows = 16·128; chunks cut the 128 positions
-    assert chunk_count((16, 1, 576), 2) == 1  # one position: nothing to cut
+    assert chunk_count((16, 128, 576), 2) == 4  # rows = 16·128
+    assert chunk_count((16, 1, 576), 2) == 1  # 16 rows: one chunk
     assert chunk_count((999, 8), 3) == 3  # a divisor of 999 below 2·K = 6
     assert chunk_count((997, 8), 3) == 1  # prime: one chunk
     assert chunk_count((576,), 2) == 1
@@ -58,6 +58,29 @@ def test_rowwise_recomputed_equals_the_function_and_its_gradients():
         assert max(_rel_errors(g, ref_g).values()) < 1e-6
     with pytest.raises(ValueError, match="do not divide"):
         rowwise_recomputed(fn, X, w, chunks=5)
+
+
+def test_recomputation_frees_the_expansion_between_the_passes_from_two_chunks_on():
+    """A stack of KAN layers: the plain path keeps every layer's expansion until the backward pass,
+    the recomputed path in 2 chunks keeps each layer's input only; in one chunk XLA:CPU merges the
+    recomputation into the forward pass and keeps as much as the plain path (rowwise_recomputed)."""
+    import functools
+
+    x = jax.random.normal(jax.random.key(0), (512, 64))
+
+    def temp_bytes(n_layers, **kw):
+        layers = [KANLinear(64, 64, rngs=nnx.Rngs(i), **kw) for i in range(n_layers)]
+        graphdef, state = nnx.split(layers)
+        step = jax.jit(jax.grad(lambda s, x: jnp.sum(functools.reduce(lambda h, f: jnp.tanh(f(h)),
+                                                                      nnx.merge(graphdef, s), x))))
+        return step.lower(state, x).compile().memory_analysis().temp_size_in_bytes
+
+    per_layer = {name: temp_bytes(4, **kw) - temp_bytes(2, **kw) for name, kw in
+                 (("plain", dict(recompute=False)), ("1 chunk", dict(chunks=1)), ("2 chunks", dict(chunks=2)))}
+    x_bytes = x.size * 4
+    assert per_layer["2 chunks"] <= 2 * (2 * x_bytes) + 4096, per_layer  # x and tanh(x) per layer
+    assert per_layer["plain"] >= 2 * (2 * x_bytes) + 2 * (2 * x_bytes)  # + the (rows, in·2) expansion
+    assert per_layer["1 chunk"] >= per_layer["plain"] - x_bytes
 
 
 @pytest.mark.parametrize("kw", [dict(basis=f) for f in FAMILIES]
