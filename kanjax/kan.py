@@ -187,7 +187,11 @@ class KANLinear(nnx.Module):
             params["den_coef"] = den.astype(self.basis_dtype)
         phi = basis_lib.expand(self.basis, t, **params)
         if len(self.active) != phi.shape[-1]:
-            phi = phi[..., list(self.active)]
+            lo, hi = self.active[0], self.active[-1] + 1
+            # Contiguous columns (the usual case: the constant one dropped) as a slice: indexing with a
+            # list is a gather, which XLA:CPU keeps as a gather inside the chunk loops (and a scatter
+            # in the backward pass), 15% of a mini-model step (benchmarks/results/train_step.md).
+            phi = phi[..., lo:hi] if self.active == tuple(range(lo, hi)) else phi[..., list(self.active)]
         if self.center != "none":
             phi = phi - jnp.asarray(self.offsets, self.basis_dtype)
         return phi * jnp.asarray(self.scales, self.basis_dtype)
