@@ -35,7 +35,10 @@ class KANSpec:
     init: "random" or "from_linear" (KAN layers start as the linear map they replace; exact
       with domain="none" and a polynomial basis; a parallel branch starts at zero).
     recompute: KANLinear's `recompute` (the basis recomputed in the backward pass, in row chunks):
-      memory and time only, the function and its gradients are the same either way.
+      memory and time only, the function and its gradients are the same either way. Off here (the
+      layer's own default is on): in the mini model's step on CPU it saves 1.5% of the planned peak
+      for about a tenth more step time (benchmarks/results/train_step.md); turn it on where
+      activations cap batch or sequence length.
     """
 
     targets: tuple[str, ...] = ()
@@ -54,7 +57,7 @@ class KANSpec:
     coef_init: str = "linear"
     center: str = "zero"
     bottleneck_init: str = "output"
-    recompute: bool = True
+    recompute: bool = False
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
