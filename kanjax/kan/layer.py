@@ -10,10 +10,17 @@ The basis is evaluated in float32 (`basis_dtype`) and cast to the compute dtype 
 contraction: the elementwise recurrences are a few percent of the layer's time and float16
 recurrences lose digits at degree 8 (benchmarks/perf/kan_layer.py measures this). The contraction is a
 single matmul of (…, in·K) by (in·K, out), as in efficient-kan.
+
+By default (`recompute=True`) the expansion and that matmul run through
+`kanjax.kan.recompute.rowwise_recomputed`: a few row chunks at a time, with the expansion recomputed in
+the backward pass instead of kept, so the layer holds for its backward what a linear layer holds
+(its input), and the (…, in·K) expansion never exists for all rows at once
+(benchmarks/results/kan_layer.md measures memory and time with and without).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from kanjax.kan import basis as basis_lib
+from kanjax.kan import recompute as recompute_lib
 from kanjax.kan.matmul import dense
 
 DOMAINS, CENTERS = basis_lib.DOMAINS, basis_lib.CENTERS
@@ -75,6 +83,12 @@ class KANLinear(nnx.Module):
       axes: logical axis names (in_axis, out_axis) for sharding; the basis axis is "basis".
       dtype: compute dtype of the contraction (None: the input's); parameters stay param_dtype.
       basis_dtype: dtype the basis is evaluated in (float32 by default, see module docstring).
+      recompute: evaluate expansion and contraction in row chunks and recompute the expansion in
+        the backward pass (see module docstring); False keeps autodiff's plain residuals. Values
+        and gradients are the same either way (up to float summation order).
+      chunks: number of row chunks with `recompute` (None: `kanjax.kan.recompute.chunk_count`: 2·K
+        chunks of at least 128 rows for a 2-D input, else 1); it must divide the input's
+        second-to-last axis.
       **basis_params: any other keyword of the basis (grid, order, alpha, beta, centers, …).
 
     Parameters: coef (in, K, out), bias (out,), base_kernel (in, out) if base,
@@ -102,6 +116,8 @@ class KANLinear(nnx.Module):
         coef_init: str = "linear",
         center: str = "zero",
         axes: Sequence[str | None] = (None, None),
+        recompute: bool = True,
+        chunks: int | None = None,
         rngs: nnx.Rngs,
         **basis_params,
     ):
@@ -131,6 +147,9 @@ class KANLinear(nnx.Module):
         self.den_degree = den_degree if basis in ("rational", "group_rational") else 0
         self.num_groups = min(num_groups, in_features) if basis == "group_rational" else 0
         self.axes = tuple(axes)
+        if chunks is not None and (not isinstance(chunks, int) or chunks < 1):
+            raise ValueError(f"KANLinear: chunks={chunks!r} must be a positive int or None")
+        self.recompute, self.chunks = bool(recompute), chunks
         self.interval = tuple(float(v) for v in basis_lib.BASES[basis].interval(**self.basis_params))
         self.center = center
         self.active, self.offsets, self.scales = basis_lib.column_layout(basis, self.basis_items, domain, center)
@@ -174,27 +193,48 @@ class KANLinear(nnx.Module):
 
     # ----------------------------------------------------------------- forward
 
-    def features(self, x: jax.Array) -> jax.Array:
-        """(…, i) → (…, i, K) normalised basis values, in basis_dtype."""
-        x = x.astype(self.basis_dtype)
-        if self.input_scale is not None:
-            x = x * self.input_scale[...].astype(self.basis_dtype)
-        return self.features_of_squashed(basis_lib.squash(x, self.domain, jnp))
+    def features(self, x: jax.Array, arrays: dict | None = None) -> jax.Array:
+        """(…, i) → (…, i, K) normalised basis values, in basis_dtype.
 
-    def features_of_squashed(self, u: jax.Array) -> jax.Array:
+        arrays: the learned basis arrays (`basis_arrays()`: input_scale, num_coef, den_coef) to use
+        instead of the layer's own parameters (the recomputed path passes them in explicitly)."""
+        arrays = self.basis_arrays() if arrays is None else arrays
+        x = x.astype(self.basis_dtype)
+        if "input_scale" in arrays:
+            x = x * arrays["input_scale"].astype(self.basis_dtype)
+        return self.features_of_squashed(basis_lib.squash(x, self.domain, jnp), arrays)
+
+    def basis_arrays(self) -> dict:
+        """The layer's learned arrays the basis expansion reads besides coef (a pytree: the recomputed
+        path differentiates through them as explicit arguments)."""
+        out = {}
+        if self.input_scale is not None:
+            out["input_scale"] = self.input_scale[...]
+        if self.num_groups:
+            out["num_coef"] = self.num_coef[...]
+        if self.den_degree:
+            out["den_coef"] = self.den_coef[...]
+        return out
+
+    def features_of_squashed(self, u: jax.Array, arrays: dict | None = None) -> jax.Array:
         """Same as `features`, from the already squashed input u (…, i)."""
         lo, hi = self.interval
         t = basis_lib.to_interval(u.astype(self.basis_dtype), lo, hi, self.domain)
         params = dict(self.basis_params)
+        arrays = self.basis_arrays() if arrays is None else arrays
         if self.num_groups:  # each feature gets its group's rational
             idx = basis_lib.group_index(self.in_features, self.num_groups)
-            params["num_coef"] = self.num_coef[...].astype(self.basis_dtype)[idx]
-            params["den_coef"] = self.den_coef[...].astype(self.basis_dtype)[idx]
+            params["num_coef"] = arrays["num_coef"].astype(self.basis_dtype)[idx]
+            params["den_coef"] = arrays["den_coef"].astype(self.basis_dtype)[idx]
         elif self.den_degree:
-            params["den_coef"] = self.den_coef[...].astype(self.basis_dtype)
+            params["den_coef"] = arrays["den_coef"].astype(self.basis_dtype)
         phi = basis_lib.expand(self.basis, t, **params)
         if len(self.active) != phi.shape[-1]:
-            phi = phi[..., list(self.active)]
+            lo, hi = self.active[0], self.active[-1] + 1
+            # Contiguous columns (the usual case: the constant one dropped) as a slice: indexing with a
+            # list is a gather, which XLA:CPU keeps as a gather inside the chunk loops (and a scatter
+            # in the backward pass), 15% of a mini-model step (benchmarks/results/train_step.md).
+            phi = phi[..., lo:hi] if self.active == tuple(range(lo, hi)) else phi[..., list(self.active)]
         if self.center != "none":
             phi = phi - jnp.asarray(self.offsets, self.basis_dtype)
         return phi * jnp.asarray(self.scales, self.basis_dtype)
@@ -204,12 +244,14 @@ class KANLinear(nnx.Module):
             raise ValueError(f"KANLinear expects input (..., {self.in_features}), got {x.shape}")
         dtype = self.dtype or jnp.result_type(x.dtype, jnp.float32 if
                                               not jnp.issubdtype(x.dtype, jnp.floating) else x.dtype)
-        lead = x.shape[:-1]
-        phi = self.features(x).astype(dtype)
-        coef = self.coef[...].astype(dtype)
-        n_in, n_cols, n_out = coef.shape
-        # One matmul over the flattened (input, basis) axis; never a vmap of the contraction.
-        y = dense(phi.reshape(lead + (n_in * n_cols,)), coef.reshape(n_in * n_cols, n_out))
+        # coef enters in param_dtype and is cast inside: the gradients of the chunks are summed in it.
+        coef, arrays = self.coef[...], self.basis_arrays()
+        contract = functools.partial(self._expand_contract, dtype=dtype)
+        if self.recompute:
+            chunks = self.chunks or recompute_lib.chunk_count(x.shape, coef.shape[1])
+            y = recompute_lib.rowwise_recomputed(contract, x, coef, arrays, chunks=chunks)
+        else:
+            y = contract(x, coef, arrays)
         if self.base:
             xb = x.astype(dtype)
             xb = jax.nn.silu(xb) if self.base == "silu" else xb
@@ -217,6 +259,15 @@ class KANLinear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
+
+    def _expand_contract(self, x: jax.Array, coef: jax.Array, arrays: dict, *, dtype) -> jax.Array:
+        """(…, i) → (…, o): the basis expansion and its one matmul with coef (i, K, o), both cast
+        to `dtype`; a pure function of its arguments (the layer's attributes it reads are static)."""
+        coef = coef.astype(dtype)
+        phi = self.features(x, arrays).astype(dtype)
+        n_in, n_cols, n_out = coef.shape
+        # One matmul over the flattened (input, basis) axis; never a vmap of the contraction.
+        return dense(phi.reshape(x.shape[:-1] + (n_in * n_cols,)), coef.reshape(n_in * n_cols, n_out))
 
     # ----------------------------------------------------------------- helpers
 

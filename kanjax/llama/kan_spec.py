@@ -48,6 +48,11 @@ class KANSpec:
       (0.5: a KAN at about half the linear parameter count).
     init: "random" or "from_linear" (KAN layers start as the linear map they replace; exact
       with domain="none" and a polynomial basis; a parallel branch starts at zero).
+    recompute: KANLinear's `recompute` (the basis recomputed in the backward pass, in row chunks):
+      memory and time only, the function and its gradients are the same either way. Off here (the
+      layer's own default is on): in the mini model's step on CPU it saves 1.5% of the planned peak
+      for about a tenth more step time (benchmarks/results/train_step.md); turn it on where
+      activations cap batch or sequence length.
     """
 
     targets: tuple[str, ...] = ()
@@ -69,6 +74,7 @@ class KANSpec:
     num_groups: int = 8
     input_scale: bool = False
     activation_init: str = "silu_fit"
+    recompute: bool = False
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -151,7 +157,7 @@ class KANSpec:
         if include_layer_args:
             kw.update(basis=self.basis, domain=self.domain, base=self.base or None, den_degree=self.den_degree,
                       coef_init=self.coef_init, center=self.center, num_groups=self.num_groups,
-                      input_scale=self.input_scale)
+                      input_scale=self.input_scale, recompute=bool(self.recompute))
         return kw
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:

@@ -25,7 +25,7 @@ from kanjax.data import pipeline as data_lib
 from kanjax.kan.layer import count_params
 from kanjax.llama import surgery
 from kanjax.llama.kanify import param_report
-from kanjax.training import build, diagnostics, resume
+from kanjax.training import build, compile_cache, diagnostics, resume
 from kanjax.training import config as config_lib
 from kanjax.training import metrics as metrics_lib
 from kanjax.training import sharding as shard_lib
@@ -43,7 +43,7 @@ log = logging.getLogger("kanjax.train")
 _FREE_TO_CHANGE = ("workdir", "data.path", "data.name", "data.tokenizer", "data.cache_dir", "data.tfds_dir",
                    "data.num_workers", "model.source", "model.config", "train.steps", "train.log_every",
                    "train.diagnostics_every", "train.peak_flops", "train.max_skipped_steps", "eval.", "checkpoint.",
-                   "distributed.", "mesh.")
+                   "distributed.", "mesh.", "compile_cache", "kan.recompute")
 
 
 def evaluate(eval_fn, params, arrays, config, mesh, limit: int = 0, progress: str = "") -> dict:
@@ -140,6 +140,7 @@ def setup(config) -> Run:
     """Validate, lock the workdir (`kanjax.training.workdir_lock`: before anything is written; a busy one
     stops here), build data and model, create the trainer, resume from the newest readable
     checkpoint. The caller releases `Run.lock` (`run` does)."""
+    compile_cache.enable(config.get("compile_cache", ""))  # before anything compiles
     shard_lib.maybe_initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
                                            config.distributed.process_id)
     config_lib.validate(config)

@@ -28,10 +28,15 @@ OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardis
                  # ... and the warm start: the pretrained projections kept, SiLU -> group-rational fit of it
                  "gr_warm": {"targets": ("gate",), "strategy": "activation", "basis": "group_rational",
                              "mlp_activation": "none", "degree": 9, "den_degree": 8, "num_groups": 8,
-                             "init": "from_linear"}}
-WARM_ARMS = ("gr_warm",)  # fits start from the pretrained block (units.start_mlp), not a fresh one
+                             "init": "from_linear"},
+                 # ... and the exact form of it: SiLU + a group-rational residual that starts at 0
+                 "gr_warm_exact": {"targets": ("gate",), "strategy": "activation", "basis": "group_rational",
+                                   "mlp_activation": "none", "degree": 9, "den_degree": 8, "num_groups": 8,
+                                   "init": "from_linear", "activation_init": "silu_residual"}}
+WARM_ARMS = ("gr_warm", "gr_warm_exact")  # fits start from the pretrained block (units.start_mlp), not a fresh one
 # v2: 4x v1's fit tokens (linear's validation error still fell at 400 steps), the same grid for every arm.
-V2 = {"arms": ("linear", "kan_recipe_none", "kan_recipe_base", "kan_recipe", "gr_kan", "gr_warm"), "fit_steps": 1600,
+V2 = {"arms": ("linear", "kan_recipe_none", "kan_recipe_base", "kan_recipe", "gr_kan", "gr_warm", "gr_warm_exact"),
+      "fit_steps": 1600,
       "records": "full_model_distill_v2_runs"}
 V1_RECORDS = "full_model_distill_runs"
 SEQ_LEN = 256

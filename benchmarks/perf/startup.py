@@ -1,0 +1,157 @@
+"""Time to first step of a fresh `train.py` process, for the study's configs, with and without JAX's
+persistent compilation cache.
+
+    python -m benchmarks.perf.startup [--configs configs/kan_cheb2.py configs/linear.py] [--runs 3]
+        [--data_dir ../shared/data] [--out-md PATH] [--json PATH]
+
+Each run starts `python train.py --config <cfg>` in a new process on the shared AGNews copy and
+its tokenizer (data.path, data.tokenizer), a fresh workdir, --stop_after 1 with log_every 1, and
+measures wall-clock seconds from just before the process is started to
+
+- `summary`: its start-up summary line (imports, config, tokenizer, data arrays, model built and
+  KAN-ified: everything before the trainer);
+- `first step`: the first training row in <workdir>/metrics.jsonl (trainer and optimiser state
+  created, the step compiled, run and its metrics fetched); the process is then stopped.
+
+Arms: every config with `compile_cache` off (every program compiled: the model's initialisation
+ops and the step) and on (the persistent cache, filled by an untimed run first; what every run but
+the first one on a machine sees). Before timing, one untimed run per arm fills what any second run
+on a machine would have: the tokenised-data cache (data.cache_dir, shared by the runs) and Python's
+bytecode cache (PYTHONPYCACHEPREFIX: this environment sets PYTHONDONTWRITEBYTECODE, which makes
+every process compile the source of jax, flax, transformers and torch again). Then --runs rounds,
+each arm once per round (round-robin), and `python -c "import ..."` of train.py's imports alone;
+median over rounds with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+IMPORTS = "import jax, flax.nnx, optax, kanjax.train_loop"  # what train.py imports before its first step
+
+
+def child_env(pycache: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    return env
+
+
+def train_command(config: str, workdir: Path, data_dir: Path, data_cache: Path, compile_cache: str) -> list[str]:
+    return [sys.executable, "-u", str(REPO / "train.py"), f"--config={REPO / config}", f"--config.workdir={workdir}",
+            f"--config.data.path={data_dir / 'ag_news'}", f"--config.data.tokenizer={data_dir / 'smollm2_tokenizer'}",
+            f"--config.data.cache_dir={data_cache}", f"--config.compile_cache={compile_cache}",
+            "--config.train.steps=2", "--stop_after=1", "--config.train.log_every=1", "--config.eval.every=0"]
+
+
+def time_to_first_step(cmd: list[str], env: dict, workdir: Path, timeout: float = 600.0) -> dict:
+    """{"summary": s, "first_step": s} from just before the process starts; the process is then stopped."""
+    marks: dict[str, float] = {}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("kanjax train:") and "summary" not in marks:
+                marks["summary"] = time.perf_counter() - start
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    metrics = workdir / "metrics.jsonl"
+    try:
+        while time.perf_counter() - start < timeout:
+            if metrics.exists() and '"train"' in metrics.read_text():
+                marks["first_step"] = time.perf_counter() - start
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"train.py exited ({proc.returncode}) before its first step:\n{''.join(lines[-20:])}")
+            time.sleep(0.02)
+        else:
+            raise TimeoutError(f"no first step within {timeout} s")
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.join(timeout=5)
+    return marks
+
+
+def time_imports(env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", IMPORTS], env=env, cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["configs/kan_cheb2.py", "configs/linear.py"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--out-md", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    data_dir = Path(args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="kanjax_startup_") as tmp:
+        tmp = Path(tmp)
+        env = child_env(tmp / "pycache")
+        arms = [(config, cache) for config in args.configs for cache in ("off", "on")]
+        counter = iter(range(10**6))
+
+        def run(config, cache):
+            workdir = tmp / f"run{next(counter)}"
+            compile_cache = str(tmp / "jax_cache") if cache == "on" else ""
+            return time_to_first_step(train_command(config, workdir, data_dir, tmp / "data_cache", compile_cache),
+                                      env, workdir)
+        for arm in arms:  # untimed: fills the bytecode, data and (for "on") compilation caches
+            print(f"warm-up {arm}: {run(*arm)}", flush=True)
+        load = [round(v, 1) for v in os.getloadavg()]
+        results = {arm: [] for arm in arms}
+        imports = []
+        for r in range(args.runs):
+            imports.append(time_imports(env))
+            for arm in arms:
+                results[arm].append(run(*arm))
+                print(f"round {r} {arm}: {results[arm][-1]}", flush=True)
+
+    import jax  # only for the versions in the header, after the timed processes
+
+    lines = [f"Time to first step of a fresh `train.py` process (seconds from process start; median of {args.runs} "
+             f"round-robin rounds, min–max in brackets); jax {jax.__version__}, Python {platform.python_version()}, "
+             f"{platform.machine()}, {os.cpu_count()} CPU cores; 1-min load average before the timed rounds: "
+             f"{load[0]}. Warm bytecode and tokenised-data caches (see the script's docstring).", "",
+             "| config | compilation cache | to summary (imports, data, model) | summary → first step "
+             "(trainer, step compile + run) | to first step |", "|---|---|---:|---:|---:|"]
+    for (config, cache), rs in results.items():
+        lines.append(f"| {config} | {cache} | {spread([r['summary'] for r in rs])} "
+                     f"| {spread([r['first_step'] - r['summary'] for r in rs])} "
+                     f"| {spread([r['first_step'] for r in rs])} |")
+    lines += ["", f"`python -c \"{IMPORTS}\"` alone (train.py's imports; transformers, and through it torch, are "
+              f"imported later, by the tokenizer): {spread(imports)} s."]
+    table = "\n".join(lines)
+    print(table)
+    command = " ".join(["python -m benchmarks.perf.startup"] + sys.argv[1:])
+    if args.out_md:
+        Path(args.out_md).write_text(f"# Start-up: time to first step\n\nCommand: `{command}`\n\n{table}\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": command, "load_before": load, "imports_s": imports,
+                                               "runs": {f"{c} cache={k}": v for (c, k), v in results.items()}},
+                                              indent=1))
+
+
+if __name__ == "__main__":
+    main()
