@@ -198,7 +198,7 @@ def test_lm_eval_cli_on_an_export_agrees_with_eval_py(tmp_path, shared_data, tok
     # Each choice's response is [log-likelihood, is-greedy], written as strings.
     harness = [float(r[0]) for s in sorted(samples, key=lambda s: s["doc_id"]) for r in s["filtered_resps"]]
 
-    m, tok = eval_models.load_model(str(folder), eval_models.load_tokenizer(None, str(folder)))
+    m, tok = eval_models.load_model(str(folder), load_tokenizer(eval_models.tokenizer_source(None, str(folder))))
     ours = eval_models.run(m, tok, ["arc_easy"], task_files={"arc_easy": str(tmp_path / "arc.jsonl")},
                            progress=False)["tasks"]["arc_easy"]
     from kanjax.evals import loglik as evaluate

@@ -35,8 +35,8 @@ import torch
 import transformers
 
 from kanjax import hf
+from kanjax.data import load_tokenizer
 from kanjax.evals import loglik as evaluate
-from kanjax.evals import runner as eval_models
 from kanjax.evals import tasks as eval_tasks
 
 
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
-    tokenizer = eval_models.load_tokenizer(os.path.join(args.data_dir, "smollm2_tokenizer"))
+    tokenizer = load_tokenizer(os.path.join(args.data_dir, "smollm2_tokenizer"))
     ours = hf.load_gguf(hf.smollm2_gguf_path())
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(ours, tmp)
