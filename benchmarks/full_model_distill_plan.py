@@ -15,8 +15,13 @@ LAYERS = (25, 26, 27, 28, 29)
 _KAN = {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "tanh", "param_match": "width",
         "init": "random", "center": "none"}
 ARMS = {"linear": None, "kan": _KAN}
+# Distillation v2 (issue #42): the KAN of the project's recipe (kan_recipe.md: linear coefficient init,
+# centring; KANSpec defaults), with tanh, with the linear base branch, and on raw inputs.
+_RECIPE = {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "tanh", "param_match": "width"}
 OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardise, then tanh
-                 "kan_legendre3": {**_KAN, "basis": "legendre", "degree": 3}}
+                 "kan_legendre3": {**_KAN, "basis": "legendre", "degree": 3},
+                 "kan_recipe": _RECIPE, "kan_recipe_base": {**_RECIPE, "base": "linear"},
+                 "kan_recipe_none": {**_RECIPE, "domain": "none"}}
 SEQ_LEN = 256
 SOURCES = {"tinyshakespeare": 160, "wikitext2_valid": 160, "ag_news_train": 160, "fastchat": 160}  # windows
 FIT_STEPS, FIT_BATCH, LRS = 400, 1024, (1e-3, 3e-3, 1e-2, 3e-2)  # linear's val error still fell at 1e-2
