@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,3 +55,15 @@ def group_records(records: list[dict], key: str, order: str | None = None) -> di
         for runs in groups.values():
             runs.sort(key=lambda r: r[order])
     return groups
+
+
+def command_line(module: str) -> str:
+    """How this process was started, as `python -m <module> <its arguments>` (tables and JSON name it)."""
+    return " ".join(["python -m", module, *sys.argv[1:]])
+
+
+def write_table(path: str | Path | None, title: str, command: str, table: str) -> None:
+    """A benchmark's markdown table under its title and the command that produced it; nothing when
+    `path` is None (the table is printed anyway)."""
+    if path:
+        write_atomic(path, f"# {title}\n\nCommand: `{command}`\n\n{table}\n")

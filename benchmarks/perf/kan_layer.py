@@ -41,7 +41,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from benchmarks.common.records import command_line, write_table
 from benchmarks.common.timing import round_robin
 from benchmarks.studies.agnews import plan as agnews_plan  # the study's arm list
 from kanjax.kan import basis as basis_lib
@@ -395,10 +395,8 @@ def main() -> None:
         lines += study_section(study, meta)
     table = "\n".join(lines)
     print(table)
-    command = " ".join(["python -m benchmarks.perf.kan_layer"] + sys.argv[1:])
-    if args.out_md:
-        with open(args.out_md, "w") as f:
-            f.write(f"# KANLinear layer benchmark\n\nCommand: `{command}`\n\n{table}\n")
+    command = command_line("benchmarks.perf.kan_layer")
+    write_table(args.out_md, "KANLinear layer benchmark", command, table)
     if args.json:
         if args.repeats <= 0:
             raise SystemExit("--json needs --repeats > 0")

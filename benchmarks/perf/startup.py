@@ -37,8 +37,10 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common.records import command_line, write_table
+
 REPO = Path(__file__).resolve().parents[2]
-IMPORTS = "import jax, flax.nnx, optax, kanjax.train_loop"  # what train.py imports before its first step
+IMPORTS = "import jax, flax.nnx, optax, kanjax.training.loop"  # what train.py imports before its first step
 
 
 def child_env(pycache: Path) -> dict:
@@ -144,9 +146,8 @@ def main() -> None:
               f"imported later, by the tokenizer): {spread(imports)} s."]
     table = "\n".join(lines)
     print(table)
-    command = " ".join(["python -m benchmarks.perf.startup"] + sys.argv[1:])
-    if args.out_md:
-        Path(args.out_md).write_text(f"# Start-up: time to first step\n\nCommand: `{command}`\n\n{table}\n")
+    command = command_line("benchmarks.perf.startup")
+    write_table(args.out_md, "Start-up: time to first step", command, table)
     if args.json:
         Path(args.json).write_text(json.dumps({"command": command, "load_before": load, "imports_s": imports,
                                                "runs": {f"{c} cache={k}": v for (c, k), v in results.items()}},

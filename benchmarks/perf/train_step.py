@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 from importlib.metadata import version
 
 import jax
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.common.records import command_line, write_table
 from benchmarks.common.timing import round_robin
 from benchmarks.perf import step_profile
 from benchmarks.perf.kan_layer import median_interval
@@ -320,10 +320,8 @@ def main() -> None:
                   "the share is of that sum."]
     table = "\n".join(lines)
     print(table)
-    command = " ".join(["python -m benchmarks.perf.train_step"] + sys.argv[1:])
-    if args.out_md:
-        with open(args.out_md, "w") as f:
-            f.write(f"# Train step: mini linear vs mini KAN vs transformers\n\nCommand: `{command}`\n\n{table}\n")
+    command = command_line("benchmarks.perf.train_step")
+    write_table(args.out_md, "Train step: mini linear vs mini KAN vs transformers", command, table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": command, "batch": b, "seq": t, "runs": args.runs, "jax": jax.__version__,

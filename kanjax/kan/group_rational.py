@@ -72,38 +72,26 @@ def _residual_and_jacobian(p, zp, az, y, w):
     return r, jac
 
 
-def _levenberg_marquardt(p, zp, az, y, w, iterations: int):
-    r, jac = _residual_and_jacobian(p, zp, az, y, w)
-    cost, lam = float(r @ r), 1e-3
-    for _ in range(iterations):
-        scale = np.sqrt(np.sum(jac ** 2, axis=0)) + 1e-300
-        # Damped Gauss-Newton step, solved as a least-squares problem (no normal equations).
-        lhs = np.concatenate([jac, np.sqrt(lam) * np.diag(scale)])
-        step = np.linalg.lstsq(lhs, np.concatenate([-r, np.zeros(len(p))]), rcond=None)[0]
-        r_new, jac_new = _residual_and_jacobian(p + step, zp, az, y, w)
-        cost_new = float(r_new @ r_new)
-        if cost_new < cost:
-            done = cost - cost_new <= 1e-12 * cost
-            p, r, jac, cost, lam = p + step, r_new, jac_new, cost_new, max(lam / 3.0, 1e-12)
-            if done:
-                break
-        else:
-            lam *= 4.0
-            if lam > 1e10:
-                break
-    return p, cost
+def _levenberg_marquardt(p, zp, az, y, w, max_nfev: int):
+    """MINPACK's Levenberg-Marquardt (scipy, which jax already requires) on the true residual P/Q − f."""
+    from scipy.optimize import least_squares
+
+    out = least_squares(lambda q: _residual_and_jacobian(q, zp, az, y, w)[0], p,
+                        jac=lambda q: _residual_and_jacobian(q, zp, az, y, w)[1], method="lm",
+                        xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=max_nfev)
+    return out.x, 2.0 * float(out.cost)
 
 
 def fit_rational(fn: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, degree: int, den_degree: int,
                  weight: Callable[[np.ndarray], np.ndarray] | None = None, num_points: int = 2001,
-                 iterations: int = 300) -> RationalFit:
+                 max_nfev: int = 3000) -> RationalFit:
     """Least-squares fit of the safe rational (degree, den_degree) to `fn` on a uniform grid over [lo, hi],
     minimising Σ weight(x)² (P/Q − f)² (weight None: 1).
 
     The fit runs in z = x / s, s = max(|lo|, |hi|) (powers of 50 would make it singular), from the
     linearised problem P(z) − f(z)·Q(z) = 0 solved by least squares, then Levenberg-Marquardt on the
     true residual P/Q − f; the coefficients are mapped back to x (a_i / s^i, b_i / s^i).
-    Deterministic; numpy only. The reported errors are unweighted, over the whole grid.
+    Deterministic. The reported errors are unweighted, over the whole grid.
     """
     if not lo < hi:
         raise ValueError(f"fit_rational: need lo < hi, got [{lo}, {hi}]")
@@ -119,7 +107,7 @@ def fit_rational(fn: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, d
     starts = [np.concatenate([p0[: m + 1], np.abs(p0[m + 1:])])]  # Q must stay >= 1: |c|
     poly = np.linalg.lstsq(lin[:, : m + 1], w * y, rcond=None)[0]  # the polynomial fit, Q = 1
     starts.append(np.concatenate([poly, np.zeros(n)]))
-    p, _ = min((_levenberg_marquardt(p, zp, az, y, w, iterations) for p in starts), key=lambda pc: pc[1])
+    p, _ = min((_levenberg_marquardt(p, zp, az, y, w, max_nfev) for p in starts), key=lambda pc: pc[1])
     a = p[: m + 1] / s ** np.arange(m + 1)
     b = p[m + 1:] / s ** np.arange(1, n + 1)
     err = basis_lib.safe_rational(x, np, a, b) - y

@@ -15,7 +15,7 @@ By default (`recompute=True`) the expansion and that matmul run through
 `kanjax.kan.recompute.rowwise_recomputed`: a few row chunks at a time, with the expansion recomputed in
 the backward pass instead of kept, so the layer holds for its backward what a linear layer holds
 (its input), and the (…, in·K) expansion never exists for all rows at once
-(benchmarks/results/kan_layer.md measures memory and time with and without).
+(benchmarks/results/perf/kan_layer.md measures memory and time with and without).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class KANLinear(nnx.Module):
             lo, hi = self.active[0], self.active[-1] + 1
             # Contiguous columns (the usual case: the constant one dropped) as a slice: indexing with a
             # list is a gather, which XLA:CPU keeps as a gather inside the chunk loops (and a scatter
-            # in the backward pass), 15% of a mini-model step (benchmarks/results/train_step.md).
+            # in the backward pass).
             phi = phi[..., lo:hi] if self.active == tuple(range(lo, hi)) else phi[..., list(self.active)]
         if self.center != "none":
             phi = phi - jnp.asarray(self.offsets, self.basis_dtype)

@@ -50,9 +50,9 @@ class KANSpec:
       with domain="none" and a polynomial basis; a parallel branch starts at zero).
     recompute: KANLinear's `recompute` (the basis recomputed in the backward pass, in row chunks):
       memory and time only, the function and its gradients are the same either way. Off here (the
-      layer's own default is on): in the mini model's step on CPU it saves 1.5% of the planned peak
-      for about a tenth more step time (benchmarks/results/train_step.md); turn it on where
-      activations cap batch or sequence length.
+      layer's own default is on): in a whole model's step the expansion is a small share of the
+      peak, and recomputing it costs step time (benchmarks/results/perf/train_step.md); turn it on
+      where activations cap batch or sequence length.
     """
 
     targets: tuple[str, ...] = ()

@@ -1,9 +1,9 @@
 """JAX's persistent compilation cache as a run option (config key `compile_cache`).
 
-A fresh train.py compiles some 60 small programs while it builds and initialises the model (one
-per eager op and shape) and then the train step; with the cache on, every later process with the
-same programs (same HLO, devices, jax and XLA versions: JAX's cache key) reads them from disk
-instead (benchmarks/results/startup.md measures what that saves).
+A fresh train.py compiles many small programs while it builds and initialises the model (one per
+eager op and shape) and then the train step; with the cache on, every later process with the same
+programs (same HLO, devices, jax and XLA versions: JAX's cache key) reads them from disk instead
+(benchmarks/results/perf/startup.md measures what that saves).
 """
 
 from __future__ import annotations

@@ -99,5 +99,12 @@ def config_to_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-__all__ = ["InputError", "ConfigError", "apply_overrides", "kan_spec", "validate", "config_to_json", "flat_keys",
+def json_value(config_json: dict, dotted: str):
+    """The value at "section.key" of a config's JSON (`config_to_json`); None where it is absent."""
+    for part in dotted.split("."):
+        config_json = config_json.get(part) if isinstance(config_json, dict) else None
+    return config_json
+
+
+__all__ = ["InputError", "ConfigError", "apply_overrides", "kan_spec", "validate", "config_to_json", "json_value", "flat_keys",
            "TASK_PAIRS", "PARAM_DTYPES"]

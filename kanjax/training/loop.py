@@ -166,7 +166,8 @@ def _setup_locked(config, workdir: Path, mesh) -> Run:
     if saved is not None:  # before anything loads: a resume with another model or data is refused
         diff = changed_keys(saved, cfg_json)
         if diff:
-            shown = "; ".join(f"{k}: {_dig(saved, k)!r} → {_dig(cfg_json, k)!r}" for k in diff)
+            value = config_lib.json_value
+            shown = "; ".join(f"{k}: {value(saved, k)!r} → {value(cfg_json, k)!r}" for k in diff)
             raise config_lib.ConfigError(
                 f"{workdir} holds checkpoints of a run with other settings ({shown}). Use another workdir, or "
                 f"resume anyway with --config.checkpoint.allow_changed={','.join(diff)}")
@@ -212,12 +213,6 @@ def _setup_locked(config, workdir: Path, mesh) -> Run:
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     return Run(config, workdir, mesh, trainer, state, start, train_iter, next(train_iter), val_arrays, test_arrays,
                ckpt, writer, record, num_params, fpt, is_main)
-
-
-def _dig(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 def train(r: Run, end: int, stop: StopSignals | None = None) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kanjax.training import checkpoint
-from kanjax.training.config import ConfigError
+from kanjax.training.config import ConfigError, json_value
 
 # Keys a resume may change (train_loop._FREE_TO_CHANGE) that decide which tokens the trimmed
 # vocabulary keeps: with no recorded vocabulary they must stay as they were.
@@ -29,18 +29,12 @@ def check_steps(workdir: Path, saved_step: int, steps: int) -> None:
                           "workdir for a new run")
 
 
-def _dig(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
-
-
 def recorded_vocab(folder: Path, saved: dict, current: dict) -> dict | None:
     """The `kanjax_vocab` record of the newest checkpoint in `folder` that has a model record; None
     when the run does not trim its vocabulary. Checkpoints without a record (written before kanjax
     stored one) fall back to trimming afresh, allowed only when every key that decides the
     vocabulary is unchanged (`saved`, `current`: the checkpoint's and this run's config JSON)."""
-    if not _dig(current, "model.vocab_size"):
+    if not json_value(current, "model.vocab_size"):
         return None
     for step in reversed(checkpoint.finished_steps(folder)):
         try:
@@ -49,11 +43,11 @@ def recorded_vocab(folder: Path, saved: dict, current: dict) -> dict | None:
             continue
         if vocab:
             return vocab
-    changed = [k for k in _VOCAB_SOURCES if _dig(saved, k) != _dig(current, k)]
+    changed = [k for k in _VOCAB_SOURCES if json_value(saved, k) != json_value(current, k)]
     if changed:
-        shown = "; ".join(f"{k}: {_dig(saved, k)!r} → {_dig(current, k)!r}" for k in changed)
+        shown = "; ".join(f"{k}: {json_value(saved, k)!r} → {json_value(current, k)!r}" for k in changed)
         raise ConfigError(f"{folder.parent}: its checkpoints do not record their trimmed vocabulary "
-                          f"(model.vocab_size={_dig(current, 'model.vocab_size')}), which was taken from the "
+                          f"(model.vocab_size={json_value(current, 'model.vocab_size')}), which was taken from the "
                           f"training data; resume with the data it was trimmed from ({shown})")
     return None
 

@@ -139,7 +139,7 @@ def refit_best(args, s, unit: str, arm: str, layer: int, lr: float) -> None:
 
     rec, kept = recording(args), read_record(args, unit)
     x, y = rec.x(layer), rec.y(layer)
-    mlp = distill.replacement_mlp(rec.config, layer, arm_spec(arm), seed=args.seed)
+    mlp = start_mlp(args, s, rec, arm, layer)  # fresh or warm, as the fit began
     cfg = distill.FitConfig(steps=kept["fit"]["steps"], batch_tokens=kept["fit"]["batch_tokens"], lr=lr,
                             warmup=max(1, kept["fit"]["steps"] // 20), seed=args.seed,
                             log_every=max(1, kept["fit"]["steps"] // 16))
@@ -213,6 +213,7 @@ def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
     """Fit a fresh replacement at every lr of the grid on (x, y) (lrs an earlier record of the same
     budget already holds are kept, not refitted); save each; choose by val error."""
     import numpy as np
+    from flax import nnx
 
     from benchmarks.studies.distill import fit as distill
     from kanjax.kan.layer import count_params
@@ -230,7 +231,7 @@ def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
         if earlier and f"{lr:g}" in earlier["lrs"] and params_file(args, unit, lr).is_file():
             out["lrs"][f"{lr:g}"] = earlier["lrs"][f"{lr:g}"]
             continue
-        mlp = start_mlp(args, s, rec, arm, layer)
+        mlp = nnx.clone(probe)  # every lr starts from the same block (a warm start is built once)
         cfg = distill.FitConfig(steps=s["fit_steps"], batch_tokens=s["fit_batch"], lr=lr,
                                 warmup=max(1, s["fit_steps"] // 20), seed=args.seed,
                                 log_every=max(1, s["fit_steps"] // 16))
