@@ -91,6 +91,20 @@ REPO = Path(__file__).resolve().parents[3]
 # ----------------------------------------------------------------------------- main
 
 
+def check_rerecording(path: Path, redone: dict) -> None:
+    """A recording redone on a new machine (records are committed, the recording is not) must be the one
+    the committed record describes; the record itself is kept."""
+    import json
+
+    kept = json.loads(path.read_text())
+    keys = ("tokens", "windows", "seq_len", "sources", "layers", "splits")
+    differ = [k for k in keys if json.loads(json.dumps(redone[k])) != kept[k]]
+    if differ:
+        raise SystemExit(f"the redone recording differs from {path} in {', '.join(differ)}: delete the records "
+                         "made from the old recording to start the study again")
+    print(f"recording redone; it matches {path}", flush=True)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"),
@@ -144,11 +158,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     records = Path(args.records)
     if args.one:
-        write_json(records / f"{args.one}.json", run_unit(args, args.one), allow_nan=False)
+        out = run_unit(args, args.one)
+        if args.one == "record" and (records / "record.json").is_file():
+            check_rerecording(records / "record.json", out)
+        else:
+            write_json(records / f"{args.one}.json", out, allow_nan=False)
         return
     if not args.report_only:
         s = settings(args)
         todo = pending(args, s)
+        if todo and todo[0] != "record" and not (Path(args.workdir) / "recording" / "manifest.json").is_file():
+            todo = ["record"] + todo  # a new machine: the committed record stays, the recording is redone
         print(f"{len(todo)} unit(s) to do; records in {records}, work in {args.workdir}", flush=True)
         t_all = time.perf_counter()
         for i, unit in enumerate(todo, 1):
