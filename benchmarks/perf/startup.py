@@ -20,7 +20,8 @@ on a machine would have: the tokenised-data cache (data.cache_dir, shared by the
 bytecode cache (PYTHONPYCACHEPREFIX: this environment sets PYTHONDONTWRITEBYTECODE, which makes
 every process compile the source of jax, flax, transformers and torch again). Then --runs rounds,
 each arm once per round (round-robin), and `python -c "import ..."` of train.py's imports alone;
-median over rounds with min and max.
+median over rounds with min and max. Then one run per config under cProfile says where the time
+goes (PHASES: tokenizer, model, data, trainer, step trace, the first step's run, imports).
 """
 
 from __future__ import annotations
@@ -88,6 +89,34 @@ def time_to_first_step(cmd: list[str], env: dict, workdir: Path, timeout: float 
     return marks
 
 
+# Where a start-up goes: (label, file suffix, function) whose cumulative time cProfile reports; the
+# process's own imports are what its module spends outside main().
+PHASES = (("tokenizer (transformers import, files)", "kanjax/data/pipeline.py", "load_tokenizer"),
+          ("model: build, trim vocabulary, KAN-ify", "kanjax/training/build.py", "model_from_config"),
+          ("data: cached token arrays, iterators", "kanjax/data/pipeline.py", "build"),
+          ("trainer: sharded state, optimiser", "kanjax/training/step.py", "create_trainer"),
+          ("train step: trace (+ compile or cache read)", "kanjax/training/step.py", "train_step"),
+          ("waiting on the device (first step's run)", "jax/_src/array.py", "_value"))
+
+
+def phase_times(cmd: list[str], env: dict, prof: Path) -> dict[str, float]:
+    """One run of `cmd` (train.py … --stop_after=1) under cProfile: seconds per PHASES entry, plus
+    imports and the whole process. Profiling slows Python-heavy phases (tracing, imports) by ~10–20%."""
+    import pstats
+
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), *cmd[1:]], env=env, cwd=REPO, check=True,
+                   capture_output=True)
+    stats = pstats.Stats(str(prof)).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+
+    def cum(suffix: str, name: str) -> float:
+        return sum(v[3] for (f, _, n), v in stats.items() if n == name and f.endswith(suffix))
+    out = {label: cum(suffix, name) for label, suffix, name in PHASES}
+    whole = cum("train.py", "<module>")
+    out["imports (python, jax, flax, optax, kanjax, config)"] = whole - cum("train.py", "main")
+    out["whole process (to exit, incl. summary and plots)"] = whole
+    return out
+
+
 def time_imports(env: dict) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", IMPORTS], env=env, cwd=REPO, check=True, capture_output=True)
@@ -130,6 +159,10 @@ def main() -> None:
                 results[arm].append(run(*arm))
                 print(f"round {r} {arm}: {results[arm][-1]}", flush=True)
 
+        phases = {config: phase_times(train_command(config, tmp / f"prof{next(counter)}", data_dir, tmp / "data_cache",
+                                                    str(tmp / "jax_cache")), env, tmp / "prof.out")
+                  for config in args.configs}
+
     import jax  # only for the versions in the header, after the timed processes
 
     lines = [f"Time to first step of a fresh `train.py` process (seconds from process start; median of {args.runs} "
@@ -142,15 +175,21 @@ def main() -> None:
         lines.append(f"| {config} | {cache} | {spread([r['summary'] for r in rs])} "
                      f"| {spread([r['first_step'] - r['summary'] for r in rs])} "
                      f"| {spread([r['first_step'] for r in rs])} |")
-    lines += ["", f"`python -c \"{IMPORTS}\"` alone (train.py's imports; transformers, and through it torch, are "
-              f"imported later, by the tokenizer): {spread(imports)} s."]
+    lines += ["", f"`python -c \"{IMPORTS}\"` alone (train.py's imports; transformers is imported later, by the "
+              f"tokenizer): {spread(imports)} s."]
+    lines += ["", "Where it goes: one run per config with the compilation cache on, under cProfile (cumulative "
+              "seconds of the named functions; profiling inflates the Python-heavy rows by ~10–20%):", "",
+              "| phase | " + " | ".join(args.configs) + " |", "|---|" + "---:|" * len(args.configs)]
+    for label in next(iter(phases.values())):
+        lines.append(f"| {label} | " + " | ".join(f"{phases[c][label]:.1f}" for c in args.configs) + " |")
     table = "\n".join(lines)
     print(table)
     command = command_line("benchmarks.perf.startup")
     write_table(args.out_md, "Start-up: time to first step", command, table)
     if args.json:
         Path(args.json).write_text(json.dumps({"command": command, "load_before": load, "imports_s": imports,
-                                               "runs": {f"{c} cache={k}": v for (c, k), v in results.items()}},
+                                               "runs": {f"{c} cache={k}": v for (c, k), v in results.items()},
+                                               "phases": phases},
                                               indent=1))
 
 

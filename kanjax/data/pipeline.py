@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -57,33 +58,60 @@ from kanjax.data.sources import (
 from kanjax.hf.sources import looks_local
 
 __all__ = ["DataError", "build", "cache_file", "check_labels", "eval_batches", "load_arrays", "load_raw",
-           "load_tokenizer", "make_iterator", "split_files", "tokenizer_fingerprint", "train_texts"]
+           "load_tokenizer", "make_iterator", "split_files", "tokenizer_fingerprint", "train_texts",
+           "train_token_counts"]
 
 CACHE_VERSION = 1  # bump when the array layout changes: old cache files are then ignored
 CHUNK = 1024  # rows tokenised per call: bounds the python-object memory of large splits
 
 
 def load_tokenizer(name_or_path: str):
-    """`AutoTokenizer` from a folder or a hub id; offline, a hub id works only from the HF cache."""
-    from transformers import AutoTokenizer
-
+    """`AutoTokenizer`'s tokenizer from a folder or a hub id; offline, a hub id works only from the HF
+    cache. A folder's named class is imported directly (`_named_tokenizer_class`)."""
     hint = "pass a local tokenizer folder (train.py: --config.data.tokenizer=<folder>; eval.py: --tokenizer)"
     if not name_or_path:
         raise DataError(f"data.tokenizer is not set; {hint}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         with _no_config_chatter():
-            return _quiet(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False))
+            cls = _named_tokenizer_class(path) or _auto_tokenizer()
+            return _quiet(cls.from_pretrained(str(path), trust_remote_code=False))
     if looks_local(name_or_path):
         raise FileNotFoundError(f"tokenizer folder {path} does not exist; {hint}")
     online = not env_offline() and hub_reachable()
     try:
-        return _quiet(AutoTokenizer.from_pretrained(name_or_path, local_files_only=not online))
+        return _quiet(_auto_tokenizer().from_pretrained(name_or_path, local_files_only=not online))
     except OSError as e:
         if online:
             raise
         raise ConnectionError(f"tokenizer {name_or_path!r} is not a local folder nor in the HF cache, and the "
                       f"Hugging Face hub is unreachable (offline); {hint}") from e
+
+
+def _auto_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
+
+
+def _named_tokenizer_class(folder: Path):
+    """The class a folder's tokenizer_config.json names, imported directly (None if it names none that
+    transformers has). AutoTokenizer resolves the same class but imports transformers' model
+    configuration code, and through it PyTorch: seconds of start-up a training run never uses."""
+    import transformers
+
+    try:
+        name = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(name, str) or not name.isidentifier():
+        return None
+    # transformers 5 has one class per tokenizer; a "...Fast" name is an alias AutoTokenizer maps back
+    for candidate in (name, name.removesuffix("Fast")):
+        cls = getattr(transformers, candidate, None)
+        if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+            return cls
+    return None
 
 
 @contextlib.contextmanager
@@ -152,16 +180,28 @@ def _source_key(data_cfg) -> dict:
     return {"name": data_cfg.name, "revision": data_cfg.revision or None}
 
 
-def cache_file(data_cfg, split: str, tokenizer) -> Path:
-    """The .npz holding this split's arrays; its name hashes every input of the tokenisation."""
+def cache_file(data_cfg, split: str, tokenizer, kind: str = "") -> Path:
+    """The .npz holding this split's arrays (kind "") or its token counts (kind "counts", which do
+    not depend on seq_len or packing); its name hashes every input of the tokenisation."""
     task = check_task(data_cfg)
+    counts = kind == "counts"
     key = {"version": CACHE_VERSION, "task": task, "split": check_split(split), "source": _source_key(data_cfg),
-           "tokenizer": tokenizer_fingerprint(tokenizer), "seq_len": int(data_cfg["seq_len"]),
-           "packing": bool(data_cfg.packing) if task == "chat" else None,
+           "tokenizer": tokenizer_fingerprint(tokenizer), "seq_len": None if counts else int(data_cfg["seq_len"]),
+           "packing": bool(data_cfg.packing) if task == "chat" and not counts else None,
            "val_fraction": float(data_cfg.val_fraction), "split_seed": int(data_cfg.split_seed)}
+    if kind:
+        key["kind"] = kind
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     cache_dir = Path(data_cfg.cache_dir or Path.home() / ".cache" / "kanjax" / "data").expanduser()
-    return cache_dir / f"{task}-{check_split(split)}-{digest}.npz"
+    return cache_dir / f"{task}-{check_split(split)}{'-' + kind if kind else ''}-{digest}.npz"
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:  # write then rename: a crash never leaves a truncated cache
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
 
 
 def _tokenize(ds, task: str, tokenizer, seq_len: int, packing: bool) -> tuple[Arrays, dict]:
@@ -197,12 +237,23 @@ def load_arrays(data_cfg, split: str, tokenizer, num_labels: int | None = None) 
         task = check_task(data_cfg)
         arrays, meta = _tokenize(load_raw(data_cfg, split, num_labels), task, tokenizer, int(data_cfg.seq_len),
                                  bool(data_cfg.packing))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:  # write then rename: a crash never leaves a truncated cache
-            np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
+        _save_npz(path, __meta__=np.array(json.dumps(meta)), **arrays)
     return arrays, {**meta, "cache_file": str(path)}
+
+
+def train_token_counts(data_cfg, tokenizer) -> dict[int, int]:
+    """{token id: occurrences} over the whole training texts as the model reads them (`train_texts`,
+    no special tokens added, nothing cut), for trimming the vocabulary; cached beside the arrays, so
+    a second run neither reads the raw data nor tokenises it again."""
+    path = cache_file(data_cfg, "train", tokenizer, kind="counts")
+    if path.exists():
+        with np.load(path) as f:
+            return dict(zip(f["ids"].tolist(), f["counts"].tolist()))
+    texts = train_texts(data_cfg, tokenizer)
+    counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
+    ids = np.array(sorted(counts), np.int64)
+    _save_npz(path, ids=ids, counts=np.array([counts[i] for i in ids.tolist()], np.int64))
+    return dict(counts)
 
 
 def build(data_cfg, split: str, *, seed: int, tokenizer=None, id_map=None, num_labels: int | None = None):

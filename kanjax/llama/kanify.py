@@ -173,7 +173,15 @@ def _projection_count(spec: KANSpec, kind_is_target: bool, n_in: int, n_out: int
 
 
 def _closest(count, target: int, hi: int) -> int:
-    """Smallest-error w in [1, hi] for a count(w) that increases with w (binary search)."""
+    """Smallest-error w in [1, hi] for a count(w) that increases with w (ties: the smaller w). Parameter
+    counts are affine in a width for every family here: solved from count(1), count(2) and checked at
+    count(hi) (each count traces a layer's init, ~30 ms); otherwise a binary search."""
+    if hi >= 3:
+        c1, c2, chi = count(1), count(2), count(hi)
+        slope = c2 - c1
+        if slope > 0 and chi == c1 + slope * (hi - 1):
+            w = min(max(1 + (target - c1) // slope, 1), hi)  # the largest w with count(w) <= target
+            return min((v for v in (w, w + 1) if 1 <= v <= hi), key=lambda v: abs(c1 + slope * (v - 1) - target))
     lo, top = 1, hi
     while lo < top:
         mid = (lo + top) // 2

@@ -50,7 +50,7 @@ def _special_ids(tokenizer, vocab_size: int) -> list[int]:
 
 
 def trim_vocab(model, tokenizer, texts, size: int, *, unk_token_id: int | None = None,
-               return_inverse: bool = False, kept=None):
+               return_inverse: bool = False, kept=None, counts=None):
     """Keep the ``size`` most frequent token ids of ``tokenizer(texts)`` (ties: lower id first; ids never
     seen are not kept) plus every special/added token; returns a copy with sliced embedding rows
     (and lm_head columns when untied).
@@ -62,12 +62,15 @@ def trim_vocab(model, tokenizer, texts, size: int, *, unk_token_id: int | None =
     With ``return_inverse=True`` also returns new -> old (new vocab,) int32 (map generations back).
     ``kept`` (new -> old ids, e.g. a checkpoint's `vocab_record`) keeps exactly those ids instead:
     texts and size are then not used (a resumed run keeps the vocabulary it was trained with).
+    ``counts`` ({id: occurrences}, e.g. `kanjax.data.pipeline.train_token_counts`, cached) stands for
+    ``tokenizer(texts)``'s counts: texts are then not used.
     """
     cfg = model.config
     specials = _special_ids(tokenizer, cfg.vocab_size)
     if kept is None:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
+        if counts is None:
+            texts = [texts] if isinstance(texts, str) else list(texts)
+            counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
         special_set = set(specials)
         frequent = sorted((i for i in counts if i not in special_set and i < cfg.vocab_size),
                           key=lambda i: (-counts[i], i))[:size]

@@ -103,9 +103,9 @@ def model_from_config(config, tokenizer, *, dtype, vocab: dict | None = None):
         vocab = surgery.vocab_record(id_map, kept)
         log.info("vocabulary: the recorded %d ids", model.config.vocab_size)
     elif config.model.vocab_size:
-        texts = data.train_texts(config.data, tokenizer)
-        model, id_map, kept = surgery.trim_vocab(model, tokenizer, texts, config.model.vocab_size,
-                                                 return_inverse=True)
+        counts = data.train_token_counts(config.data, tokenizer)
+        model, id_map, kept = surgery.trim_vocab(model, tokenizer, None, config.model.vocab_size,
+                                                 return_inverse=True, counts=counts)
         vocab = surgery.vocab_record(id_map, kept)
         log.info("vocabulary trimmed to %d ids", model.config.vocab_size)
     model = surgery.attach_vocab(kanify(model, kan_spec(config.kan), seed=config.seed), vocab)

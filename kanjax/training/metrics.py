@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,9 +63,24 @@ class MetricWriter:
                     self.path.write_text("".join(_encode(r) for r in kept))
                 rows = kept
             self._logged = {(r["step"], r["split"]) for r in rows}
-            from tensorboardX import SummaryWriter
+            # tensorboardX takes ~2 s to import: done beside the first compile and step (which release
+            # the GIL) instead of before them; `tb` waits for it.
+            self._tb_thread = threading.Thread(target=self._open_tensorboard, daemon=True)
+            self._tb_thread.start()
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+    def _open_tensorboard(self) -> None:
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+
+    @property
+    def tb(self):
+        """The TensorBoard writer (process 0 only), once its import has finished."""
+        if self._tb is None and self.active:
+            self._tb_thread.join()
+            if self._tb is None:  # the import failed in the thread: raise its error here
+                self._open_tensorboard()
+        return self._tb
 
     def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
         if not self.active:
@@ -77,11 +93,11 @@ class MetricWriter:
             f.write(_encode(row))
         for key, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
-                self._tb.add_scalar(f"{split}/{key}", value, step)
+                self.tb.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        if self.active:
+            self.tb.close()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

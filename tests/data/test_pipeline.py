@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kanjax import data
+from kanjax.data import pipeline
 from kanjax.data import sources as data_sources
 from kanjax.data.arrays import apply_id_map, encode_chat, eval_batches, make_iterator, pack
 from kanjax.data.sources import split_files
@@ -332,3 +333,63 @@ def test_build_chat_with_id_map(chat, tokenizer):
     keys = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
     assert {k: v.shape for k, v in batch.items()} == {k: (8, 1024) for k in keys}
     assert set(np.unique(batch["input_ids"])) <= set(id_map[np.unique(chat[3]["input_ids"])])
+
+
+# --- tokenizer ----------------------------------------------------------------------------------
+
+
+def _same_tokenizer(a, b, texts):
+    assert type(a) is type(b)
+    assert a(texts)["input_ids"] == b(texts)["input_ids"]
+    msgs = [{"role": "user", "content": "Hi <|im_end|> there"}, {"role": "assistant", "content": "Hello."}]
+    assert a.apply_chat_template(msgs, tokenize=False) == b.apply_chat_template(msgs, tokenize=False)
+    assert (a.pad_token_id, a.eos_token_id, len(a)) == (b.pad_token_id, b.eos_token_id, len(b))
+    assert pipeline.tokenizer_fingerprint(a) == pipeline.tokenizer_fingerprint(b)
+
+
+@pytest.mark.parametrize("named", ["as shipped", "Fast alias", "no class named"])
+def test_load_tokenizer_is_autotokenizer_s_tokenizer(tokenizer_dir, tokenizer, agnews, tmp_path, named):
+    """The class named in tokenizer_config.json is imported directly (no PyTorch import); it must be
+    the tokenizer AutoTokenizer gives, ids, chat template and specials alike."""
+    import shutil
+
+    folder = tokenizer_dir
+    if named != "as shipped":
+        folder = tmp_path / "tok"
+        shutil.copytree(tokenizer_dir, folder)
+        cfg_file = folder / "tokenizer_config.json"
+        tc = json.loads(cfg_file.read_text())
+        if named == "Fast alias":
+            tc["tokenizer_class"] = tc["tokenizer_class"] + "Fast"
+        else:
+            tc.pop("tokenizer_class")
+        cfg_file.write_text(json.dumps(tc))
+    from transformers import AutoTokenizer
+
+    texts = list(agnews[1]["train"]["text"][:50]) + ["<|im_start|>user\nx<|im_end|>", "  spaces\tand\nlines "]
+    reference = tokenizer if named == "as shipped" else AutoTokenizer.from_pretrained(str(folder))
+    _same_tokenizer(data.load_tokenizer(str(folder)), reference, texts)
+
+
+def test_load_tokenizer_does_not_import_torch(tokenizer_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys; from kanjax.data import load_tokenizer; load_tokenizer(sys.argv[1]); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tokenizer_dir)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_train_token_counts_are_the_texts_counts_and_are_cached(shared_data, tokenizer, tmp_path):
+    from collections import Counter
+
+    c = cfg(path=str(shared_data / "ag_news"), cache_dir=str(tmp_path))
+    texts = data.train_texts(c, tokenizer)
+    expected = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
+    assert pipeline.train_token_counts(c, tokenizer) == dict(expected)
+    cached = pipeline.cache_file(c, "train", tokenizer, kind="counts")
+    assert cached.is_file()
+    c2 = cfg(path=str(shared_data / "ag_news"), cache_dir=str(tmp_path), seq_len=32)  # counts ignore seq_len
+    assert pipeline.cache_file(c2, "train", tokenizer, kind="counts") == cached
+    assert pipeline.train_token_counts(c2, tokenizer) == dict(expected)

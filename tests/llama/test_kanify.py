@@ -198,3 +198,28 @@ def test_from_linear_on_real_smollm2_keeps_logits_and_answer(smollm2_gguf, token
         drift = float(np.max(np.abs(np.asarray(drift_model(ids, mask)) - ref)[real]))
         record_property(f"tanh_drift_{strategy}_{targets}_last5", drift)
         print(f"tanh-domain from_linear drift ({strategy}, {targets}, last 5 blocks): max |Δlogit| = {drift:.3f}")
+
+
+@pytest.mark.parametrize("spec", [
+    dict(basis="chebyshev2", degree=2), dict(basis="bspline"), dict(basis="rbf"),
+    dict(basis="chebyshev2", degree=2, base="linear"),
+    dict(basis="group_rational", degree=5, den_degree=4, num_groups=4, domain="none")])
+def test_matched_width_is_the_brute_force_closest(spec):
+    """The width solver (affine shortcut) against a scan of every width: the smallest |count − target|,
+    the smaller width on ties."""
+    import importlib
+
+    kanify_lib = importlib.import_module("kanjax.llama.kanify")  # the module (kanjax.llama.kanify is the function)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=40, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    s = KANSpec(targets=("mlp",), param_match="width", **spec)
+    d, m = cfg.hidden_size, cfg.intermediate_size
+    target = round(s.param_ratio * 3 * d * m)
+
+    def block(w):
+        return sum(kanify_lib._projection_count(s, True, a, b, None, False) for a, b in ((d, w), (d, w), (w, d)))
+
+    best = min(range(1, m + 1), key=lambda w: (abs(block(w) - target), w))
+    assert kanify_lib.matched_mlp_width(cfg, s) == best
+    non_affine = lambda w: w * w  # noqa: E731  (the binary-search fallback)
+    assert kanify_lib._closest(non_affine, 50, 40) == min(range(1, 41), key=lambda w: (abs(w * w - 50), w))

@@ -159,6 +159,11 @@ def test_trim_vocab_restricts_logits(tokenizer, tied):
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     _, id_map_only = trim_vocab(full, tokenizer, texts, 8)
     np.testing.assert_array_equal(id_map_only, id_map)
+    from collections import Counter
+
+    counts = Counter(i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"])
+    _, id_map_counts = trim_vocab(full, tokenizer, None, 8, counts=counts)  # the cached path
+    np.testing.assert_array_equal(id_map_counts, id_map)
 
 
 def _spec(state, *path):
