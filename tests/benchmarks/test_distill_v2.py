@@ -1,14 +1,17 @@
 """Distillation v2 (issue #42): its verdict rules on made-up records (each outcome reachable, the
 arm chosen on validation, a missing part never reads as met), the diagnosis statistics against a
-direct computation, and (slow) the --v2 --quick run end to end on the real GGUF."""
+direct computation, the end-to-end fine-tune units (plan, lr choice, resumption, report section, the
+exact starts on a tiny model), and (slow) the --v2 --quick run end to end on the real GGUF."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from benchmarks.studies.distill import diagnose, report_v2, rules_v2, study
+from benchmarks.studies.distill import diagnose, report_v2, rules_v2, study, units
+from benchmarks.studies.distill import plan as plan_lib
 
 LAYERS = [4, 5]
 
@@ -113,17 +116,197 @@ def test_report_says_what_is_missing_and_names_the_chosen_arm(tmp_path):
     assert "Best re-learned KAN arm (lowest mean validation error over the blocks): **kan_recipe_none**" in text
     assert "Target: **missed**" in text and "+0.120" in text
     assert "No diagnosis records yet" in text and "Warm start fine-tuned vs linear fine-tuned: not measured yet" in text
+    assert "## End to end at equal budget" in text and "Not measured yet (`--v2 --finetune_steps N`" in text
+
+
+STARTS = ["pretrained", "linear", "kan_recipe", "gr_warm", "gr_warm_exact", "kan_exact"]
+
+
+def test_v2_finetune_units_start_from_the_pretrained_relearned_and_warm_mlps():
+    args = study.parse_args(["--v2", "--finetune_steps", "5", "--arms", "linear,kan_recipe,gr_warm"])
+    s = plan_lib.settings(args)
+    todo = plan_lib.plan(args, s)
+    assert [u for u in todo if u.startswith("finetune__")] == [f"finetune__{a}" for a in STARTS]
+    assert plan_lib.models(args, s)[-len(STARTS):] == [f"{a}_ft" for a in STARTS]
+    assert s["finetune_lrs"] == plan_lib.FINETUNE_LRS
+    for start in STARTS:  # judged on perplexity, KL and the multiple-choice sets, not BBH
+        assert {f"insitu__{start}_ft", f"eval_ppl__{start}_ft", f"eval_mc__{start}_ft"} <= set(todo)
+        assert f"eval_bbh__{start}_ft" not in todo
+    assert "eval_bbh__gr_warm" in todo and "fit__gr_warm__L29" in todo and "fit__kan_exact__L29" not in todo
+    assert todo.index("fit__kan_recipe__L29") < todo.index("finetune__pretrained") < todo.index("insitu__linear")
+    grid = study.parse_args(["--v2", "--finetune_steps", "5", "--finetune_lrs", "1e-4,1e-3"])
+    assert plan_lib.settings(grid)["finetune_lrs"] == (1e-4, 1e-3)
+    assert plan_lib.settings(study.parse_args(["--v2", "--quick"]))["finetune_lrs"] == plan_lib.QUICK["finetune_lrs"]
+    assert "finetune_lrs" not in plan_lib.settings(study.parse_args(["--quick"]))  # v1 keeps its settings
+    exact = plan_lib.arm_spec("kan_exact")
+    assert (exact.domain, exact.init, exact.param_match, exact.basis, exact.degree) == (
+        "none", "from_linear", "none", "chebyshev2", 2)
+    assert plan_lib.arm_spec("pretrained") is None
+
+
+def test_finetune_lr_is_the_lowest_validation_loss_of_the_grid():
+    grid = (3e-5, 1e-4, 3e-4, 1e-3)
+    lrs = {"0.0001": {"val_loss": 3.1}, "0.0003": {"val_loss": 2.9}, "0.001": {"val_loss": None},  # diverged
+           "0.01": {"val_loss": 1.0}}  # not in the grid; 3e-05 has no entry
+    assert rules_v2.best_finetune_lr(lrs, grid) == 3e-4
+    lrs["0.0003"]["val_loss"] = float("nan")
+    assert rules_v2.best_finetune_lr(lrs, grid) == 1e-4
+    assert rules_v2.best_finetune_lr({"0.01": {"val_loss": 1.0}}, grid) is None
+
+
+def finetune_record(start, budget, lrs=(1e-4, 1e-3), best=1e-4, extra=0):
+    return {"unit": f"finetune__{start}", "kind": "finetune", "start": start, "layers": LAYERS, "params": 1000 + extra,
+            "pretrained_params": 1000, "extra_params": extra, "budget": budget, "grid": list(lrs), "seq_len": 16,
+            "train_windows": 28, "val_windows": 2, "val_loss_start": 3.0, "best_lr": best,
+            "lrs": {f"{lr:g}": {"val_loss": 2.5 if lr == best else 2.8, "train_loss": [3.0, 2.6]} for lr in lrs}}
+
+
+def write_records(folder, recs):
+    folder.mkdir(exist_ok=True)
+    for r in recs:
+        (folder / f"{r['unit']}.json").write_text(json.dumps(r))
+    return folder
+
+
+def test_a_wider_finetune_grid_redoes_the_unit_and_refuses_stale_judgements(tmp_path):
+    base = ["--v2", "--finetune_steps", "5", "--arms", "linear", "--records", str(tmp_path / "records"),
+            "--workdir", str(tmp_path / "work")]
+    args = study.parse_args(base + ["--finetune_lrs", "1e-4,1e-3"])
+    s = plan_lib.settings(args)
+    budget = plan_lib.finetune_budget(args, s)
+    folder = write_records(tmp_path / "records", [finetune_record("pretrained", budget), ppl_record("pretrained_ft", 3.0),
+                                                  finetune_record("gr_warm", budget)])
+    assert "finetune__pretrained" not in plan_lib.pending(args, s)
+    wider = study.parse_args(base + ["--finetune_lrs", "1e-4,1e-3,3e-4"])
+    assert plan_lib.missing_finetune_lrs(wider, plan_lib.settings(wider), "finetune__pretrained") == [3e-4]
+    with pytest.raises(SystemExit, match="eval_ppl__pretrained_ft") as err:
+        plan_lib.pending(wider, plan_lib.settings(wider))
+    assert "fine-tunes of gr_warm, pretrained" in str(err.value)
+    (folder / "eval_ppl__pretrained_ft.json").unlink()
+    assert "finetune__pretrained" in plan_lib.pending(wider, plan_lib.settings(wider))
+    longer = study.parse_args(base + ["--finetune_lrs", "1e-4,1e-3", "--finetune_steps", "6"])  # another budget
+    assert plan_lib.missing_finetune_lrs(longer, plan_lib.settings(longer), "finetune__gr_warm") == [1e-4, 1e-3]
+
+
+def ppl_windows(model, nll):
+    return {"unit": f"eval_ppl__{model}", "kind": "eval_ppl", "model": model,
+            "wikitext": {"nll": list(nll), "tokens": [16] * len(nll)},
+            "mt_bench": {"nll": [20.0, 25.0], "tokens": [10, 12], "v1_heldout": [True, False]}}
+
+
+def test_report_end_to_end_section_gives_rule_3_per_warm_start(tmp_path):
+    budget = {"steps": 5, "batch_windows": 4, "seed": 0, "warmup": 1}
+    base = np.array([30.0 + i for i in range(8)])
+    recs = [*(fit("linear", k, 0.5, 0.50) for k in LAYERS), *(fit("kan_recipe", k, 0.6, 0.6) for k in LAYERS),
+            finetune_record("pretrained", budget), finetune_record("gr_warm", budget, extra=96),
+            finetune_record("kan_exact", budget, best=1e-3, extra=2000), finetune_record("linear", budget),
+            ppl_windows("pretrained_ft", base), ppl_windows("gr_warm_ft", base - 0.2),  # 1.2% lower perplexity
+            ppl_windows("kan_exact_ft", base + 2.0),  # 13% higher on every window
+            ppl_windows("linear_ft", base + RNG_STEPS)]  # +/- on alternate windows: an interval across the margin
+    mc = {t: "10" * 10 for t in ("arc_easy", "arc_challenge", "openbook_qa", "copa", "winogrande")}
+    for model in ("pretrained_ft", "gr_warm_ft"):
+        recs.append({"unit": f"eval_mc__{model}", "kind": "eval_mc", "model": model,
+                     "tasks": {t: {"correct": b, "correct_norm": b} for t, b in mc.items()}})
+        recs.append({"unit": f"insitu__{model}", "kind": "insitu", "model": model, "kl": [0.1, 0.3, 0.2],
+                     "tokens": [16] * 3, "top1": [10] * 3, "blocks": {}})
+    folder = write_records(tmp_path / "records", recs)
+    text = report_v2.write_report(folder, tmp_path, v1_records=tmp_path / "none").read_text()
+    section = text.split("## End to end at equal budget")[1].split("## Verdicts")[0]
+    assert "5 AdamW steps of 4 windows × 16 tokens" in section and "at each lr of 0.0001, 0.001" in section
+    rows = {line.split(" |")[0][2:]: line for line in section.splitlines() if line.startswith("| `")}
+    assert list(rows) == ["`pretrained` (comparator)", "`linear`", "`kan_recipe` (best re-learned KAN arm)",
+                          "`gr_warm`", "`gr_warm_exact`", "`kan_exact`"]
+    assert "| 1,096 | +96 (+9.6%) | 0.0001 | 3.0000 → 2.5000 |" in rows["`gr_warm`"]
+    assert "| -1.2% [-1.2, -1.2] |" in rows["`gr_warm`"] and "+0.0 [+0.0, +0.0]" in rows["`gr_warm`"]  # MC: the same answers
+    assert "**matches or beats** |" in rows["`gr_warm`"] and "**does not match** |" in rows["`kan_exact`"]
+    assert rows["`gr_warm_exact`"].count("not measured yet") == 9 and "**not" not in rows["`gr_warm_exact`"]
+    assert "**inconclusive**" not in rows["`linear`"] and rows["`linear`"].endswith("| – |")  # no rule 3: not warm
+    assert "0.0125, +0.0000 [+0.0000, +0.0000]" in rows["`gr_warm`"]  # KL, paired with pretrained_ft's
+    verdicts = text.split("## Verdicts")[1]
+    assert ("Warm start fine-tuned vs linear fine-tuned: `gr_warm` **matches or beats** (-1.2% [" in verdicts
+            and "`gr_warm_exact` not measured yet" in verdicts and "`kan_exact` **does not match** (+13.3%" in verdicts)
+    rule_3 = report_v2.warm_start_verdicts(report_v2.load(folder))
+    assert rule_3["gr_warm_exact"] == ("not measured yet", None, None, None)
+    lo, hi = report_v2.ppl_ratio_ci(report_v2.load(folder), "linear_ft", "pretrained_ft")[1:]
+    assert lo < rules_v2.PPL_TARGET < hi  # the linear start's interval crosses the margin: rule 3 would not decide
+
+
+RNG_STEPS = np.array([4.0, -4.0] * 4)
+
+
+@pytest.mark.parametrize("arm", ["kan_exact", "gr_warm_exact"])
+def test_exact_starts_reproduce_the_model_and_say_their_extra_parameters(arm):
+    """On a tiny Llama with O(1) MLP weights: the exact warm starts' logits equal the model's."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from benchmarks.studies.distill import fit as distill
+    from kanjax.kan.layer import count_params
+    from kanjax.llama.model import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rope_theta=10000.0)
+    model = LlamaForCausalLM(config, rngs=nnx.Rngs(0))
+    for layer in model.model.layers:
+        for proj in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            proj.kernel[...] = proj.kernel[...] * 10
+    spec = plan_lib.arm_spec(arm)
+    mlps = units.warm_mlps(model, spec, (2, 3))
+    start = distill.splice(model, mlps, spec)
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, 96, (2, 16)), jnp.int32)
+    ref, new = model(ids), start(ids)
+    gap = float(jnp.max(jnp.abs(new - ref)))
+    assert gap < 1e-4 * float(jnp.max(jnp.abs(ref))), gap
+    linear = count_params(model.model.layers[2].mlp)
+    extra = count_params(mlps[2]) - linear
+    # kan_exact: 2 coefficients per edge at full width (centred degree 2: columns in x and x², the constant
+    # drops out), twice the linear block; gr_warm_exact: the rational's coefficients only
+    assert extra == linear if arm == "kan_exact" else 0 < extra < 0.05 * linear
 
 
 @pytest.mark.slow
 def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared_data, smollm2_gguf):
     records = tmp_path / "records"
     arms = ("linear", "kan_recipe_none", "gr_kan", "gr_warm")  # one of each code path (the other recipe arms: specs)
-    study.main(["--v2", "--quick", "--arms", ",".join(arms), "--only", "^(record|diagnose|fit|errmap)",
-                "--records", str(records), "--workdir", str(tmp_path / "work"), "--data_dir", str(shared_data)])
-    units = {p.stem for p in records.glob("*.json")}
-    assert {"record", "diagnose__L4", "diagnose__L5", "errmap__linear", "errmap__gr_warm"} <= units
-    assert {f"fit__{a}__L{k}" for a in arms for k in (4, 5)} <= units
+    starts = ("pretrained", "kan_recipe_none", "gr_warm", "gr_warm_exact", "kan_exact")  # one re-learned start
+    only = (f"^(record|diagnose|fit|errmap)|^finetune__({'|'.join(starts)})$"
+            "|^(insitu|eval_ppl)__(pretrained|kan_exact)_ft$")  # two judged fine-tunes: rule 3's pair
+    argv = ["--v2", "--quick", "--arms", ",".join(arms), "--records", str(records), "--workdir", str(tmp_path / "work"),
+            "--data_dir", str(shared_data)]
+    study.main(argv + ["--only", only])
+    done = {p.stem for p in records.glob("*.json")}
+    assert {"record", "diagnose__L4", "diagnose__L5", "errmap__linear", "errmap__gr_warm"} <= done
+    assert {f"fit__{a}__L{k}" for a in arms for k in (4, 5)} <= done
+    assert {"eval_ppl__kan_exact_ft", "eval_ppl__pretrained_ft", "insitu__kan_exact_ft"} <= done
+    ft = {s: json.loads((records / f"finetune__{s}.json").read_text()) for s in starts}
+    for s, r in ft.items():  # QUICK's 2-lr grid, each lr's curve and validation loss, the kept lr's MLPs on disk
+        assert r["grid"] == list(plan_lib.QUICK["finetune_lrs"]) and set(r["lrs"]) == {"0.0001", "0.001"}
+        assert r["best_lr"] == rules_v2.best_finetune_lr(r["lrs"], r["grid"]) and r["budget"]["steps"] == 2
+        assert all(len(e["train_loss"]) == 2 and e["val_loss"] > 0 for e in r["lrs"].values())
+        assert all(units.finetuned_file(study.parse_args(argv), s, k).is_file() for k in (4, 5))
+    kept, other = (np.load(units.finetune_lr_files(study.parse_args(argv), "kan_exact", lr)[0])
+                   for lr in sorted(plan_lib.QUICK["finetune_lrs"], key=lambda lr: lr != ft["kan_exact"]["best_lr"]))
+    with np.load(units.finetuned_file(study.parse_args(argv), "kan_exact", 5)) as saved:
+        assert sorted(saved) == sorted(k[3:] for k in kept if k.startswith("L5/"))
+        assert all(np.array_equal(saved[k], kept[f"L5/{k}"]) for k in saved)  # the kept lr's MLPs, not another's
+        assert not all(np.array_equal(saved[k], other[f"L5/{k}"]) for k in saved)
+    # The exact starts reproduce the pretrained model (max |logit gap| over two val windows, float32 rounding);
+    # gr_warm's SiLU fit does not; kan_exact doubles the MLP parameters, the rationals add a few.
+    assert ft["pretrained"]["start_logits_max_abs_diff"] == 0.0 and ft["pretrained"]["extra_params"] == 0
+    for s in ("gr_warm_exact", "kan_exact"):
+        assert ft[s]["start_logits_max_abs_diff"] < 2e-4, ft[s]["start_logits_max_abs_diff"]  # measured 3e-5, 4e-5
+        assert ft[s]["val_loss_start"] == pytest.approx(ft["pretrained"]["val_loss_start"], abs=1e-4)
+    assert ft["gr_warm"]["start_logits_max_abs_diff"] > plan_lib.EXACT_LOGIT_TOL  # measured 7e-2
+    assert ft["kan_exact"]["extra_params"] == ft["kan_exact"]["pretrained_params"]
+    assert 0 < ft["gr_warm_exact"]["extra_params"] < 1e-3 * ft["gr_warm_exact"]["pretrained_params"]
+    print("start logit gaps:", {s: r["start_logits_max_abs_diff"] for s, r in ft.items()},
+          "fine-tune seconds per step (after the first):",
+          {s: [e["step_seconds"] for e in r["lrs"].values()] for s, r in ft.items()})
+    # A rerun keeps the lrs on disk: the unit redone from its per-lr files gives the same record.
+    (records / "finetune__pretrained.json").unlink()
+    study.main(argv + ["--only", "^finetune__pretrained$"])
+    again = json.loads((records / "finetune__pretrained.json").read_text())
+    assert again["lrs"] == ft["pretrained"]["lrs"] and again["best_lr"] == ft["pretrained"]["best_lr"]
     fit_rec = json.loads((records / "fit__kan_recipe_none__L4.json").read_text())
     assert fit_rec["spec"]["domain"] == "none" and fit_rec["fit"]["steps"] == 20  # --quick's budget wins
     # The warm start begins at the pretrained block (its SiLU fit aside): far below a fresh block's error.
@@ -131,3 +314,5 @@ def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared
     assert warm < 0.1 < fresh
     text = (tmp_path / "full_model_distill_v2.md").read_text()
     assert "## Diagnosis" in text and "| 4 |" in text and "Best re-learned KAN arm" in text
+    assert "| `pretrained` (comparator) | " in text and "2 AdamW steps of 4 windows × 64 tokens" in text
+    assert re.search(r"`kan_exact` \*\*(matches or beats|does not match|inconclusive)\*\*", text)

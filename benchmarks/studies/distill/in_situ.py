@@ -7,6 +7,8 @@ Everything runs from the residual stream recorded entering the first replaced bl
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 
@@ -75,28 +77,31 @@ def sequential_targets(teacher, student, rec: Recording, layer: int, batch_size:
     return xs.reshape(-1, d), targets.reshape(-1, d)
 
 
-def finetune(model, rec: Recording, layers: Sequence[int], windows: np.ndarray, cfg: FitConfig,
-             batch_windows: int = 4):
-    """Train the MLPs of `layers` end to end: next-token cross-entropy of the whole model on recorded
-    windows, run from the recorded residual (only blocks resid_layer.. and the head run) -> (new
-    model, {"train_loss": [...], "seconds", "tokens"}). cfg.batch_tokens is ignored: a step takes
-    `batch_windows` windows."""
-    model = nnx.clone(model)
-    start, stop = rec.manifest["resid_layer"], model.config.num_hidden_layers
-    chosen = {int(k) for k in layers}
-
+def _trainable(chosen: set[int]):
     def trainable(path, value):
         parts = list(path)  # ("model", "layers", 25, "mlp", "up_proj", ...)
         return (isinstance(value, nnx.Param) and "mlp" in parts and "layers" in parts
                 and parts[parts.index("layers") + 1] in chosen)
 
-    graphdef, params, rest = nnx.split(model, trainable, ...)
-    tx = _optimizer(cfg)
-    opt = tx.init(params)
-    tokens = rec.tokens
+    return trainable
+
+
+def finetune_grid(model, rec: Recording, layers: Sequence[int], windows: np.ndarray, cfg: FitConfig,
+                  lrs: Sequence[float], batch_windows: int = 4):
+    """Train the MLPs of `layers` end to end at each lr of `lrs`, every run from `model` with cfg's
+    budget and seed (the same windows in the same order): next-token cross-entropy of the whole model
+    on recorded windows, run from the recorded residual (only blocks resid_layer.. and the head run).
+    Yields (lr, new model, {"train_loss": [mean per cfg.log_every steps], "seconds", "step_seconds",
+    "tokens"}) per lr. cfg.lr and cfg.batch_tokens are ignored: a step takes `batch_windows` windows,
+    and the lr is an argument of one compiled step (the schedule's shape at peak 1, scaled by it:
+    AdamW's update, weight decay included, is linear in the lr), so the grid compiles once.
+    step_seconds: the mean wall time of the steps after the first (which compiles), or None."""
+    start, stop = rec.manifest["resid_layer"], model.config.num_hidden_layers
+    graphdef, params0, rest = nnx.split(model, _trainable({int(k) for k in layers}), ...)
+    tx = _optimizer(dataclasses.replace(cfg, lr=1.0))
 
     @jax.jit
-    def step(params, opt, rest, h0, ids):  # rest (embeddings, frozen blocks) as an argument, not a constant
+    def step(params, opt, rest, h0, ids, lr):  # rest (embeddings, frozen blocks) as an argument, not a constant
         def loss_fn(p):
             _, _, out = _run(nnx.merge(graphdef, p, rest), h0, start=start, stop=stop, capture=(), from_ids=False,
                              logits=True)
@@ -105,23 +110,77 @@ def finetune(model, rec: Recording, layers: Sequence[int], windows: np.ndarray, 
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt = tx.update(grads, opt, params)
+        updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
         return optax.apply_updates(params, updates), opt, loss
 
-    rng = np.random.default_rng(cfg.seed)
-    batches = _epochs(np.asarray(windows), batch_windows, rng)
-    losses, window, t0 = [], [], time.perf_counter()
-    resid = rec.resid
-    for s in range(cfg.steps):
-        w = next(batches)
-        params, opt, loss = step(params, opt, rest, jnp.asarray(np.asarray(resid[w], np.float32)),
-                                 jnp.asarray(tokens[w]))
-        window.append(loss)
-        if (s + 1) % cfg.log_every == 0 or s + 1 == cfg.steps:
-            losses.append(float(np.mean(jax.device_get(window))))
-            window = []
-    nnx.update(model, params)
-    return model, {"train_loss": losses, "seconds": time.perf_counter() - t0,
-                   "tokens": cfg.steps * batch_windows * rec.seq_len}
+    tokens, resid = rec.tokens, rec.resid
+    for lr in lrs:
+        params, opt = params0, tx.init(params0)
+        batches = _epochs(np.asarray(windows), batch_windows, np.random.default_rng(cfg.seed))
+        losses, window, t0, t1 = [], [], time.perf_counter(), None
+        for s in range(cfg.steps):
+            w = next(batches)
+            params, opt, loss = step(params, opt, rest, jnp.asarray(np.asarray(resid[w], np.float32)),
+                                     jnp.asarray(tokens[w]), jnp.float32(lr))
+            window.append(loss)
+            if s == 0:
+                jax.block_until_ready(loss)
+                t1 = time.perf_counter()
+            if (s + 1) % cfg.log_every == 0 or s + 1 == cfg.steps:
+                losses.append(float(np.mean(jax.device_get(window))))
+                window = []
+        jax.block_until_ready(params)
+        seconds = time.perf_counter() - t0
+        tuned = nnx.clone(model)
+        nnx.update(tuned, params)
+        yield lr, tuned, {"train_loss": losses, "seconds": seconds,
+                          "step_seconds": (time.perf_counter() - t1) / (cfg.steps - 1) if cfg.steps > 1 else None,
+                          "tokens": cfg.steps * batch_windows * rec.seq_len}
 
 
-__all__ = ["compare_in_situ", "sequential_targets", "finetune"]
+def finetune(model, rec: Recording, layers: Sequence[int], windows: np.ndarray, cfg: FitConfig,
+             batch_windows: int = 4):
+    """Train the MLPs of `layers` end to end at cfg.lr (finetune_grid with one lr) -> (new model,
+    {"train_loss": [...], "seconds", "tokens"})."""
+    _, tuned, info = next(finetune_grid(model, rec, layers, windows, cfg, [cfg.lr], batch_windows))
+    info.pop("step_seconds")
+    return tuned, info
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "start", "stop"))
+def _window_nll(graphdef, state, h0, ids, *, start: int, stop: int):
+    _, _, out = _run(nnx.merge(graphdef, state), h0, start=start, stop=stop, capture=(), from_ids=False, logits=True)
+    logp = jax.nn.log_softmax(out["logits"][:, :-1].astype(jnp.float32))
+    return -jnp.sum(jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0], axis=1)
+
+
+def next_token_loss(model, rec: Recording, windows: np.ndarray, batch_windows: int = 8) -> dict:
+    """The next-token loss finetune trains on, on recorded windows (run from the recorded residual)
+    -> {"loss": mean nll per predicted token, "nll": per-window sums, "tokens": per-window counts}.
+    The last batch is padded with copies (one compiled shape)."""
+    start, stop = rec.manifest["resid_layer"], model.config.num_hidden_layers
+    graphdef, state = nnx.split(model)
+    windows, tokens, resid = np.asarray(windows), rec.tokens, rec.resid
+    nll = []
+    for s in range(0, len(windows), batch_windows):
+        w = windows[s:s + batch_windows]
+        rows = len(w)
+        w = np.concatenate([w, np.repeat(w[-1:], batch_windows - rows)]) if rows < batch_windows else w
+        out = _window_nll(graphdef, state, jnp.asarray(np.asarray(resid[w], np.float32)), jnp.asarray(tokens[w]),
+                          start=start, stop=stop)
+        nll += np.asarray(out, np.float64)[:rows].tolist()
+    counts = [rec.seq_len - 1] * len(nll)
+    return {"loss": sum(nll) / max(sum(counts), 1), "nll": nll, "tokens": counts}
+
+
+def logit_gap(a, b, rec: Recording, windows: np.ndarray) -> float:
+    """max |logits(a) − logits(b)| over recorded windows, both run from the recorded residual (a start
+    that should reproduce the pretrained model is checked against it)."""
+    start, stop = rec.manifest["resid_layer"], a.config.num_hidden_layers
+    h0 = jnp.asarray(np.asarray(rec.resid[np.asarray(windows)], np.float32))
+    _, _, la = run_blocks(a, h0, start, stop, logits=True)
+    _, _, lb = run_blocks(b, h0, start, stop, logits=True)
+    return float(jnp.max(jnp.abs(la["logits"].astype(jnp.float32) - lb["logits"].astype(jnp.float32))))
+
+
+__all__ = ["compare_in_situ", "sequential_targets", "finetune", "finetune_grid", "next_token_loss", "logit_gap"]

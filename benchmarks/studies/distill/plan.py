@@ -32,8 +32,23 @@ OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardis
                  # ... and the exact form of it: SiLU + a group-rational residual that starts at 0
                  "gr_warm_exact": {"targets": ("gate",), "strategy": "activation", "basis": "group_rational",
                                    "mlp_activation": "none", "degree": 9, "den_degree": 8, "num_groups": 8,
-                                   "init": "from_linear", "activation_init": "silu_residual"}}
-WARM_ARMS = ("gr_warm", "gr_warm_exact")  # fits start from the pretrained block (units.start_mlp), not a fresh one
+                                   "init": "from_linear", "activation_init": "silu_residual"},
+                 # the exact KAN form of the pretrained MLP: every projection a full-width Chebyshev-2 KAN that
+                 # starts as the linear map it replaces (exact on raw inputs); centred degree 2 keeps 2
+                 # coefficients per edge (x, x²), so twice the MLP's parameters
+                 "kan_exact": {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "none",
+                               "init": "from_linear"}}
+# Arms that start from the pretrained block (units.warm_mlps: the teacher KAN-ified by the arm's spec), not
+# a fresh one, in their fits and as fine-tune starts.
+WARM_ARMS = ("gr_warm", "gr_warm_exact", "kan_exact")
+# v2's fine-tune starts (issue #42 item 4), named by what the studied blocks' MLPs are before fine-tuning:
+# the teacher's own ("pretrained", rule 3's linear comparator), each re-learned arm's kept fits, each warm arm.
+PRETRAINED = "pretrained"
+EXACT_STARTS = (PRETRAINED, "gr_warm_exact", "kan_exact")  # reproduce the pretrained model at step 0
+# max |logit − the teacher's| an exact start may show: float32 rounding, 3e-5 (gr_warm_exact) and 4e-5 (kan_exact)
+# in the --quick run; gr_warm's SiLU fit moves them by 7e-2 there
+EXACT_LOGIT_TOL = 1e-3
+FINETUNE_LRS = (3e-5, 1e-4, 3e-4, 1e-3)  # v2: the same grid for every start, chosen by validation loss
 # v2: 4x v1's fit tokens (linear's validation error still fell at 400 steps), the same grid for every arm.
 V2 = {"arms": ("linear", "kan_recipe_none", "kan_recipe_base", "kan_recipe", "gr_kan", "gr_warm", "gr_warm_exact"),
       "fit_steps": 1600,
@@ -45,7 +60,8 @@ FIT_STEPS, FIT_BATCH, LRS = 400, 1024, (1e-3, 3e-3, 1e-2, 3e-2)  # linear's val 
 PPL_WINDOWS, PPL_SEQ_LEN = 48, 1024
 QUICK = {"layers": (4, 5), "num_layers": 6, "seq_len": 64, "windows": 8, "fit_steps": 20, "fit_batch": 256,
          "lrs": (3e-3, 1e-2), "ppl_windows": 2, "ppl_seq_len": 128, "chat": 3, "bbh_tasks": ("bbh_boolean_expressions",
-         "bbh_sports_understanding"), "bbh_limit": 2, "mc_limit": 4, "finetune_steps": 2}
+         "bbh_sports_understanding"), "bbh_limit": 2, "mc_limit": 4, "finetune_steps": 2,
+         "finetune_lrs": (1e-4, 1e-3)}  # finetune_lrs: v2 only
 
 
 def settings(args) -> dict:
@@ -56,13 +72,17 @@ def settings(args) -> dict:
          "finetune_steps": args.finetune_steps}
     s["v2"] = bool(getattr(args, "v2", False))
     if s["v2"]:
-        s["fit_steps"] = V2["fit_steps"]
+        s["fit_steps"], s["finetune_lrs"] = V2["fit_steps"], FINETUNE_LRS
     if args.quick:
         s.update(QUICK)
+        if not s["v2"]:  # v1 fine-tunes at --finetune_lr; its records keep their settings
+            del s["finetune_lrs"]
     if args.fit_steps:
         s["fit_steps"] = args.fit_steps
     if args.lrs:
         s["lrs"] = tuple(float(v) for v in args.lrs.split(","))
+    if s["v2"] and getattr(args, "finetune_lrs", ""):
+        s["finetune_lrs"] = tuple(float(v) for v in args.finetune_lrs.split(","))
     s["arms"] = tuple(a for a in args.arms.split(",") if a)
     for arm in s["arms"]:
         if arm not in ARMS and arm not in OPTIONAL_ARMS:
@@ -73,17 +93,39 @@ def settings(args) -> dict:
 def arm_spec(arm: str):
     from kanjax.llama.kan_spec import KANSpec
 
+    if arm == PRETRAINED:  # a fine-tune start: the teacher's own linear MLPs
+        return None
     spec = {**ARMS, **OPTIONAL_ARMS}[arm]
     return None if spec is None else KANSpec.from_dict(spec)
 
 
+def finetune_starts(arms) -> list[str]:
+    """v2's fine-tune starts: the pretrained MLPs, each re-learned arm of `arms` (its kept fits: the warm
+    arms are starts of their own, from the teacher), every warm arm."""
+    return [PRETRAINED] + [a for a in arms if a not in WARM_ARMS] + list(WARM_ARMS)
+
+
+def finetuned(s) -> list[str]:
+    """What is fine-tuned: v1 each arm's splice at one lr, v2 each start of finetune_starts at a grid."""
+    if not s["finetune_steps"]:
+        return []
+    return finetune_starts(s["arms"]) if s["v2"] else list(s["arms"])
+
+
+def finetune_budget(args, s) -> dict:
+    """What a v2 fine-tune lr's result depends on besides its start and lr (a record's lrs are kept by
+    a rerun only at the same budget)."""
+    return {"steps": s["finetune_steps"], "batch_windows": args.finetune_batch, "seed": args.seed,
+            "warmup": max(1, s["finetune_steps"] // 10)}
+
+
 def models(args, s) -> list[str]:
-    """The judged models: the pretrained reference, then each arm (+ its _seq / _ft variants)."""
+    """The judged models: the pretrained reference, then each arm (+ its _seq / _ft variants; v2's _ft
+    models are the fine-tune starts')."""
     out = ["reference"] + list(s["arms"])
     if args.sequential:
         out += [f"{a}_seq" for a in s["arms"]]
-    if s["finetune_steps"]:
-        out += [f"{a}_ft" for a in s["arms"]]
+    out += [f"{a}_ft" for a in finetuned(s)]
     return out
 
 
@@ -94,12 +136,13 @@ def plan(args, s) -> list[str]:
     units += [f"errmap__{a}" for a in s["arms"] if s["v2"]]
     if args.sequential:
         units += [f"seqfit__{a}__L{k}" for a in s["arms"] for k in s["layers"][1:]]
-    if s["finetune_steps"]:
-        units += [f"finetune__{a}" for a in s["arms"]]
+    units += [f"finetune__{a}" for a in finetuned(s)]
     judged = models(args, s)
     units += [f"firsttoken__{a}" for a in s["arms"]] + ["bbh_floor"]
     units += [f"insitu__{m}" for m in judged if m != "reference"]
-    units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged]
+    # v2 judges its fine-tuned models on perplexity, KL and the multiple-choice sets (issue #42), not BBH
+    units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged
+              if not (s["v2"] and part == "bbh" and m.endswith("_ft"))]
     return [u for u in units if not args.only or re.search(args.only, u)]
 
 
@@ -120,19 +163,45 @@ def missing_lrs(args, s, unit: str) -> list[float]:
     return [lr for lr in s["lrs"] if r is None or f"{lr:g}" not in r["lrs"]]
 
 
+def missing_finetune_lrs(args, s, unit: str) -> list[float]:
+    """v2: the fine-tune grid's lrs that the unit's record does not hold at this budget (all of them if
+    there is no record or it was made at another budget)."""
+    path = Path(args.records) / f"{unit}.json"
+    r = json.loads(path.read_text()) if path.is_file() else None
+    same = r is not None and r.get("budget") == finetune_budget(args, s)
+    return [lr for lr in s["finetune_lrs"] if not same or f"{lr:g}" not in r["lrs"]]
+
+
 def pending(args, s) -> list[str]:
-    """The plan's units without a record, and fit units whose record lacks an lr of the grid. Records
-    of units built on a fit that a wider grid may change (in situ, evaluations of that arm) stop the
-    run: they would no longer describe the fit that is kept."""
+    """The plan's units without a record, and fit (v2: fine-tune) units whose record lacks an lr of the
+    grid. Records of units built on a fit or fine-tune that a wider grid may change (in situ,
+    evaluations of that model) stop the run: they would no longer describe what is kept."""
     records = Path(args.records)
     units = plan(args, s)
-    todo = [u for u in units if not (records / f"{u}.json").exists()
-            or (u.startswith(("fit__", "seqfit__")) and missing_lrs(args, s, u))]
-    widened = {u.split("__")[1] for u in todo if u.startswith(("fit__", "seqfit__")) and (records / f"{u}.json").exists()}
+
+    def widens(u):
+        return ((u.startswith(("fit__", "seqfit__")) and missing_lrs(args, s, u))
+                or (s["v2"] and u.startswith("finetune__") and missing_finetune_lrs(args, s, u)))
+
+    todo = [u for u in units if not (records / f"{u}.json").exists() or widens(u)]
+    redone = [u for u in todo if (records / f"{u}.json").exists()]
+    widened = {u.split("__")[1] for u in redone if not u.startswith("finetune__")}  # arms whose fits change
+    tuned = {u.split("__")[1] for u in redone if u.startswith("finetune__")}  # starts whose fine-tune changes
+
+    def depends(u):
+        name = u.split("__")[1]
+        if u.startswith(("insitu__", "eval_")) and name.endswith("_ft") and name[:-3] in tuned:
+            return True
+        start = re.sub(r"_(seq|ft)$", "", name)
+        if s["v2"] and (u.startswith("finetune__") or name.endswith("_ft")) and start in (PRETRAINED, *WARM_ARMS):
+            return False  # v2 starts from the teacher: no fit in it
+        return start in widened
+
     stale = [u for u in units if u.startswith(("firsttoken__", "insitu__", "eval_", "finetune__"))
-             and (records / f"{u}.json").exists()
-             and re.sub(r"_(seq|ft)$", "", u.split("__")[1]) in widened]
+             and u not in todo and (records / f"{u}.json").exists() and depends(u)]
     if stale:
-        raise SystemExit(f"--lrs widens the fits of {', '.join(sorted(widened))}, but these records were made from "
-                         f"the narrower fits: {', '.join(stale)}. Delete them from {records} to redo them.")
+        changed = [f"the fits of {', '.join(sorted(widened))}"] * bool(widened)
+        changed += [f"the fine-tunes of {', '.join(sorted(tuned))}"] * bool(tuned)
+        raise SystemExit(f"--lrs / --finetune_lrs widen {' and '.join(changed)}, but these records were made from "
+                         f"the narrower ones: {', '.join(stale)}. Delete them from {records} to redo them.")
     return todo

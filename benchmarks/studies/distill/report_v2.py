@@ -5,8 +5,10 @@ v2 (issue #42) and, for the original KAN arm ("kan_v1", not rerun), the v1 recor
 
 Sections: the diagnosis (the MLP inputs' range per block, the first-token activations), the fits (test
 error per block with 95% bootstrap intervals over test windows, the lr grid), where each arm's error
-sits (first token vs the rest, per output channel), and the verdicts of rules_v2.py. Parts whose
-units have not run yet say so.
+sits (first token vs the rest, per output channel), end to end at equal budget (each fine-tune start's
+parameters, validation-chosen lr and losses, and its fine-tuned model judged against the fine-tuned
+pretrained MLPs: WikiText-2 test perplexity, multiple-choice sets, next-token KL, paired intervals),
+and the verdicts of rules_v2.py. Parts whose units have not run yet say so.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import argparse
 from pathlib import Path
 
 from benchmarks.studies.distill import rules_v2
-from benchmarks.studies.distill.plan import LRS, OPTIONAL_ARMS, V1_RECORDS, V2
-from benchmarks.studies.distill.stats import load
-from benchmarks.studies.distill.tables import fit_table, lr_table
+from benchmarks.studies.distill.plan import LRS, OPTIONAL_ARMS, PRETRAINED, V1_RECORDS, V2, WARM_ARMS, finetune_starts
+from benchmarks.studies.distill.stats import ci, load, paired, ppl, ppl_boot, ppl_data, ratio_boot
+from benchmarks.studies.distill.tables import fit_table, lr_table, score_cell
+
+COMPARATOR = f"{PRETRAINED}_ft"  # rule 3's linear MLP fine-tuned: the pretrained MLPs, fine-tuned
+MISSING = "not measured yet"
 
 REPO = Path(__file__).resolve().parents[3]
 V1_ARM = "kan_v1"  # the original study's KAN arm, its v1 records (400 steps), relabelled
@@ -90,12 +95,107 @@ def errmap_table(R: dict, arms: list[str], layers: list[int]) -> str:
     return "\n".join(lines)
 
 
+def finetune_records(R: dict) -> dict[str, dict]:
+    return {r["start"]: r for r in R.values() if r.get("kind") == "finetune" and "start" in r}
+
+
+def warm_start_verdicts(R: dict) -> dict[str, tuple]:
+    """Rule 3 per warm start: {start: (verdict, ratio − 1, lo, hi)}, the paired 95% interval of
+    ppl(<start>_ft) / ppl(pretrained_ft) − 1 on WikiText-2 test (None's when either is missing)."""
+    out = {}
+    for start in WARM_ARMS:
+        point, lo, hi = ppl_ratio_ci(R, f"{start}_ft", COMPARATOR)
+        out[start] = (rules_v2.warm_start_verdict(lo, hi), point, lo, hi)
+    return out
+
+
+def ppl_ratio_ci(R: dict, a: str, b: str, key: str = "wikitext") -> tuple:
+    """ppl(a) / ppl(b) − 1 and its paired 95% bootstrap interval (stats.paired's, this part alone);
+    (None, None, None) when either eval_ppl record is missing."""
+    d = ppl_data(R, [a, b], key)
+    if not d:
+        return None, None, None
+    boot = ppl_boot(*d)
+    return (ppl(d[0][0], d[1][0]) / ppl(d[0][1], d[1][1]) - 1, *ci(boot[:, 0] / boot[:, 1] - 1))
+
+
+def warm_start_text(R: dict) -> str:
+    v = warm_start_verdicts(R)
+    if all(word == MISSING for word, *_ in v.values()):
+        return "- Warm start fine-tuned vs linear fine-tuned: not measured yet."
+    parts = [f"`{s}` {MISSING}" if word == MISSING else
+             f"`{s}` **{word}** ({100 * p:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}])" for s, (word, p, lo, hi) in v.items()]
+    return ("- Warm start fine-tuned vs linear fine-tuned: " + "; ".join(parts) + f" (rule 3: WikiText-2 test "
+            f"perplexity of `<start>_ft` over `{COMPARATOR}` − 1, paired 95% interval, against "
+            f"+{100 * rules_v2.PPL_TARGET:.0f}%).")
+
+
+def finetune_section(R: dict, arms: list[str], best_kan: str | None = None) -> str:
+    """End to end at equal budget: one row per fine-tune start, from the finetune, eval_ppl, eval_mc and
+    insitu records of its `<start>_ft` model."""
+    recs = finetune_records(R)
+    if not recs:
+        return (f"_{MISSING[0].upper() + MISSING[1:]} (`--v2 --finetune_steps N`: units `finetune__<start>`, then "
+                "`insitu`, `eval_ppl`, `eval_mc` of the `<start>_ft` models)._")
+    starts = finetune_starts(arms) + [s for s in recs if s not in finetune_starts(arms)]
+    any_rec = next(iter(recs.values()))
+    b = any_rec["budget"]
+    grid = ", ".join(f"{lr:g}" for lr in any_rec["grid"])
+    intro = (f"Each start's MLPs of blocks {', '.join(map(str, any_rec['layers']))} are trained end to end by next-token "
+             f"loss on the recorded windows (run from the recorded residual; {any_rec['train_windows']} training "
+             f"windows): {b['steps']} AdamW steps of {b['batch_windows']} windows × {any_rec['seq_len']} tokens "
+             f"(warmup {b['warmup']}, cosine), seed {b['seed']}, at each lr of {grid}; the lr with the lowest "
+             f"next-token loss on the {any_rec['val_windows']} validation windows is kept. The fine-tuned model "
+             f"`<start>_ft` is judged against `{COMPARATOR}` (the pretrained linear MLPs, fine-tuned the same way), "
+             "paired over the same WikiText-2 test windows, questions and recorded test windows (95% bootstrap).")
+    cols = ["start", "MLP params (blocks)", "extra vs pretrained", "lr kept", "val loss: start → fine-tuned",
+            "WikiText-2 test ppl [95%]", f"ppl / {COMPARATOR} − 1 [95%]", f"MC mean − {COMPARATOR} (pt) [95%]",
+            f"next-token KL to the pretrained model (nats/token), − {COMPARATOR} [95%]", "rule 3"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    verdicts = warm_start_verdicts(R)
+    for start in starts:
+        r, model = recs.get(start), f"{start}_ft"
+        label = f"`{start}`" + (" (comparator)" if start == PRETRAINED else
+                                " (best re-learned KAN arm)" if start == best_kan and start not in WARM_ARMS else "")
+        rule_3 = ("–" if start not in verdicts else
+                  verdicts[start][0] if verdicts[start][0] == MISSING else f"**{verdicts[start][0]}**")
+        if r is None:
+            lines.append(f"| {label} | " + " | ".join([MISSING] * (len(cols) - 2) + [rule_3]) + " |")
+            continue
+        best = r["lrs"][f"{r['best_lr']:g}"]
+        cells = [f"{r['params']:,}", f"{r['extra_params']:+,} ({100 * r['extra_params'] / r['pretrained_params']:+.1f}%)",
+                 f"{r['best_lr']:g}", f"{r['val_loss_start']:.4f} → {best['val_loss']:.4f}"]
+        d = ppl_data(R, [model], "wikitext")
+        cells.append(score_cell(ppl(d[0][0], d[1][0]), ppl_boot(*d)[:, 0], "{:.2f}") if d else MISSING)
+        diff = paired(R, model, COMPARATOR) if start != PRETRAINED else {}
+        w, mc = diff.get("wikitext"), diff.get("mc")
+        cells.append("–" if start == PRETRAINED else
+                     f"{100 * w[0]:+.1f}% [{100 * w[1]:+.1f}, {100 * w[2]:+.1f}]" if w else MISSING)
+        cells.append("–" if start == PRETRAINED else f"{mc[0]:+.1f} [{mc[1]:+.1f}, {mc[2]:+.1f}]" if mc else MISSING)
+        cells.append(kl_cell(R, model))
+        cells.append(rule_3)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join([intro, "", *lines])
+
+
+def kl_cell(R: dict, model: str) -> str:
+    a, b = R.get(f"insitu__{model}"), R.get(f"insitu__{COMPARATOR}")
+    if a is None:
+        return MISSING
+    ka = sum(a["kl"]) / sum(a["tokens"])
+    if model == COMPARATOR or b is None or len(a["kl"]) != len(b["kl"]):
+        return f"{ka:.4f}"
+    boot = ratio_boot([a["kl"], b["kl"]], [a["tokens"], b["tokens"]])
+    lo, hi = ci(boot[:, 0] - boot[:, 1])
+    return f"{ka:.4f}, {ka - sum(b['kl']) / sum(b['tokens']):+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     best = rules_v2.best_kan_arm(R, kan_arms, layers)
     if best is None:
         return ("- Best re-learned KAN arm: not chosen yet (no KAN arm has fits on every block).\n"
                 "- Target (fit within +0.05 of linear on every block, spliced perplexity within 5%): not measured yet.\n"
-                "- Warm start fine-tuned vs linear fine-tuned: not measured yet.")
+                + warm_start_text(R))
     t = rules_v2.target(R, best, "linear", layers)
     gaps = ", ".join(f"{k}: {g:+.3f}" for k, g in sorted(t["fit"].items()))
     ppl = "not measured yet" if t["ppl"] is None else f"{100 * t['ppl']:+.1f}%"
@@ -109,8 +209,7 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
             where = "first tokens (the attention sink)" if loc["first"] > loc["rest"] else "ordinary tokens"
             lines.append(f"  - Block {k}: the gap sits on {where}: first tokens {loc['kan_first']:.3f} vs "
                          f"{loc['lin_first']:.3f}, other tokens {loc['kan_rest']:.3f} vs {loc['lin_rest']:.3f}.")
-    lines.append("- Warm start fine-tuned vs linear fine-tuned: "
-                 + rules_v2.warm_start_verdict(None, None) + ".")
+    lines.append(warm_start_text(R))
     return "\n".join(lines)
 
 
@@ -171,6 +270,8 @@ def write_report(records: Path, out_dir: Path, quick: bool = False,
              "Validation error at every lr, and the kept fit's train MSE:", "", lr_table(R, shown), "",
              *([f"![train MSE curves]({stem}_curves.png)", ""] if curves else []),
              "## Where the error sits (test windows)", "", errmap_table(R, shown, layers), "",
+             "## End to end at equal budget", "", finetune_section(R, arms, rules_v2.best_kan_arm(R, kan_arms, layers)),
+             "",
              "## Verdicts (rules in `benchmarks/studies/distill/rules_v2.py`, written before the runs)", "",
              verdict_text(R, kan_arms, layers), ""]
     path = out_dir / f"{stem}.md"

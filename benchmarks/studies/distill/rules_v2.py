@@ -83,6 +83,19 @@ def warm_start_verdict(lo: float | None, hi: float | None) -> str:
     return "inconclusive"
 
 
+def best_finetune_lr(lrs: dict, grid) -> float | None:
+    """The fine-tune lr kept for a start (as rule 1, on validation, never test): the lr of `grid` whose
+    entry in `lrs` ({f"{lr:g}": {"val_loss": ...}}) has the lowest validation next-token loss. An lr
+    without an entry, or whose loss is missing or not finite (a diverged run), is never chosen; None
+    when no lr qualifies."""
+    scores = {}
+    for lr in grid:
+        v = (lrs.get(f"{lr:g}") or {}).get("val_loss")
+        if v is not None and math.isfinite(v):
+            scores[float(lr)] = v
+    return min(scores, key=scores.get) if scores else None
+
+
 def gap_location(errmaps: dict, kan: str, lin: str, block: int) -> dict | None:
     """Where kan's extra error over lin sits on one block: first tokens (attention sink) or the rest,
     from the errmap records. None when either record is missing."""

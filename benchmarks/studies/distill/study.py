@@ -8,6 +8,7 @@ the whole model judged on BBH, the shared multiple-choice sets and held-out perp
     python -m benchmarks.studies.distill.study --finetune_steps 300 --finetune_batch 16   # + end-to-end (accelerator)
     python -m benchmarks.studies.distill.study --report_only
     python -m benchmarks.studies.distill.study --v2               # version 2 (issue #42), records and report apart
+    python -m benchmarks.studies.distill.study --v2 --finetune_steps 300   # + v2's end to end at equal budget
 
 Version 2 (`--v2`, report full_model_distill_v2.md by report_v2.py, rules in rules_v2.py): the KAN of
 the project's recipe (linear coefficient init, centring) with tanh, with the linear base branch and on
@@ -16,6 +17,34 @@ channel and the first-token activations, diagnose.input_stats) and errmap__<arm>
 test error sits: first token vs the rest, per output channel). A fit whose parameters are gone (a new
 machine: records are committed, parameters are not) is fitted again at its kept lr when a later unit
 needs it, and checked against its record's validation error.
+
+Version 2, end to end at equal budget (`--v2 --finetune_steps N`, issue #42 item 4; rule 3 of rules_v2):
+finetune__<start> fine-tunes the MLPs of blocks 25..29 of each *start*, named by what those MLPs are
+before fine-tuning: `pretrained` (the teacher's own linear MLPs: rule 3's comparator), every re-learned
+arm of --arms (the splice of its kept fits, as v1), and every warm arm of plan.WARM_ARMS (the teacher
+KAN-ified by the arm's spec on the five blocks: gr_warm, gr_warm_exact, and kan_exact, the full-width
+Chebyshev-2 KAN on raw inputs that starts as each pretrained projection, `from_linear`; centred degree 2
+keeps 2 coefficients per edge, so it has twice the MLP's parameters: +2,654,208 per block, +13.3M over
+the five). Every start is trained at each lr of --finetune_lrs (default 3e-5,1e-4,3e-4,1e-3, the same
+grid for all) from the same start with the same seed (window order), steps and batch, by next-token loss
+on the recording's train windows run from the recorded residual (in_situ.finetune_grid: one compiled step
+serves the grid); the lr with the lowest next-token loss on the recording's val windows is kept
+(rules_v2.best_finetune_lr) for the judged model `<start>_ft` (insitu, eval_ppl, eval_mc; not BBH). The
+record holds each lr's train curve and val loss, the val loss at step 0, the start's MLP parameters and
+its extra parameters over the pretrained MLPs, and its max logit gap to the teacher: an exact start
+(pretrained, gr_warm_exact, kan_exact) beyond plan.EXACT_LOGIT_TOL stops the unit (measured in the
+--quick run: 3e-5 and 4e-5; gr_warm's SiLU fit: 7e-2). Each lr's MLPs and entry are kept under
+--workdir/params, so a crashed unit, or a wider --finetune_lrs, redoes only the lrs it lacks (records
+already judged from the narrower grid stop the run, as for the fits). Fine-tuned parameters are not
+committed: on a new machine a `<start>_ft` judgement needs its finetune unit redone. v1 keeps its one-lr
+fine-tune (--finetune_lr) of each arm's splice.
+Time, measured on the 2-core CPU under load (a second study process on the same cores): one step at the
+default batch (4 windows x 256 tokens: blocks 25..29 and the 49k-token head, forward and backward) takes
+2.7-2.9 s from `pretrained`, 3.6-3.9 s from kan_exact or gr_warm_exact, after ~10-20 s of compiling per
+start (once for the whole grid); the val loss (32 windows) 11-18 s per lr. --finetune_steps 300 is
+thus ~15-20 min per lr, 1-1.3 h per start at 4 lrs, ~10 h for the nine starts of the v2 arms, plus
+~16 min of judging per `_ft` model (perplexities and multiple-choice sets): accelerator-sized. In the
+--quick run (6-block model, 64-token windows, 2 steps, 2 lrs) a step takes 0.8-1.1 s and a start 15-18 s.
 
 Steps (each unit of work writes one JSON record into --records and is skipped when it exists; every
 unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
@@ -40,7 +69,7 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    and the next-token KL to the pretrained model on the test windows.
 4. --sequential: seqfit__<arm>__L<k> fits block k on the activations of the model whose earlier
    blocks are already replaced (targets that restore the pretrained residual stream,
-   `benchmarks.studies.distill.in_situ.sequential_targets`); model `<arm>_seq`. --finetune_steps N: finetune__<arm> trains
+   `benchmarks.studies.distill.in_situ.sequential_targets`); model `<arm>_seq`. --finetune_steps N (v1; v2: above): finetune__<arm> trains
    the five spliced MLPs end to end (next-token loss on the recorded windows, run from the recorded
    residual, so only blocks 25..29 and the head run); model `<arm>_ft`. Both are off by default: on
    2 CPU cores each adds one judged model per arm (about 1.5 h each here), and the end-to-end step is
@@ -56,7 +85,8 @@ full_model_distill_stats.py). The blocks, arms, budgets and the units still to d
 full_model_distill_plan.py's; how a judged model is scored (steps 5 and bbh_floor), full_model_distill_eval.py's.
 
 Time on the 2-core CPU (the committed records, 2026-12-02; "Time" in the report): `--quick` takes 2.5 min
-(the slow test in tests/test_full_model_distill.py runs it). The default run: record 7 min; 10 fit units
+(the slow test in tests/test_full_model_distill.py runs it; the v2 one, with five fine-tune starts and two
+judged fine-tunes, ~4 min under load). The default run: record 7 min; 10 fit units
 29 min (4 lrs × 400 steps, ~45 s a fit); in situ 1 min; per judged model 6 min perplexity, 10-13 min
 BBH (30 × 27 questions, shared few-shot prefix) and 10 min for the full multiple-choice sets (5,415
 questions, packed scoring) -> about 2 h in all for the three models. --sequential adds 8 seqfit units
@@ -75,6 +105,7 @@ from pathlib import Path
 from benchmarks.common.records import write_json
 from benchmarks.studies.distill.plan import (
     ARMS,
+    FINETUNE_LRS,
     FIT_STEPS,
     LRS,
     OPTIONAL_ARMS,
@@ -119,7 +150,10 @@ def parse_args(argv=None):
     p.add_argument("--fit_steps", type=int, default=0, help=f"regression steps per fit (default {FIT_STEPS})")
     p.add_argument("--sequential", action="store_true", help="also fit each block on the spliced model's activations")
     p.add_argument("--finetune_steps", type=int, default=0, help="end-to-end fine-tune steps (0: off)")
-    p.add_argument("--finetune_lr", type=float, default=1e-4)
+    p.add_argument("--finetune_lr", type=float, default=1e-4, help="v1: the fine-tune lr")
+    p.add_argument("--finetune_lrs", default="", help="v2: comma-separated fine-tune lr grid, the same for every "
+                                                      f"start (default {','.join(map(str, FINETUNE_LRS))}); the lr "
+                                                      "with the lowest validation loss is kept")
     p.add_argument("--finetune_batch", type=int, default=4, help="windows per fine-tune step")
     p.add_argument("--bbh_limit", type=int, default=30, help="first N questions of each BBH task (0 = all)")
     p.add_argument("--mc_limit", type=int, default=0, help="first N questions of each multiple-choice set (0 = all)")

@@ -12,7 +12,17 @@ from pathlib import Path
 
 from benchmarks.common.records import git_commit
 from benchmarks.studies.distill import judge  # how a whole model is scored; imports nothing heavy
-from benchmarks.studies.distill.plan import SOURCES, WARM_ARMS, arm_spec, earlier_fit, settings
+from benchmarks.studies.distill.plan import (
+    EXACT_LOGIT_TOL,
+    EXACT_STARTS,
+    PRETRAINED,
+    SOURCES,
+    WARM_ARMS,
+    arm_spec,
+    earlier_fit,
+    finetune_budget,
+    settings,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 CHAT_FASTCHAT = "fastchat_dummy_conversation_messages.jsonl"
@@ -102,7 +112,15 @@ def params_file(args, unit: str, lr) -> Path:
 
 
 def finetuned_file(args, arm: str, layer: int) -> Path:
+    """The kept fine-tune of block `layer` (v1: of the arm's splice; v2: of the start, at its chosen lr)."""
     return workdir(args) / "params" / f"finetune__{arm}__L{layer}.npz"
+
+
+def finetune_lr_files(args, start: str, lr: float) -> tuple[Path, Path]:
+    """v2: one lr's fine-tune of a start: every block's MLP parameters (.npz, keys "L<k>/<path>") and its
+    record entry (.json, written last: an lr with both is done and a rerun keeps it)."""
+    folder, stem = workdir(args) / "params", f"finetune__{start}__lr{lr:g}"  # no with_suffix: "lr0.001" has a dot
+    return folder / f"{stem}.npz", folder / f"{stem}.json"
 
 
 def fitted(args, s, arm: str, config, kind: str = "fit", upto: int | None = None) -> dict:
@@ -165,11 +183,15 @@ def judged_model(args, s, name: str, base=None):
     if name == "reference":
         return base
     arm, variant = name.rsplit("_", 1) if name.endswith(("_seq", "_ft")) else (name, "")
-    spec = arm_spec(arm)
+    spec = arm_spec(arm)  # v2's start "pretrained": None (linear)
     if variant == "ft":
         mlps = {}
         for k in s["layers"]:
-            with np.load(finetuned_file(args, arm, k)) as f:
+            path = finetuned_file(args, arm, k)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (fine-tuned parameters are not committed): delete "
+                                        f"{Path(args.records) / f'finetune__{arm}.json'} to fine-tune again")
+            with np.load(path) as f:
                 mlps[k] = distill.load_mlp_state(distill.replacement_mlp(base.config, k, spec), dict(f))
     else:
         mlps = fitted(args, s, arm, base.config, "seqfit" if variant == "seq" else "fit")
@@ -191,22 +213,42 @@ def run_record(args, s) -> dict:
             "record_seconds": manifest["seconds"], "splits": {k: len(v) for k, v in recording(args).splits.items()}}
 
 
-def start_mlp(args, s, rec, arm: str, layer: int):
-    """The replacement a fit starts from: fresh (re-initialized) for re-learned arms; for a warm-start
-    arm (plan.WARM_ARMS) the pretrained block itself, KAN-ified by the arm's spec (its projections
-    kept, SiLU replaced by the group-rational activation)."""
+def warm_mlps(model, spec, layers, seed: int = 0) -> dict:
+    """{block: MLP} of `model` KAN-ified by `spec` on `layers` (one kanify for all of them): a warm arm's
+    start (gr_warm: projections kept, SiLU -> its group-rational fit; gr_warm_exact: SiLU + a rational
+    residual at 0; kan_exact: every projection the KAN that reproduces it)."""
     import dataclasses
 
     from flax import nnx
 
-    from benchmarks.studies.distill import fit as distill
     from kanjax.llama.kanify import kanify
+
+    warm = kanify(model, dataclasses.replace(spec, layers=tuple(layers)), seed=seed)
+    return {k: nnx.clone(warm.model.layers[k].mlp) for k in layers}
+
+
+def start_mlp(args, s, rec, arm: str, layer: int):
+    """The replacement a fit starts from: fresh (re-initialized) for re-learned arms; for a warm-start
+    arm (plan.WARM_ARMS) the pretrained block itself, KAN-ified by the arm's spec (warm_mlps)."""
+    from benchmarks.studies.distill import fit as distill
 
     spec = arm_spec(arm)
     if arm not in WARM_ARMS:
         return distill.replacement_mlp(rec.config, layer, spec, seed=args.seed)
-    warm = kanify(teacher(args, s), dataclasses.replace(spec, layers=(layer,)), seed=args.seed)
-    return nnx.clone(warm.model.layers[layer].mlp)
+    return warm_mlps(teacher(args, s), spec, (layer,), args.seed)[layer]
+
+
+def finetune_start(args, s, start: str):
+    """v2: the model a fine-tune start names, the studied blocks' MLPs being the teacher's own
+    ("pretrained"), the kept fits of a re-learned arm, or a warm arm's KAN-ified teacher blocks."""
+    from benchmarks.studies.distill import fit as distill
+
+    base = teacher(args, s)
+    if start == PRETRAINED:
+        return base
+    spec = arm_spec(start)
+    mlps = warm_mlps(base, spec, s["layers"], args.seed) if start in WARM_ARMS else fitted(args, s, start, base.config)
+    return distill.splice(base, mlps, spec)
 
 
 def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
@@ -282,6 +324,84 @@ def run_finetune(args, s, arm: str) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **distill.mlp_state(tuned.model.layers[k].mlp))
     return {"arm": arm, "lr": args.finetune_lr, "steps": cfg.steps, "batch_windows": args.finetune_batch, **info}
+
+
+def _finite(v):
+    """A float, or None where it is not finite (a diverged run; records are strict JSON)."""
+    import math
+
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def run_finetune_v2(args, s, start: str) -> dict:
+    """v2: fine-tune the studied blocks' MLPs of `start` end to end (in_situ.finetune_grid) at each lr of
+    s["finetune_lrs"], each run from the same start with the same budget and window order; the lr with
+    the lowest next-token loss on the recording's val windows is kept (rules_v2.best_finetune_lr) and its
+    MLPs saved for the judged model `<start>_ft`. An lr whose results are on disk from the same start and
+    budget is not redone (a crashed unit or a wider grid resumes)."""
+    import json
+
+    import numpy as np
+
+    from benchmarks.studies.distill import fit as distill
+    from benchmarks.studies.distill import in_situ as distill_in_situ
+    from benchmarks.studies.distill import rules_v2
+    from kanjax.kan.layer import count_params
+
+    base, rec, layers = teacher(args, s), recording(args), tuple(s["layers"])
+    model = finetune_start(args, s, start)
+    spec = arm_spec(start)
+    val = rec.splits["val"]
+    t0 = time.perf_counter()
+    before = distill_in_situ.next_token_loss(model, rec, val, args.batch_windows)
+    gap = distill_in_situ.logit_gap(base, model, rec, val[:2])
+    if start in EXACT_STARTS and gap > EXACT_LOGIT_TOL:
+        raise RuntimeError(f"finetune__{start}: the start should reproduce the pretrained model, but its logits "
+                           f"differ by up to {gap:.3g} (> {EXACT_LOGIT_TOL:g})")
+    budget = finetune_budget(args, s)
+    params = sum(count_params(model.model.layers[k].mlp) for k in layers)
+    pretrained = sum(count_params(base.model.layers[k].mlp) for k in layers)
+    out = {"start": start, "spec": None if spec is None else spec.to_dict(), "layers": list(layers),
+           "params": params, "pretrained_params": pretrained, "extra_params": params - pretrained,
+           "width": distill.mlp_width(model.model.layers[layers[0]].mlp), "budget": budget,
+           "batch_windows": args.finetune_batch, "seq_len": rec.seq_len, "grid": list(s["finetune_lrs"]),
+           "train_windows": int(len(rec.splits["train"])), "val_windows": int(len(val)),
+           "val_tokens": int(sum(before["tokens"])), "val_loss_start": before["loss"],
+           "start_logits_max_abs_diff": gap, "start_seconds": time.perf_counter() - t0, "lrs": {}}
+    for lr in s["finetune_lrs"]:
+        npz, entry_file = finetune_lr_files(args, start, lr)
+        if npz.is_file() and entry_file.is_file():
+            entry = json.loads(entry_file.read_text())
+            same_start = abs(entry["val_loss_start"] - before["loss"]) <= 1e-5 * abs(before["loss"]) + 1e-6
+            if entry["lr"] == lr and entry["budget"] == budget and same_start:
+                out["lrs"][f"{lr:g}"] = entry
+    todo = [lr for lr in s["finetune_lrs"] if f"{lr:g}" not in out["lrs"]]
+    out["earlier_seconds"] = sum(e["seconds"] for e in out["lrs"].values())  # run_unit adds it to the unit's
+    cfg = distill.FitConfig(steps=s["finetune_steps"], warmup=budget["warmup"], seed=args.seed,
+                            log_every=max(1, s["finetune_steps"] // 10))
+    for lr, tuned, info in distill_in_situ.finetune_grid(model, rec, layers, rec.splits["train"], cfg, todo,
+                                                         args.finetune_batch):
+        after = distill_in_situ.next_token_loss(tuned, rec, val, args.batch_windows)
+        entry = {"lr": lr, "budget": budget, "val_loss_start": before["loss"], "val_loss": _finite(after["loss"]),
+                 "train_loss": [_finite(v) for v in info["train_loss"]], "seconds": info["seconds"],
+                 "step_seconds": info["step_seconds"], "tokens": info["tokens"]}
+        npz, entry_file = finetune_lr_files(args, start, lr)
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(npz, **{f"L{k}/{p}": a for k in layers for p, a in distill.mlp_state(tuned.model.layers[k].mlp).items()})
+        entry_file.write_text(json.dumps(entry, indent=1))
+        out["lrs"][f"{lr:g}"] = entry
+        print(f"finetune__{start} lr {lr:g}: val loss {before['loss']:.4f} -> {after['loss']:.4f} "
+              f"({info['seconds']:.0f} s)", flush=True)
+    best = rules_v2.best_finetune_lr(out["lrs"], s["finetune_lrs"])
+    if best is None:
+        raise RuntimeError(f"finetune__{start}: no lr of {s['finetune_lrs']} gave a finite validation loss")
+    out["best_lr"], out["val_loss_best"] = best, out["lrs"][f"{best:g}"]["val_loss"]
+    with np.load(finetune_lr_files(args, start, best)[0]) as f:
+        kept = dict(f)
+    for k in layers:
+        np.savez(finetuned_file(args, start, k), **{p[len(f"L{k}/"):]: a for p, a in kept.items()
+                                                     if p.startswith(f"L{k}/")})
+    return out
 
 
 def run_first_token(args, s, arm: str) -> dict:
@@ -363,7 +483,7 @@ def run_unit(args, unit: str) -> dict:
     elif kind in ("fit", "seqfit"):
         out = (run_fit if kind == "fit" else run_seqfit)(args, s, rest[0], int(rest[1][1:]))
     elif kind == "finetune":
-        out = run_finetune(args, s, rest[0])
+        out = (run_finetune_v2 if s["v2"] else run_finetune)(args, s, rest[0])
     elif kind == "bbh_floor":
         out = judge.bbh_floor(Path(args.data_dir), s)
     elif kind == "firsttoken":
