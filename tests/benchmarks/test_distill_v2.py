@@ -107,7 +107,8 @@ def test_error_map_splits_first_tokens_from_the_rest_per_channel():
 
 def test_report_says_what_is_missing_and_names_the_chosen_arm(tmp_path):
     recs = [*(fit("linear", k, 0.5, 0.50) for k in LAYERS), *(fit("kan_recipe_none", k, 0.52, 0.62) for k in LAYERS),
-            *(fit("kan_recipe", k, 0.60, 0.58) for k in LAYERS)]
+            *(fit("kan_recipe", k, 0.60, 0.58) for k in LAYERS),
+            *(fit("gr_warm_exact", k, 0.01, 0.01) for k in LAYERS)]  # a warm start is never "re-learned"
     folder = tmp_path / "records"
     folder.mkdir()
     for r in recs:

@@ -250,7 +250,9 @@ def write_report(records: Path, out_dir: Path, quick: bool = False,
     layers = sorted({r["layer"] for r in R.values() if r["kind"] == "fit"})
     arms = [a for a in V2["arms"] if any(r.get("arm") == a for r in R.values() if r["kind"] == "fit")]
     shown = arms + ([V1_ARM] if any(r.get("arm") == V1_ARM for r in R.values()) else [])
-    kan_arms = [a for a in arms if a != "linear"]
+    # Rule 1's candidates are the re-learned KAN arms: a warm start keeps the pretrained projections
+    # (its fit starts at the answer), so it is judged by rule 3, not chosen as "best re-learned"
+    kan_arms = [a for a in arms if a != "linear" and a not in WARM_ARMS]
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "full_model_distill_v2"
     curves = plot_curves(R, ["linear"] + kan_arms, layers, out_dir / f"{stem}_curves.png")
