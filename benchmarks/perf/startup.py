@@ -104,7 +104,8 @@ def phase_times(cmd: list[str], env: dict, prof: Path) -> dict[str, float]:
     imports and the whole process. Profiling slows Python-heavy phases (tracing, imports) by ~10–20%."""
     import pstats
 
-    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), *cmd[1:]], env=env, cwd=REPO, check=True,
+    args = [a for a in cmd[1:] if a != "-u"]  # python's own flag, not the profiled script's
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), *args], env=env, cwd=REPO, check=True,
                    capture_output=True)
     stats = pstats.Stats(str(prof)).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
 
