@@ -317,3 +317,15 @@ def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared
     assert "## Diagnosis" in text and "| 4 |" in text and "Best re-learned KAN arm" in text
     assert "| `pretrained` (comparator) | " in text and "2 AdamW steps of 4 windows × 64 tokens" in text
     assert re.search(r"`kan_exact` \*\*(matches or beats|does not match|inconclusive)\*\*", text)
+
+
+def test_fit_table_lists_a_block_once_any_arm_has_it():
+    """An arm fitted on fewer blocks than another leaves "–" cells, never hides the other arms' blocks."""
+    from benchmarks.studies.distill.tables import fit_table
+
+    R = records(*(fit("linear", k, 0.5, 0.50) for k in LAYERS), fit("kan_recipe", LAYERS[-1], 0.6, 0.60))
+    text, diffs = fit_table(R, ["linear", "kan_recipe"])
+    rows = [line for line in text.splitlines()[2:]]
+    assert [r.split(" | ")[0] for r in rows] == [f"| {k}" for k in LAYERS]
+    assert rows[0].endswith("| – | – |") and "+0.100" in rows[-1]
+    assert diffs == {"kan_recipe": {LAYERS[-1]: pytest.approx((0.1, 0.1, 0.1))}}

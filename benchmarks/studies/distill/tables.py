@@ -33,29 +33,36 @@ from benchmarks.studies.distill.stats import (
 
 
 def fit_table(R: dict, arms: list[str], kind: str = "fit") -> tuple[str, dict]:
-    """Per block: test relative error of every arm at its chosen lr [95% CI], and each arm minus linear."""
+    """Per block: test relative error of every arm at its chosen lr [95% CI], and each arm minus linear;
+    an arm without a record for a block shows "–" (a block is listed once any arm has it)."""
     head = "| block | " + " | ".join(f"{a}: params (width), lr, test rel. error [95%]" for a in arms)
     head += "".join(f" | {a} − linear [95%]" for a in arms if a != "linear") + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     diffs = {}
     for k in layers_of(R):
         runs = {a: R.get(f"{kind if kind == 'fit' or k != layers_of(R)[0] else 'fit'}__{a}__L{k}") for a in arms}
-        if any(v is None for v in runs.values()):
+        have = [a for a in arms if runs[a] is not None]
+        if not have:
             continue
-        tests = [best(runs[a])["test"] for a in arms]
-        boot = rel_err_boot([t["err2"] for t in tests], [t["y2"] for t in tests])
+        tests = {a: best(runs[a])["test"] for a in have}
+        boot = dict(zip(have, rel_err_boot([tests[a]["err2"] for a in have], [tests[a]["y2"] for a in have]).T))
         cells = []
-        for i, a in enumerate(arms):
-            lo, hi = ci(boot[:, i])
+        for a in arms:
+            if a not in tests:
+                cells.append("–")
+                continue
+            lo, hi = ci(boot[a])
             cells.append(f"{runs[a]['params']:,} ({runs[a]['width']}), {runs[a]['best_lr']:g}, "
-                         f"**{tests[i]['rel_err']:.3f}** [{lo:.3f}, {hi:.3f}]")
+                         f"**{tests[a]['rel_err']:.3f}** [{lo:.3f}, {hi:.3f}]")
         if "linear" in arms:
-            j = arms.index("linear")
-            for i, a in enumerate(arms):
+            for a in arms:
                 if a == "linear":
                     continue
-                lo, hi = ci(boot[:, i] - boot[:, j])
-                d = tests[i]["rel_err"] - tests[j]["rel_err"]
+                if a not in tests or "linear" not in tests:
+                    cells.append("–")
+                    continue
+                lo, hi = ci(boot[a] - boot["linear"])
+                d = tests[a]["rel_err"] - tests["linear"]["rel_err"]
                 diffs.setdefault(a, {})[k] = (d, lo, hi)
                 cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
