@@ -329,3 +329,29 @@ def test_fit_table_lists_a_block_once_any_arm_has_it():
     assert [r.split(" | ")[0] for r in rows] == [f"| {k}" for k in LAYERS]
     assert rows[0].endswith("| – | – |") and "+0.100" in rows[-1]
     assert diffs == {"kan_recipe": {LAYERS[-1]: pytest.approx((0.1, 0.1, 0.1))}}
+
+
+def test_gap_location_weighs_each_part_by_its_squared_error():
+    """A first token with ~0% of the output energy cannot carry the gap, however large its relative
+    error: the squared-error shares decide (relative errors only when the energies are unknown)."""
+    errmap = lambda first, rest: {"blocks": {"4": {"rel_err_first": first, "rel_err_rest": rest}}}  # noqa: E731
+    maps = {"kan": errmap(0.80, 0.55), "lin": errmap(0.66, 0.48)}  # larger relative gap on first tokens
+    ft = lambda first_err2, rest_err2: {"blocks": {"4": {"err2": [first_err2 + rest_err2], "y2": [10.0],  # noqa: E731
+                                                         "first_err2": [first_err2], "first_y2": [0.01]}}}
+    tokens = {"kan": ft(0.0064, 3.0), "lin": ft(0.0044, 2.3)}  # but the first tokens hold 0.1% of ‖y‖²
+    loc = rules_v2.gap_location(maps, "kan", "lin", 4, tokens)
+    assert loc["share_first"] == pytest.approx(0.002 / 0.702)
+    assert not rules_v2.gap_sits_on_first_tokens(loc)
+    assert rules_v2.gap_sits_on_first_tokens(rules_v2.gap_location(maps, "kan", "lin", 4))  # no energies
+    sink = {"kan": ft(5.0, 0.1), "lin": ft(0.1, 0.1)}
+    assert rules_v2.gap_sits_on_first_tokens(rules_v2.gap_location(maps, "kan", "lin", 4, sink))
+
+
+def test_train_fit_text_tells_fitting_from_generalisation():
+    worse = fit("kan", 4, 0.6, 0.6)
+    worse["lrs"]["0.01"]["train_mse"] = [1.0, 0.8]
+    R = records(fit("linear", 4, 0.5, 0.5), worse)  # linear ends at 0.5
+    assert "gap is fitting at this budget" in report_v2.train_fit_text(R, "kan", 4)
+    worse["lrs"]["0.01"]["train_mse"] = [1.0, 0.4]
+    assert "gap is generalisation" in report_v2.train_fit_text(R, "kan", 4)
+    assert report_v2.train_fit_text(R, "kan", 5) == ""

@@ -190,6 +190,20 @@ def kl_cell(R: dict, model: str) -> str:
     return f"{ka:.4f}, {ka - sum(b['kl']) / sum(b['tokens']):+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
+def train_fit_text(R: dict, kan: str, block: int) -> str:
+    """Whether the kept KAN fit also fits its *training* tokens worse than linear's (the end of the train
+    MSE curve): then the gap is fitting at this budget (capacity or optimisation), not generalisation."""
+    a, b = R.get(f"fit__{kan}__L{block}"), R.get(f"fit__linear__L{block}")
+    if a is None or b is None:
+        return ""
+    ka, lb = rules_v2.chosen(a)["train_mse"][-1], rules_v2.chosen(b)["train_mse"][-1]
+    if ka > lb:
+        return (f"Its training error is higher too (final train MSE {ka:.4g} vs {lb:.4g}): it fits its own training "
+                "tokens worse, so the gap is fitting at this budget, not generalisation.")
+    return (f"Its training error is not higher (final train MSE {ka:.4g} vs {lb:.4g}): the gap is generalisation "
+            "to held-out tokens.")
+
+
 def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     best = rules_v2.best_kan_arm(R, kan_arms, layers)
     if best is None:
@@ -204,11 +218,14 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
              f"perplexity vs the linear splice: {ppl}."]
     for k in t["missed_blocks"]:
         loc = rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (best, "linear") if f"errmap__{a}" in R},
-                                    best, "linear", k)
+                                    best, "linear", k,
+                                    {a: R[f"firsttoken__{a}"] for a in (best, "linear") if f"firsttoken__{a}" in R})
         if loc is not None:
-            where = "first tokens (the attention sink)" if loc["first"] > loc["rest"] else "ordinary tokens"
-            lines.append(f"  - Block {k}: the gap sits on {where}: first tokens {loc['kan_first']:.3f} vs "
-                         f"{loc['lin_first']:.3f}, other tokens {loc['kan_rest']:.3f} vs {loc['lin_rest']:.3f}.")
+            where = "first tokens (the attention sink)" if rules_v2.gap_sits_on_first_tokens(loc) else "ordinary tokens"
+            share = "" if loc["share_first"] is None else f" ({100 * loc['share_first']:.1f}% of the squared-error gap on first tokens)"
+            lines.append(f"  - Block {k}: the gap sits on {where}{share}: relative error on first tokens "
+                         f"{loc['kan_first']:.3f} vs {loc['lin_first']:.3f}, on other tokens {loc['kan_rest']:.3f} vs "
+                         f"{loc['lin_rest']:.3f}. {train_fit_text(R, best, k)}")
     lines.append(warm_start_text(R))
     return "\n".join(lines)
 

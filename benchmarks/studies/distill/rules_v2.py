@@ -96,13 +96,31 @@ def best_finetune_lr(lrs: dict, grid) -> float | None:
     return min(scores, key=scores.get) if scores else None
 
 
-def gap_location(errmaps: dict, kan: str, lin: str, block: int) -> dict | None:
-    """Where kan's extra error over lin sits on one block: first tokens (attention sink) or the rest,
-    from the errmap records. None when either record is missing."""
+def gap_location(errmaps: dict, kan: str, lin: str, block: int, firsttokens: dict | None = None) -> dict | None:
+    """Where kan's extra error over lin sits on one block: first tokens (attention sink) or the rest.
+    Relative errors per part from the errmap records; which part the gap *sits on* is decided by each
+    part's share of the gap in squared error, Σ‖ŷ−y‖² (from the firsttoken records, when given): a part
+    with ~0% of the output energy cannot carry the gap however large its relative error ("share_first":
+    the first tokens' share of that gap). None when either errmap record is missing."""
     a, b = errmaps.get(kan), errmaps.get(lin)
     if a is None or b is None or str(block) not in a["blocks"] or str(block) not in b["blocks"]:
         return None
     ea, eb = a["blocks"][str(block)], b["blocks"][str(block)]
-    return {"first": ea["rel_err_first"] - eb["rel_err_first"], "rest": ea["rel_err_rest"] - eb["rel_err_rest"],
-            "kan_first": ea["rel_err_first"], "lin_first": eb["rel_err_first"],
-            "kan_rest": ea["rel_err_rest"], "lin_rest": eb["rel_err_rest"]}
+    out = {"first": ea["rel_err_first"] - eb["rel_err_first"], "rest": ea["rel_err_rest"] - eb["rel_err_rest"],
+           "kan_first": ea["rel_err_first"], "lin_first": eb["rel_err_first"],
+           "kan_rest": ea["rel_err_rest"], "lin_rest": eb["rel_err_rest"], "share_first": None}
+    ft = firsttokens or {}
+    if kan in ft and lin in ft and str(block) in ft[kan]["blocks"] and str(block) in ft[lin]["blocks"]:
+        fa, fb = ft[kan]["blocks"][str(block)], ft[lin]["blocks"][str(block)]
+        first = sum(fa["first_err2"]) - sum(fb["first_err2"])
+        rest = (sum(fa["err2"]) - sum(fa["first_err2"])) - (sum(fb["err2"]) - sum(fb["first_err2"]))
+        out["share_first"] = first / (first + rest) if first + rest > 0 else None
+    return out
+
+
+def gap_sits_on_first_tokens(loc: dict) -> bool:
+    """The first tokens carry more of the squared-error gap than the rest (relative errors decide only
+    when the energies are unknown)."""
+    if loc["share_first"] is not None:
+        return loc["share_first"] > 0.5
+    return loc["first"] > loc["rest"]
