@@ -355,3 +355,18 @@ def test_train_fit_text_tells_fitting_from_generalisation():
     worse["lrs"]["0.01"]["train_mse"] = [1.0, 0.4]
     assert "gap is generalisation" in report_v2.train_fit_text(R, "kan", 4)
     assert report_v2.train_fit_text(R, "kan", 5) == ""
+
+
+def test_spliced_section_pairs_each_kan_splice_with_the_linear_one():
+    def insitu(model, kl):
+        block = {"mlp_err2": [1.0] * 3, "y2": [4.0] * 3, "h_err2": [1.0] * 3, "h2": [100.0] * 3}
+        return {"unit": f"insitu__{model}", "kind": "insitu", "model": model, "blocks": {str(k): block for k in LAYERS},
+                "kl": [kl * 100] * 3, "top1": [90] * 3, "tokens": [100] * 3}
+    R = records(*(fit(a, k, 0.5, 0.5) for a in ("linear", "kan_recipe_base") for k in LAYERS),
+                insitu("linear", 0.2), insitu("kan_recipe_base", 0.3), ppl_record("linear", 3.0),
+                ppl_record("kan_recipe_base", 3.1), ppl_record("reference", 2.9))
+    text = report_v2.spliced_section(R, ["linear", "kan_recipe_base", "gr_warm"])
+    row = next(line for line in text.splitlines() if line.startswith("| kan_recipe_base | 0.3"))
+    assert "+0.1000 [+0.1000, +0.1000]" in row and f"{100 * (math.exp(0.1) - 1):+.1f}%" in row
+    assert "gr_warm" not in text  # warm starts are judged end to end, not as splices
+    assert report_v2.spliced_section({}, ["linear"]).startswith("_No spliced-model records yet")

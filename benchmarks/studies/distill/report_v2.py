@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.studies.distill import rules_v2
 from benchmarks.studies.distill.plan import LRS, OPTIONAL_ARMS, PRETRAINED, V1_RECORDS, V2, WARM_ARMS, finetune_starts
 from benchmarks.studies.distill.stats import ci, load, paired, ppl, ppl_boot, ppl_data, ratio_boot
-from benchmarks.studies.distill.tables import fit_table, lr_table, score_cell
+from benchmarks.studies.distill.tables import fit_table, insitu_table, lr_table, score_cell
 
 COMPARATOR = f"{PRETRAINED}_ft"  # rule 3's linear MLP fine-tuned: the pretrained MLPs, fine-tuned
 MISSING = "not measured yet"
@@ -178,16 +178,38 @@ def finetune_section(R: dict, arms: list[str], best_kan: str | None = None) -> s
     return "\n".join([intro, "", *lines])
 
 
-def kl_cell(R: dict, model: str) -> str:
-    a, b = R.get(f"insitu__{model}"), R.get(f"insitu__{COMPARATOR}")
+def kl_cell(R: dict, model: str, ref: str = COMPARATOR) -> str:
+    """model's next-token KL to the pretrained model, and its paired difference to ref's [95%]."""
+    a, b = R.get(f"insitu__{model}"), R.get(f"insitu__{ref}")
     if a is None:
         return MISSING
     ka = sum(a["kl"]) / sum(a["tokens"])
-    if model == COMPARATOR or b is None or len(a["kl"]) != len(b["kl"]):
+    if model == ref or b is None or len(a["kl"]) != len(b["kl"]):
         return f"{ka:.4f}"
     boot = ratio_boot([a["kl"], b["kl"]], [a["tokens"], b["tokens"]])
     lo, hi = ci(boot[:, 0] - boot[:, 1])
     return f"{ka:.4f}, {ka - sum(b['kl']) / sum(b['tokens']):+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def spliced_section(R: dict, arms: list[str]) -> str:
+    """Every studied block replaced at once by each re-learned arm's kept fit (insitu and eval_ppl of the
+    judged model `<arm>`): per block the error on its own drifted inputs, the next-token KL to the
+    pretrained model and WikiText-2 test perplexity, each KAN arm paired against the linear splice."""
+    re_learned = [a for a in arms if a not in WARM_ARMS]
+    models = [m for m in ["reference"] + re_learned if f"insitu__{m}" in R or f"eval_ppl__{m}" in R]
+    if not models:
+        return "_No spliced-model records yet (`insitu__<arm>`, `eval_ppl__<arm>`)._"
+    lines = [insitu_table({k: r for k, r in R.items() if r.get("kind") != "insitu" or r["model"] in models}), "",
+             "| model | next-token KL to pretrained (nats/token), − linear's [95%] | WikiText-2 test perplexity | "
+             "÷ linear splice − 1 [95%] |", "|---|---|---:|---|"]
+    for m in models:
+        kl = kl_cell(R, m, "linear") if f"insitu__{m}" in R else "–"
+        d = ppl_data(R, [m], "wikitext")
+        p = f"{ppl(d[0][0], d[1][0]):.2f}" if d else "–"
+        point, lo, hi = ppl_ratio_ci(R, m, "linear") if m not in ("linear", "reference") else (None, None, None)
+        ratio = "–" if point is None else f"{100 * point:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        lines.append(f"| {m} | {kl} | {p} | {ratio} |")
+    return "\n".join(lines)
 
 
 def train_fit_text(R: dict, kan: str, block: int) -> str:
@@ -289,6 +311,7 @@ def write_report(records: Path, out_dir: Path, quick: bool = False,
              "Validation error at every lr, and the kept fit's train MSE:", "", lr_table(R, shown), "",
              *([f"![train MSE curves]({stem}_curves.png)", ""] if curves else []),
              "## Where the error sits (test windows)", "", errmap_table(R, shown, layers), "",
+             "## Spliced back: the five blocks replaced at once", "", spliced_section(R, arms), "",
              "## End to end at equal budget", "", finetune_section(R, arms, rules_v2.best_kan_arm(R, kan_arms, layers)),
              "",
              "## Verdicts (rules in `benchmarks/studies/distill/rules_v2.py`, written before the runs)", "",
