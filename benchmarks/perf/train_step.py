@@ -43,6 +43,7 @@ from configs.base import get_config
 from kanjax.kan import layer as kan
 from kanjax.kan import matmul
 from kanjax.kan.layer import KANLinear, count_params
+from kanjax.llama import model as llama_model
 from kanjax.llama.kanify import build_model
 from kanjax.llama.model import LlamaConfig, LlamaForSequenceClassification, last_token_index, take_rows
 from kanjax.training import sharding
@@ -114,11 +115,24 @@ def plain_matmul():
         matmul.dot_general, kan.dense = saved
 
 
+@contextlib.contextmanager
+def expansion_per_projection():
+    """Ablation: every KAN projection expands its input itself, instead of q, k, v (and gate, up) sharing
+    one expansion and one matmul (`kanjax.llama.model.project_alike`)."""
+    saved = llama_model.project_alike
+    llama_model.project_alike = lambda projections, x: [p(x) for p in projections]
+    try:
+        yield
+    finally:
+        llama_model.project_alike = saved
+
+
 # (label suffix, model class, build-and-trace context): each change of the step undone on its own
 ABLATIONS = {"": (LlamaForSequenceClassification, contextlib.nullcontext),
              ", jax autodiff matmul": (LlamaForSequenceClassification, plain_matmul),
              ", last block at every token": (EveryTokenClassifier, contextlib.nullcontext),
-             ", basis recomputed in backward": (LlamaForSequenceClassification, contextlib.nullcontext)}
+             ", basis recomputed in backward": (LlamaForSequenceClassification, contextlib.nullcontext),
+             ", expansion per projection": (LlamaForSequenceClassification, expansion_per_projection)}
 
 
 def kanjax_arm(spec, precision: str, batch: dict, ablation: str = "", want_hlo: bool = False):
@@ -224,7 +238,8 @@ def main() -> None:
         arms += [("linear", None, "fp32", ", jax autodiff matmul"), ("KAN chebyshev2 deg 2, param-matched", KAN,
                   "fp32", ", jax autodiff matmul"), ("linear", None, "fp32", ", last block at every token"),
                  ("KAN chebyshev2 deg 2, param-matched", KAN_RECOMPUTED, "fp32",
-                  ", basis recomputed in backward")]
+                  ", basis recomputed in backward"),
+                 ("KAN chebyshev2 deg 2, param-matched", KAN, "fp32", ", expansion per projection")]
     for label, spec, precision, ablation in arms:
         name = f"{label}{ablation} {precision}"
         profiled = args.profile > 0 and precision == "fp32" and not ablation  # the arms --profile traces
@@ -307,7 +322,10 @@ def main() -> None:
                   "(its GFLOP/step counts that work) instead of at the pooled token only; *basis recomputed in "
                   "backward*: `kan.recompute=True` (KANLinear's default) recomputes every KAN layer's basis expansion "
                   "in row chunks in the backward pass instead of keeping it (`kan.recompute=False`, the configs' "
-                  "default and the KAN rows above): less activation memory for more elementwise work. The row's "
+                  "default and the KAN rows above): less activation memory for more elementwise work; *expansion "
+                  "per projection*: every KAN projection expands its input itself, instead of q, k, v (and gate, "
+                  "up), which read one input, sharing one basis expansion and one matmul "
+                  "(`kanjax.llama.model.project_alike`). The row's "
                   "÷ linear against the plain arm's is what the change buys (or costs)."]
     profiles = {}
     if args.profile:

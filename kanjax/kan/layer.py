@@ -240,18 +240,28 @@ class KANLinear(nnx.Module):
         return phi * jnp.asarray(self.scales, self.basis_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self._add_base_and_bias(x, self._kan_term(x, self.coef[...]))
+
+    def _compute_dtype(self, x: jax.Array):
+        return self.dtype or jnp.result_type(x.dtype, jnp.float32 if
+                                             not jnp.issubdtype(x.dtype, jnp.floating) else x.dtype)
+
+    def _kan_term(self, x: jax.Array, coef: jax.Array) -> jax.Array:
+        """(…, i) → (…, o'): the expansion of x contracted with coef (i, K, o') (this layer's own coef,
+        or several layers' concatenated along o' by `apply_shared`)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"KANLinear expects input (..., {self.in_features}), got {x.shape}")
-        dtype = self.dtype or jnp.result_type(x.dtype, jnp.float32 if
-                                              not jnp.issubdtype(x.dtype, jnp.floating) else x.dtype)
+        dtype = self._compute_dtype(x)
         # coef enters in param_dtype and is cast inside: the gradients of the chunks are summed in it.
-        coef, arrays = self.coef[...], self.basis_arrays()
+        arrays = self.basis_arrays()
         contract = functools.partial(self._expand_contract, dtype=dtype)
         if self.recompute:
             chunks = self.chunks or recompute_lib.chunk_count(x.shape, coef.shape[1])
-            y = recompute_lib.rowwise_recomputed(contract, x, coef, arrays, chunks=chunks)
-        else:
-            y = contract(x, coef, arrays)
+            return recompute_lib.rowwise_recomputed(contract, x, coef, arrays, chunks=chunks)
+        return contract(x, coef, arrays)
+
+    def _add_base_and_bias(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        dtype = self._compute_dtype(x)
         if self.base:
             xb = x.astype(dtype)
             xb = jax.nn.silu(xb) if self.base == "silu" else xb
@@ -268,6 +278,31 @@ class KANLinear(nnx.Module):
         n_in, n_cols, n_out = coef.shape
         # One matmul over the flattened (input, basis) axis; never a vmap of the contraction.
         return dense(phi.reshape(x.shape[:-1] + (n_in * n_cols,)), coef.reshape(n_in * n_cols, n_out))
+
+    def expansion_key(self) -> tuple | None:
+        """What this layer's basis expansion depends on besides its input, or None when it reads learned
+        arrays of its own (input_scale, rational coefficients): layers with equal keys expand an input
+        alike, so `apply_shared` computes the expansion once for all of them."""
+        if self.basis_arrays():
+            return None
+        return (self.in_features, self.basis, self.basis_items, self.domain, self.center, self.dtype,
+                self.basis_dtype, self.param_dtype, self.recompute, self.chunks)
+
+    @staticmethod
+    def apply_shared(layers: Sequence[KANLinear], x: jax.Array) -> list[jax.Array]:
+        """[layer(x) for layer in layers], with one basis expansion and one matmul for all of them when
+        their `expansion_key`s are equal (q, k, v of one block; gate and up): the contraction runs
+        against their coefficients concatenated along the output axis, then splits. The values are
+        each layer's own (the same products; tests/kan/test_shared_expansion.py); what is saved is
+        the expansion's elementwise work and its backward pass, once per extra layer
+        (benchmarks/results/perf/train_step.md)."""
+        key = layers[0].expansion_key() if layers else None
+        if len(layers) < 2 or key is None or any(layer.expansion_key() != key for layer in layers[1:]):
+            return [layer(x) for layer in layers]
+        coef = jnp.concatenate([layer.coef[...] for layer in layers], axis=-1)
+        y = layers[0]._kan_term(x, coef)
+        cuts = np.cumsum([layer.out_features for layer in layers])[:-1].tolist()
+        return [layer._add_base_and_bias(x, part) for layer, part in zip(layers, jnp.split(y, cuts, axis=-1))]
 
     # ----------------------------------------------------------------- helpers
 

@@ -90,6 +90,15 @@ class KANProjection(nnx.Module):
         proj_std = INIT_STD * math.sqrt(in_features / rank) if unit else INIT_STD
         self.proj = linear(rank, out_features, use_bias, (None, axes[1]), proj_std) if rank else None
 
+    @staticmethod
+    def apply_shared(projections: Sequence[KANProjection], x: jax.Array) -> list[jax.Array]:
+        """[p(x) for p in projections]: "replace" projections of one input share one basis expansion
+        and one matmul (`KANLinear.apply_shared`) before their own rank-r `proj`s; others run alone."""
+        if any(p.strategy != "replace" for p in projections):
+            return [p(x) for p in projections]
+        hs = KANLinear.apply_shared([p.kan for p in projections], x)
+        return [h if p.proj is None else p.proj(h) for p, h in zip(projections, hs)]
+
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.strategy == "replace":
             h = self.kan(x)

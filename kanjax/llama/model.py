@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -213,6 +214,17 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(self.dtype) * h.astype(x.dtype)
 
 
+def project_alike(projections: Sequence[nnx.Module], x: jax.Array) -> list[jax.Array]:
+    """[p(x) for p in projections] of one input. Projections of one class that offers `apply_shared`
+    (the KAN projections: one basis expansion for all) go through it; a linear layer has nothing to
+    share (one matmul against concatenated kernels measured no faster on CPU), so it runs alone."""
+    kind = type(projections[0])
+    shared = getattr(kind, "apply_shared", None)
+    if shared is not None and all(type(p) is kind for p in projections):
+        return shared(projections, x)
+    return [p(x) for p in projections]
+
+
 class LlamaAttention(nnx.Module):
     def __init__(self, config: LlamaConfig, layer: int, *, projections, dtype, param_dtype, rngs):
         d, e = config.hidden_size, config.head_dim
@@ -234,9 +246,13 @@ class LlamaAttention(nnx.Module):
         if rows is not None:
             xq, cq, sq = take_rows(x, rows), take_rows(cos, rows), take_rows(sin, rows)
             mq = take_rows(jnp.broadcast_to(mask, (b,) + mask.shape[1:]), rows)
-        q = apply_rope(self.q_proj(xq).reshape(b, xq.shape[1], self.num_heads, self.head_dim), cq, sq)
-        k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if rows is None:
+            q, k, v = project_alike((self.q_proj, self.k_proj, self.v_proj), x)
+        else:
+            q, (k, v) = self.q_proj(xq), project_alike((self.k_proj, self.v_proj), x)
+        q = apply_rope(q.reshape(b, xq.shape[1], self.num_heads, self.head_dim), cq, sq)
+        k = apply_rope(k.reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
         if kv is not None:
             start = (0, offset, 0, 0)
             kv = tuple(lax.dynamic_update_slice(c, new.astype(c.dtype), start) for c, new in zip(kv, (k, v)))
@@ -257,10 +273,10 @@ class LlamaMLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(b,t,d) -> (b,t,d): down(act(gate(x)) * up(x)); act is SiLU or identity ("none")."""
-        gate = self.gate_proj(x)
+        gate, up = project_alike((self.gate_proj, self.up_proj), x)
         if self.activation == "silu":
             gate = jax.nn.silu(gate)
-        return self.down_proj(gate * self.up_proj(x))
+        return self.down_proj(gate * up)
 
 
 class LlamaDecoderLayer(nnx.Module):
