@@ -318,7 +318,7 @@ class KANLinear(nnx.Module):
         a = _identity_coefficients(self, exact=False)  # Var = in · std² · E[(Σ_k a_k s_k B_k)²]
         std = math.sqrt(out_var / (n_in * float(_GH_WEIGHTS @ (phi @ a) ** 2)))
         w = std * jax.random.normal(key, (n_in, 1, n_out), self.param_dtype)
-        return w * jnp.asarray(a, self.param_dtype)[None, :, None]
+        return w * jnp.asarray(np.asarray(a)[None, :, None], self.param_dtype)  # numpy indexing: no eager op
 
     def _features_numpy(self, t: np.ndarray) -> np.ndarray:
         """(n,) points already in the basis' coordinates → (n, K) normalised columns, float64.
