@@ -270,7 +270,7 @@ def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared
     records = tmp_path / "records"
     arms = ("linear", "kan_recipe_none", "gr_kan", "gr_warm")  # one of each code path (the other recipe arms: specs)
     starts = ("pretrained", "kan_recipe_none", "gr_warm", "gr_warm_exact", "kan_exact")  # one re-learned start
-    only = (f"^(record|diagnose|fit|errmap)|^finetune__({'|'.join(starts)})$"
+    only = (f"^(record|diagnose|fit|seedfit|errmap)|^finetune__({'|'.join(starts)})$"
             "|^(insitu|eval_ppl)__(pretrained|kan_exact)_ft$")  # two judged fine-tunes: rule 3's pair
     argv = ["--v2", "--quick", "--arms", ",".join(arms), "--records", str(records), "--workdir", str(tmp_path / "work"),
             "--data_dir", str(shared_data)]
@@ -308,6 +308,15 @@ def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared
     study.main(argv + ["--only", "^finetune__pretrained$"])
     again = json.loads((records / "finetune__pretrained.json").read_text())
     assert again["lrs"] == ft["pretrained"]["lrs"] and again["best_lr"] == ft["pretrained"]["best_lr"]
+    # The second seeds: linear and rule 1's choice, planned once the first pass fitted every block
+    best_arm = rules_v2.best_kan_arm(report_v2.load(records), ["kan_recipe_none", "gr_kan"], [4, 5])
+    for a in ("linear", best_arm):
+        for k in (4, 5):
+            first, second = (json.loads((records / f"{u}__{a}__L{k}.json").read_text()) for u in ("fit", "seedfit"))
+            assert second["seed"] == 1 and second["best_lr"] == first["best_lr"] and list(second["lrs"]) == [
+                f"{first['best_lr']:g}"]
+            assert second["lrs"][f"{first['best_lr']:g}"]["test"]["rel_err"] != first["lrs"][
+                f"{first['best_lr']:g}"]["test"]["rel_err"]  # another draw, another fit
     fit_rec = json.loads((records / "fit__kan_recipe_none__L4.json").read_text())
     assert fit_rec["spec"]["domain"] == "none" and fit_rec["fit"]["steps"] == 20  # --quick's budget wins
     # The warm start begins at the pretrained block (its SiLU fit aside): far below a fresh block's error.
@@ -315,6 +324,7 @@ def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared
     assert warm < 0.1 < fresh
     text = (tmp_path / "full_model_distill_v2.md").read_text()
     assert "## Diagnosis" in text and "| 4 |" in text and "Best re-learned KAN arm" in text
+    assert f"| {best_arm}: seed 0 / seed 1 |" in text
     assert "| `pretrained` (comparator) | " in text and "2 AdamW steps of 4 windows × 64 tokens" in text
     assert re.search(r"`kan_exact` \*\*(matches or beats|does not match|inconclusive)\*\*", text)
 
@@ -370,3 +380,39 @@ def test_spliced_section_pairs_each_kan_splice_with_the_linear_one():
     assert "+0.1000 [+0.1000, +0.1000]" in row and f"{100 * (math.exp(0.1) - 1):+.1f}%" in row
     assert "gr_warm" not in text  # warm starts are judged end to end, not as splices
     assert report_v2.spliced_section({}, ["linear"]).startswith("_No spliced-model records yet")
+
+
+def test_second_seeds_wait_for_rule_1_and_then_refit_linear_and_the_best_arm(tmp_path):
+    args = study.parse_args(["--v2", "--arms", "linear,kan_recipe,kan_recipe_base,gr_warm", "--records",
+                             str(tmp_path)])
+    s = plan_lib.settings(args)
+    layers = list(plan_lib.LAYERS)
+    write_records(tmp_path, [*(fit("linear", k, 0.5, 0.5) for k in layers), *(fit("kan_recipe", k, 0.6, 0.5)
+                                                                             for k in layers[:-1])])
+    assert plan_lib.seed_arms(args, s) == ["linear"]  # kan_recipe lacks a block: no choice yet
+    write_records(tmp_path, [fit("kan_recipe", layers[-1], 0.6, 0.5), *(fit("gr_warm", k, 0.1, 0.1) for k in layers)])
+    assert plan_lib.seed_arms(args, s) == ["linear", "kan_recipe"]  # a warm arm is never rule 1's choice
+    write_records(tmp_path, [*(fit("kan_recipe_base", k, 0.55, 0.9) for k in layers)])
+    assert plan_lib.seed_arms(args, s) == ["linear", "kan_recipe_base"]  # chosen on validation, not test
+    todo = plan_lib.plan(args, s)
+    assert [u for u in todo if u.startswith("seedfit__")] == [f"seedfit__{a}__L{k}" for a in ("linear", "kan_recipe_base")
+                                                             for k in layers]
+    assert todo.index("fit__kan_recipe_base__L29") < todo.index("seedfit__linear__L25")
+    assert plan_lib.seed_arms(study.parse_args(["--arms", "linear,kan"]), plan_lib.settings(
+        study.parse_args(["--arms", "linear,kan"]))) == []  # v1 has no second seeds
+
+
+def seedfit(arm, layer, test, seed=1):
+    r = fit(arm, layer, 0.5, test)
+    return {**r, "unit": f"seedfit__{arm}__L{layer}", "kind": "seedfit", "seed": seed}
+
+
+def test_seed_section_pairs_each_seed_with_linear_and_averages_the_gaps():
+    R = records(*(fit("linear", k, 0.5, 0.40) for k in LAYERS), *(fit("kan_recipe_base", k, 0.5, 0.50) for k in LAYERS))
+    assert "Not measured yet" in report_v2.seed_section(R, LAYERS)
+    R.update(records(*(seedfit("linear", k, 0.42) for k in LAYERS), seedfit("kan_recipe_base", 4, 0.45)))
+    text = report_v2.seed_section(R, LAYERS)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| 4 ") or line.startswith("| 5 ")}
+    assert "| 0.400 / 0.420 | 0.500 / 0.450 | +0.100 / +0.030 [+0.030, +0.030] | +0.065 |" in rows["| 4"]
+    assert rows["| 5"].endswith("| 0.400 / 0.420 | – | – | – |")  # the KAN's second seed is missing there
+    assert "seed 1" in text and "fit records" not in text

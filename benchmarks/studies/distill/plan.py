@@ -48,6 +48,7 @@ EXACT_STARTS = (PRETRAINED, "gr_warm_exact", "kan_exact")  # reproduce the pretr
 # max |logit − the teacher's| an exact start may show: float32 rounding, 3e-5 (gr_warm_exact) and 4e-5 (kan_exact)
 # in the --quick run; gr_warm's SiLU fit moves them by 7e-2 there
 EXACT_LOGIT_TOL = 1e-3
+SECOND_SEED = 1  # v2: seedfit units refit linear and the best KAN arm at their kept lr with this seed
 FINETUNE_LRS = (3e-5, 1e-4, 3e-4, 1e-3)  # v2: the same grid for every start, chosen by validation loss
 # v2: 4x v1's fit tokens (linear's validation error still fell at 400 steps), the same grid for every arm.
 V2 = {"arms": ("linear", "kan_recipe_none", "kan_recipe_base", "kan_recipe", "gr_kan", "gr_warm", "gr_warm_exact"),
@@ -129,11 +130,27 @@ def models(args, s) -> list[str]:
     return out
 
 
+def seed_arms(args, s) -> list[str]:
+    """v2's second-seed fits (issue #42 item 3: 2 seeds for linear and the best KAN arm): linear and the
+    best re-learned KAN arm of `s["arms"]` by rule 1 (validation), once every block of the candidates it
+    compares is fitted; before that, linear alone (the driver plans again after each pass)."""
+    from benchmarks.studies.distill import rules_v2
+
+    if not s["v2"] or "linear" not in s["arms"]:
+        return []
+    records = Path(args.records)
+    R = {p.stem: json.loads(p.read_text()) for p in records.glob("fit__*.json")} if records.is_dir() else {}
+    candidates = [a for a in s["arms"] if a != "linear" and a not in WARM_ARMS]
+    best = rules_v2.best_kan_arm(R, candidates, list(s["layers"]))
+    return ["linear"] + ([best] if best else [])
+
+
 def plan(args, s) -> list[str]:
     """Units in dependency order; the cheap comparisons come before the long benchmark runs."""
     units = ["record"] + [f"diagnose__L{k}" for k in s["layers"] if s["v2"]]
     units += [f"fit__{a}__L{k}" for a in s["arms"] for k in s["layers"]]
     units += [f"errmap__{a}" for a in s["arms"] if s["v2"]]
+    units += [f"seedfit__{a}__L{k}" for a in seed_arms(args, s) for k in s["layers"]]
     if args.sequential:
         units += [f"seqfit__{a}__L{k}" for a in s["arms"] for k in s["layers"][1:]]
     units += [f"finetune__{a}" for a in finetuned(s)]

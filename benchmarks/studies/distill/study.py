@@ -64,6 +64,9 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
    firsttoken__<arm>: the kept fits' test errors at each window's first token and at the rest apart
    (SmolLM2's late MLPs put most of their output energy on the first token: an attention-sink activation).
    bbh_floor: BBH with no model (each task's most frequent answer, on the judged questions).
+   v2: seedfit__<arm>__L<k> fits linear and the best re-learned KAN arm (rule 1, once its every block is
+   fitted: the driver plans again after each pass) once more from seed plan.SECOND_SEED (initialisation and
+   token order, the same order for both arms) at the lr and budget of their seed-0 fit.
 3. insitu__<model>: every block replaced at once, the errors compound: run from the recorded residual
    entering block 25, per block the MLP error on its own (drifted) inputs and the residual-stream drift,
    and the next-token KL to the pretrained model on the test windows.
@@ -187,6 +190,23 @@ def parse_args(argv=None):
     return args
 
 
+def run_units(args, argv: list[str], records: Path, todo: list[str]) -> None:
+    """Each unit in its own subprocess (or in this process with --in_process), its record written on success."""
+    for i, unit in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        log = Path(args.workdir) / "logs" / f"{unit}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if args.in_process:
+            write_json(records / f"{unit}.json", run_unit(args, unit), allow_nan=False)
+            rc = 0
+        else:
+            with open(log, "w") as f:
+                rc = subprocess.run([sys.executable, "-m", __spec__.name, *argv, "--one", unit], stdout=f,
+                                    stderr=subprocess.STDOUT, cwd=REPO).returncode
+        print(f"[{i}/{len(todo)}] {unit}: {'ok' if rc == 0 else f'FAILED (exit {rc}, log {log})'}, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -203,21 +223,12 @@ def main(argv=None) -> None:
         todo = pending(args, s)
         if todo and todo[0] != "record" and not (Path(args.workdir) / "recording" / "manifest.json").is_file():
             todo = ["record"] + todo  # a new machine: the committed record stays, the recording is redone
-        print(f"{len(todo)} unit(s) to do; records in {records}, work in {args.workdir}", flush=True)
-        t_all = time.perf_counter()
-        for i, unit in enumerate(todo, 1):
-            t0 = time.perf_counter()
-            log = Path(args.workdir) / "logs" / f"{unit}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            if args.in_process:
-                write_json(records / f"{unit}.json", run_unit(args, unit), allow_nan=False)
-                rc = 0
-            else:
-                with open(log, "w") as f:
-                    rc = subprocess.run([sys.executable, "-m", __spec__.name, *argv, "--one", unit], stdout=f,
-                                        stderr=subprocess.STDOUT, cwd=REPO).returncode
-            print(f"[{i}/{len(todo)}] {unit}: {'ok' if rc == 0 else f'FAILED (exit {rc}, log {log})'}, "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        t_all, attempted = time.perf_counter(), set()
+        while todo:  # a pass can make new units plannable (the second seeds wait for rule 1's choice)
+            print(f"{len(todo)} unit(s) to do; records in {records}, work in {args.workdir}", flush=True)
+            run_units(args, argv, records, todo)
+            attempted |= set(todo)
+            todo = [u for u in pending(args, s) if u not in attempted]
         print(f"all units: {time.perf_counter() - t_all:.0f} s", flush=True)
     if args.v2:
         from benchmarks.studies.distill import report_v2

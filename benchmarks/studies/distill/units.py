@@ -16,6 +16,7 @@ from benchmarks.studies.distill.plan import (
     EXACT_LOGIT_TOL,
     EXACT_STARTS,
     PRETRAINED,
+    SECOND_SEED,
     SOURCES,
     WARM_ARMS,
     arm_spec,
@@ -295,6 +296,30 @@ def run_fit(args, s, arm: str, layer: int) -> dict:
     return _fit_all_lrs(args, s, f"fit__{arm}__L{layer}", arm, layer, rec.x(layer), rec.y(layer), rec)
 
 
+def run_seedfit(args, s, arm: str, layer: int) -> dict:
+    """v2's second seed of a fit: a fresh replacement drawn with seed SECOND_SEED (the same seed orders the
+    training tokens in every arm, so the arms stay paired) fitted at the lr the seed-0 fit kept, with its
+    budget; the record has a fit record's fields, with that one lr (parameters are not kept: nothing
+    builds on a second seed)."""
+    from benchmarks.studies.distill import fit as distill
+    from kanjax.kan.layer import count_params
+
+    if arm in WARM_ARMS:
+        raise ValueError(f"seedfit: {arm} starts from the pretrained block; a seed does not change its start")
+    rec, kept = recording(args), read_record(args, f"fit__{arm}__L{layer}")
+    lr, seed, steps = kept["best_lr"], args.seed + SECOND_SEED, kept["fit"]["steps"]
+    x, y = rec.x(layer), rec.y(layer)
+    mlp = distill.replacement_mlp(rec.config, layer, arm_spec(arm), seed=seed)
+    cfg = distill.FitConfig(steps=steps, batch_tokens=kept["fit"]["batch_tokens"], lr=lr,
+                            warmup=max(1, steps // 20), seed=seed, log_every=max(1, steps // 16))
+    mlp, info = distill.fit_mlp(mlp, x, y, rec.token_index(rec.splits["train"]), cfg)
+    entry = {**info, **{split: distill.fit_errors(mlp, x, y, rec.splits[split], rec.seq_len) for split in ("val", "test")}}
+    print(f"seedfit__{arm}__L{layer} seed {seed} lr {lr:g}: val {entry['val']['rel_err']:.4f} "
+          f"test {entry['test']['rel_err']:.4f} ({info['seconds']:.0f} s)", flush=True)
+    return {"arm": arm, "layer": layer, "seed": seed, "spec": kept["spec"], "params": count_params(mlp),
+            "width": distill.mlp_width(mlp), "fit": dict(kept["fit"]), "lrs": {f"{lr:g}": entry}, "best_lr": lr}
+
+
 def run_seqfit(args, s, arm: str, layer: int) -> dict:
     from benchmarks.studies.distill import fit as distill
     from benchmarks.studies.distill import in_situ as distill_in_situ
@@ -480,8 +505,9 @@ def run_unit(args, unit: str) -> dict:
     t0 = time.perf_counter()
     if kind == "record":
         out = run_record(args, s)
-    elif kind in ("fit", "seqfit"):
-        out = (run_fit if kind == "fit" else run_seqfit)(args, s, rest[0], int(rest[1][1:]))
+    elif kind in ("fit", "seqfit", "seedfit"):
+        run = {"fit": run_fit, "seqfit": run_seqfit, "seedfit": run_seedfit}[kind]
+        out = run(args, s, rest[0], int(rest[1][1:]))
     elif kind == "finetune":
         out = (run_finetune_v2 if s["v2"] else run_finetune)(args, s, rest[0])
     elif kind == "bbh_floor":
