@@ -217,7 +217,8 @@ def test_report_end_to_end_section_gives_rule_3_per_warm_start(tmp_path):
     rows = {line.split(" |")[0][2:]: line for line in section.splitlines() if line.startswith("| `")}
     assert list(rows) == ["`pretrained` (comparator)", "`linear`", "`kan_recipe` (best re-learned KAN arm)",
                           "`gr_warm`", "`gr_warm_exact`", "`kan_exact`"]
-    assert "| 1,096 | +96 (+9.6%) | 0.0001 | 3.0000 → 2.5000 |" in rows["`gr_warm`"]
+    assert "| 1,096 | +96 (+9.6%) | 0.0001 (grid edge) | 3.0000 → 2.5000 |" in rows["`gr_warm`"]
+    assert "| 0.001 (grid edge) |" in rows["`kan_exact`"]  # either end of the grid is named
     assert "| -1.2% [-1.2, -1.2] |" in rows["`gr_warm`"] and "+0.0 [+0.0, +0.0]" in rows["`gr_warm`"]  # MC: the same answers
     assert "**matches or beats** |" in rows["`gr_warm`"] and "**does not match** |" in rows["`kan_exact`"]
     assert rows["`gr_warm_exact`"].count("not measured yet") == 9 and "**not" not in rows["`gr_warm_exact`"]

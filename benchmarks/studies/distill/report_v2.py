@@ -210,7 +210,9 @@ def finetune_section(R: dict, arms: list[str], best_kan: str | None = None) -> s
             continue
         best = r["lrs"][f"{r['best_lr']:g}"]
         cells = [f"{r['params']:,}", f"{r['extra_params']:+,} ({100 * r['extra_params'] / r['pretrained_params']:+.1f}%)",
-                 f"{r['best_lr']:g}", f"{r['val_loss_start']:.4f} → {best['val_loss']:.4f}"]
+                 f"{r['best_lr']:g}" + (" (grid edge)" if len(r["grid"]) > 1 and r["best_lr"] in (min(r["grid"]),
+                                                                                     max(r["grid"])) else ""),
+                 f"{r['val_loss_start']:.4f} → {best['val_loss']:.4f}"]
         d = ppl_data(R, [model], "wikitext")
         cells.append(score_cell(ppl(d[0][0], d[1][0]), ppl_boot(*d)[:, 0], "{:.2f}") if d else MISSING)
         diff = paired(R, model, COMPARATOR) if start != PRETRAINED else {}
