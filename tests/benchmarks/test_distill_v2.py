@@ -225,6 +225,7 @@ def test_report_end_to_end_section_gives_rule_3_per_warm_start(tmp_path):
     assert "**inconclusive**" not in rows["`linear`"] and rows["`linear`"].endswith("| – |")  # no rule 3: not warm
     assert "0.0125, +0.0000 [+0.0000, +0.0000]" in rows["`gr_warm`"]  # KL, paired with pretrained_ft's
     verdicts = text.split("## Verdicts")[1]
+    assert "(-1.2% [-1.2, -1.2]: better than the linear fine-tune)" in verdicts
     assert ("Warm start fine-tuned vs linear fine-tuned: `gr_warm` **matches or beats** (-1.2% [" in verdicts
             and "`gr_warm_exact` not measured yet" in verdicts and "`kan_exact` **does not match** (+13.3%" in verdicts)
     rule_3 = report_v2.warm_start_verdicts(report_v2.load(folder))
@@ -417,3 +418,16 @@ def test_seed_section_pairs_each_seed_with_linear_and_averages_the_gaps():
     assert "| 0.400 / 0.420 | 0.500 / 0.450 | +0.100 / +0.030 [+0.030, +0.030] | +0.065 |" in rows["| 4"]
     assert rows["| 5"].endswith("| 0.400 / 0.420 | – | – | – |")  # the KAN's second seed is missing there
     assert "seed 1" in text and "fit records" not in text
+
+
+def test_a_warm_start_within_the_margin_but_worse_says_so(tmp_path):
+    """Rule 3's "matches or beats" allows up to +5%: a warm start that is worse by less than that is named worse."""
+    budget = {"steps": 5, "batch_windows": 4, "seed": 0, "warmup": 1}
+    base = np.array([30.0 + i for i in range(8)])
+    recs = [*(fit("linear", k, 0.5, 0.50) for k in LAYERS), finetune_record("pretrained", budget),
+            finetune_record("kan_exact", budget), ppl_windows("pretrained_ft", base),
+            ppl_windows("kan_exact_ft", base + 0.5)]  # +3.4% on every window
+    folder = write_records(tmp_path / "records", recs)
+    verdicts = report_v2.write_report(folder, tmp_path, v1_records=tmp_path / "none").read_text().split("## Verdicts")[1]
+    assert re.search(r"`kan_exact` \*\*matches or beats\*\* \(\+3\.\d% \[\+3\.\d, \+3\.\d\]: worse than the linear "
+                     r"fine-tune, by less than the margin\)", verdicts), verdicts

@@ -169,8 +169,13 @@ def warm_start_text(R: dict) -> str:
     v = warm_start_verdicts(R)
     if all(word == MISSING for word, *_ in v.values()):
         return "- Warm start fine-tuned vs linear fine-tuned: not measured yet."
+    def side(lo, hi):  # the margin decides the verdict; the sign says whether it hides a loss within it
+        return ("worse than the linear fine-tune, by less than the margin" if lo > 0 and hi < rules_v2.PPL_TARGET else
+                "better than the linear fine-tune" if hi < 0 else "")
+
     parts = [f"`{s}` {MISSING}" if word == MISSING else
-             f"`{s}` **{word}** ({100 * p:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}])" for s, (word, p, lo, hi) in v.items()]
+             f"`{s}` **{word}** ({100 * p:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+             + (f": {side(lo, hi)})" if side(lo, hi) else ")") for s, (word, p, lo, hi) in v.items()]
     return ("- Warm start fine-tuned vs linear fine-tuned: " + "; ".join(parts) + f" (rule 3: WikiText-2 test "
             f"perplexity of `<start>_ft` over `{COMPARATOR}` − 1, paired 95% interval, against "
             f"+{100 * rules_v2.PPL_TARGET:.0f}%).")
