@@ -216,8 +216,8 @@ class RMSNorm(nnx.Module):
 
 def project_alike(projections: Sequence[nnx.Module], x: jax.Array) -> list[jax.Array]:
     """[p(x) for p in projections] of one input. Projections of one class that offers `apply_shared`
-    (the KAN projections: one basis expansion for all) go through it; a linear layer has nothing to
-    share (one matmul against concatenated kernels measured no faster on CPU), so it runs alone."""
+    (the KAN projections: one basis expansion for all) go through it; a linear layer has no expansion to
+    share, so it runs alone (why not fuse its kernels too: benchmarks/results/perf/kan_cost.md)."""
     kind = type(projections[0])
     shared = getattr(kind, "apply_shared", None)
     if shared is not None and all(type(p) is kind for p in projections):

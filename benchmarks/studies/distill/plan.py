@@ -9,6 +9,8 @@ import json
 import re
 from pathlib import Path
 
+from benchmarks.common.records import read_json_folder
+
 LAYERS = (25, 26, 27, 28, 29)
 # configs/full_kan_reinit.py's KAN MLP (the other fields: KANSpec defaults; center spelled out, as the
 # records were made before centring became the default)
@@ -138,8 +140,7 @@ def seed_arms(args, s) -> list[str]:
 
     if not s["v2"] or "linear" not in s["arms"]:
         return []
-    records = Path(args.records)
-    R = {p.stem: json.loads(p.read_text()) for p in records.glob("fit__*.json")} if records.is_dir() else {}
+    R = {r["unit"]: r for r in read_json_folder(args.records, "fit__*.json")}
     candidates = [a for a in s["arms"] if a != "linear" and a not in WARM_ARMS]
     best = rules_v2.best_kan_arm(R, candidates, list(s["layers"]))
     return ["linear"] + ([best] if best else [])

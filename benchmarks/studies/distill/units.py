@@ -148,6 +148,21 @@ def fitted(args, s, arm: str, config, kind: str = "fit", upto: int | None = None
     return out
 
 
+def fit_config(steps: int, batch_tokens: int, lr: float, seed: int):
+    """The fit schedule every fit unit uses: warmup over 1/20 of the steps, 16 logged points."""
+    from benchmarks.studies.distill import fit as distill
+
+    return distill.FitConfig(steps=steps, batch_tokens=batch_tokens, lr=lr, warmup=max(1, steps // 20), seed=seed,
+                             log_every=max(1, steps // 16))
+
+
+def fit_entry(mlp, info: dict, x, y, rec) -> dict:
+    """A fit record's entry for one lr: the fit's own info and the val and test errors of the fitted MLP."""
+    from benchmarks.studies.distill import fit as distill
+
+    return {**info, **{split: distill.fit_errors(mlp, x, y, rec.splits[split], rec.seq_len) for split in ("val", "test")}}
+
+
 def refit_best(args, s, unit: str, arm: str, layer: int, lr: float) -> None:
     """Fit `unit` again at its kept lr when its parameters are gone (a new machine: records are committed,
     fitted parameters are not). The fit is deterministic given the seed; its validation error is checked
@@ -159,9 +174,7 @@ def refit_best(args, s, unit: str, arm: str, layer: int, lr: float) -> None:
     rec, kept = recording(args), read_record(args, unit)
     x, y = rec.x(layer), rec.y(layer)
     mlp = start_mlp(args, s, rec, arm, layer)  # fresh or warm, as the fit began
-    cfg = distill.FitConfig(steps=kept["fit"]["steps"], batch_tokens=kept["fit"]["batch_tokens"], lr=lr,
-                            warmup=max(1, kept["fit"]["steps"] // 20), seed=args.seed,
-                            log_every=max(1, kept["fit"]["steps"] // 16))
+    cfg = fit_config(kept["fit"]["steps"], kept["fit"]["batch_tokens"], lr, args.seed)
     mlp, _ = distill.fit_mlp(mlp, x, y, rec.token_index(rec.splits["train"]), cfg)
     val = distill.fit_errors(mlp, x, y, rec.splits["val"], rec.seq_len)["rel_err"]
     recorded = kept["lrs"][f"{lr:g}"]["val"]["rel_err"]
@@ -275,12 +288,8 @@ def _fit_all_lrs(args, s, unit: str, arm: str, layer: int, x, y, rec) -> dict:
             out["lrs"][f"{lr:g}"] = earlier["lrs"][f"{lr:g}"]
             continue
         mlp = nnx.clone(probe)  # every lr starts from the same block (a warm start is built once)
-        cfg = distill.FitConfig(steps=s["fit_steps"], batch_tokens=s["fit_batch"], lr=lr,
-                                warmup=max(1, s["fit_steps"] // 20), seed=args.seed,
-                                log_every=max(1, s["fit_steps"] // 16))
-        mlp, info = distill.fit_mlp(mlp, x, y, train, cfg)
-        entry = {**info, **{split: distill.fit_errors(mlp, x, y, rec.splits[split], rec.seq_len)
-                            for split in ("val", "test")}}
+        mlp, info = distill.fit_mlp(mlp, x, y, train, fit_config(s["fit_steps"], s["fit_batch"], lr, args.seed))
+        entry = fit_entry(mlp, info, x, y, rec)
         out["lrs"][f"{lr:g}"] = entry
         path = params_file(args, unit, lr)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,10 +319,9 @@ def run_seedfit(args, s, arm: str, layer: int) -> dict:
     lr, seed, steps = kept["best_lr"], args.seed + SECOND_SEED, kept["fit"]["steps"]
     x, y = rec.x(layer), rec.y(layer)
     mlp = distill.replacement_mlp(rec.config, layer, arm_spec(arm), seed=seed)
-    cfg = distill.FitConfig(steps=steps, batch_tokens=kept["fit"]["batch_tokens"], lr=lr,
-                            warmup=max(1, steps // 20), seed=seed, log_every=max(1, steps // 16))
+    cfg = fit_config(steps, kept["fit"]["batch_tokens"], lr, seed)
     mlp, info = distill.fit_mlp(mlp, x, y, rec.token_index(rec.splits["train"]), cfg)
-    entry = {**info, **{split: distill.fit_errors(mlp, x, y, rec.splits[split], rec.seq_len) for split in ("val", "test")}}
+    entry = fit_entry(mlp, info, x, y, rec)
     print(f"seedfit__{arm}__L{layer} seed {seed} lr {lr:g}: val {entry['val']['rel_err']:.4f} "
           f"test {entry['test']['rel_err']:.4f} ({info['seconds']:.0f} s)", flush=True)
     return {"arm": arm, "layer": layer, "seed": seed, "spec": kept["spec"], "params": count_params(mlp),
