@@ -120,13 +120,19 @@ def test_report_says_what_is_missing_and_names_the_chosen_arm(tmp_path):
     assert "## End to end at equal budget" in text and "Not measured yet (`--v2 --finetune_steps N`" in text
 
 
-STARTS = ["pretrained", "linear", "kan_recipe", "gr_warm", "gr_warm_exact", "kan_exact"]
+STARTS = ["pretrained", "kan_recipe", "gr_warm", "gr_warm_exact", "kan_exact"]
 
 
-def test_v2_finetune_units_start_from_the_pretrained_relearned_and_warm_mlps():
-    args = study.parse_args(["--v2", "--finetune_steps", "5", "--arms", "linear,kan_recipe,gr_warm"])
+def test_v2_finetune_units_start_from_the_pretrained_best_relearned_and_warm_mlps(tmp_path):
+    args = study.parse_args(["--v2", "--finetune_steps", "5", "--arms", "linear,kan_recipe,kan_recipe_base,gr_warm",
+                             "--records", str(tmp_path)])
     s = plan_lib.settings(args)
-    todo = plan_lib.plan(args, s)
+    layers = list(plan_lib.LAYERS)
+    before = [u for u in plan_lib.plan(args, s) if u.startswith("finetune__")]  # rule 1 cannot choose yet
+    assert before == [f"finetune__{a}" for a in STARTS if a != "kan_recipe"]
+    write_records(tmp_path, [*(fit(a, k, val, 0.5) for k in layers for a, val in (("linear", 0.3), ("kan_recipe", 0.4),
+                                                                                ("kan_recipe_base", 0.45)))])
+    todo = plan_lib.plan(args, s)  # the best re-learned arm only: the others' splices are not fine-tuned
     assert [u for u in todo if u.startswith("finetune__")] == [f"finetune__{a}" for a in STARTS]
     assert plan_lib.models(args, s)[-len(STARTS):] == [f"{a}_ft" for a in STARTS]
     assert s["finetune_lrs"] == plan_lib.FINETUNE_LRS
@@ -215,8 +221,8 @@ def test_report_end_to_end_section_gives_rule_3_per_warm_start(tmp_path):
     section = text.split("## End to end at equal budget")[1].split("## Verdicts")[0]
     assert "5 AdamW steps of 4 windows × 16 tokens" in section and "at each lr of 0.0001, 0.001" in section
     rows = {line.split(" |")[0][2:]: line for line in section.splitlines() if line.startswith("| `")}
-    assert list(rows) == ["`pretrained` (comparator)", "`linear`", "`kan_recipe` (best re-learned KAN arm)",
-                          "`gr_warm`", "`gr_warm_exact`", "`kan_exact`"]
+    assert list(rows) == ["`pretrained` (comparator)", "`kan_recipe` (best re-learned KAN arm)", "`gr_warm`",
+                          "`gr_warm_exact`", "`kan_exact`", "`linear`"]  # a start's record beyond the plan: last
     assert "| 1,096 | +96 (+9.6%) | 0.0001 (grid edge) | 3.0000 → 2.5000 |" in rows["`gr_warm`"]
     assert "| 0.001 (grid edge) |" in rows["`kan_exact`"]  # either end of the grid is named
     assert "| -1.2% [-1.2, -1.2] |" in rows["`gr_warm`"] and "+0.0 [+0.0, +0.0]" in rows["`gr_warm`"]  # MC: the same answers
@@ -271,8 +277,7 @@ def test_exact_starts_reproduce_the_model_and_say_their_extra_parameters(arm):
 def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared_data, smollm2_gguf):
     records = tmp_path / "records"
     arms = ("linear", "kan_recipe_none", "gr_kan", "gr_warm")  # one of each code path (the other recipe arms: specs)
-    starts = ("pretrained", "kan_recipe_none", "gr_warm", "gr_warm_exact", "kan_exact")  # one re-learned start
-    only = (f"^(record|diagnose|fit|seedfit|errmap)|^finetune__({'|'.join(starts)})$"
+    only = ("^(record|diagnose|fit|seedfit|errmap|finetune)__"
             "|^(insitu|eval_ppl)__(pretrained|kan_exact)_ft$")  # two judged fine-tunes: rule 3's pair
     argv = ["--v2", "--quick", "--arms", ",".join(arms), "--records", str(records), "--workdir", str(tmp_path / "work"),
             "--data_dir", str(shared_data)]
@@ -281,6 +286,9 @@ def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared
     assert {"record", "diagnose__L4", "diagnose__L5", "errmap__linear", "errmap__gr_warm"} <= done
     assert {f"fit__{a}__L{k}" for a in arms for k in (4, 5)} <= done
     assert {"eval_ppl__kan_exact_ft", "eval_ppl__pretrained_ft", "insitu__kan_exact_ft"} <= done
+    best_arm = rules_v2.best_kan_arm(report_v2.load(records), ["kan_recipe_none", "gr_kan"], [4, 5])
+    starts = ("pretrained", best_arm, "gr_warm", "gr_warm_exact", "kan_exact")  # the re-learned start: rule 1's
+    assert {p.stem for p in records.glob("finetune__*.json")} == {f"finetune__{a}" for a in starts}
     ft = {s: json.loads((records / f"finetune__{s}.json").read_text()) for s in starts}
     for s, r in ft.items():  # QUICK's 2-lr grid, each lr's curve and validation loss, the kept lr's MLPs on disk
         assert r["grid"] == list(plan_lib.QUICK["finetune_lrs"]) and set(r["lrs"]) == {"0.0001", "0.001"}
@@ -311,7 +319,6 @@ def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared
     again = json.loads((records / "finetune__pretrained.json").read_text())
     assert again["lrs"] == ft["pretrained"]["lrs"] and again["best_lr"] == ft["pretrained"]["best_lr"]
     # The second seeds: linear and rule 1's choice, planned once the first pass fitted every block
-    best_arm = rules_v2.best_kan_arm(report_v2.load(records), ["kan_recipe_none", "gr_kan"], [4, 5])
     for a in ("linear", best_arm):
         for k in (4, 5):
             first, second = (json.loads((records / f"{u}__{a}__L{k}.json").read_text()) for u in ("fit", "seedfit"))
@@ -431,3 +438,39 @@ def test_a_warm_start_within_the_margin_but_worse_says_so(tmp_path):
     verdicts = report_v2.write_report(folder, tmp_path, v1_records=tmp_path / "none").read_text().split("## Verdicts")[1]
     assert re.search(r"`kan_exact` \*\*matches or beats\*\* \(\+3\.\d% \[\+3\.\d, \+3\.\d\]: worse than the linear "
                      r"fine-tune, by less than the margin\)", verdicts), verdicts
+
+
+def curve_fit(arm, layer, mse):
+    r = fit(arm, layer, 0.5, 0.5)
+    r["lrs"]["0.01"]["train_mse"] = list(mse)
+    return r
+
+
+def test_train_gap_trend_reads_the_train_mse_ratio_through_the_fit():
+    lin = [100.0, 8.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0]
+    R = records(curve_fit("linear", 4, lin), curve_fit("kan", 4, [y * (1 + i / 10) for i, y in enumerate(lin)]),
+                curve_fit("linear", 5, lin), curve_fit("kan", 5, [y * (2 - i / 10) for i, y in enumerate(lin)]))
+    ratios = rules_v2.train_mse_ratios(R, "kan", "linear", 4)
+    assert ratios == pytest.approx([1 + i / 10 for i in range(8)])
+    assert rules_v2.train_gap_trend(ratios) == "widening"  # 1.1 (a quarter), 1.3 (half), 1.7 (end)
+    assert rules_v2.train_gap_trend(rules_v2.train_mse_ratios(R, "kan", "linear", 5)) == "closing"
+    assert rules_v2.train_gap_trend([1.0, 1.3, 1.5, 1.2, 1.6, 1.4, 1.4, 1.4]) == "flat"  # 1.3, 1.2, 1.4
+    text = report_v2.train_fit_text(R, "kan", 4)
+    assert "at a quarter, half and all of the fit: 1.10, 1.30, 1.70: it widens" in text
+    assert "a longer fit may close it" in report_v2.train_fit_text(R, "kan", 5)
+    assert rules_v2.train_mse_ratios(R, "kan", "linear", 6) is None
+
+
+def test_cause_text_names_a_cause_only_when_every_missed_block_shows_it():
+    lin = [100.0, 8.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0]
+    errmap = {a: {"unit": f"errmap__{a}", "kind": "errmap", "arm": a,
+                  "blocks": {str(k): {"rel_err_first": 0.1, "rel_err_rest": rest} for k in (4, 5)}}
+              for a, rest in (("linear", 0.4), ("kan", 0.5))}
+    R = records(curve_fit("linear", 4, lin), curve_fit("kan", 4, [y * (1 + i / 10) for i, y in enumerate(lin)]),
+                curve_fit("linear", 5, lin), curve_fit("kan", 5, [y * (2 - i / 10) for i, y in enumerate(lin)]),
+                *errmap.values())
+    text = report_v2.cause_text(R, "kan", [4])
+    assert text.startswith("- What stands in the way (blocks 4, measured above)") and "not a short fit" in text
+    assert report_v2.cause_text(R, "kan", [4, 5]) == ""  # block 5's gap narrows: a longer fit may close it
+    R["errmap__kan"]["blocks"]["4"] = {"rel_err_first": 0.9, "rel_err_rest": 0.4}  # the gap on the first tokens
+    assert report_v2.cause_text(R, "kan", [4]) == "" and report_v2.cause_text(R, "kan", []) == ""

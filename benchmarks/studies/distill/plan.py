@@ -102,17 +102,27 @@ def arm_spec(arm: str):
     return None if spec is None else KANSpec.from_dict(spec)
 
 
-def finetune_starts(arms) -> list[str]:
-    """v2's fine-tune starts: the pretrained MLPs, each re-learned arm of `arms` (its kept fits: the warm
-    arms are starts of their own, from the teacher), every warm arm."""
-    return [PRETRAINED] + [a for a in arms if a not in WARM_ARMS] + list(WARM_ARMS)
+def finetune_starts(arms, best_kan: str | None) -> list[str]:
+    """v2's fine-tune starts (issue #42 item 4): the pretrained MLPs, the best re-learned KAN arm's kept
+    fits (rule 1's choice among `arms`, once it is made), every warm arm (from the teacher)."""
+    return [PRETRAINED] + [a for a in [best_kan] if a in arms and a not in WARM_ARMS] + list(WARM_ARMS)
 
 
-def finetuned(s) -> list[str]:
+def best_relearned(args, s) -> str | None:
+    """Rule 1's best re-learned KAN arm of `s["arms"]` from the fit records (None until every block of the
+    arms it compares is fitted: the driver plans again after each pass)."""
+    from benchmarks.studies.distill import rules_v2
+
+    R = {r["unit"]: r for r in read_json_folder(args.records, "fit__*.json")}
+    candidates = [a for a in s["arms"] if a != "linear" and a not in WARM_ARMS]
+    return rules_v2.best_kan_arm(R, candidates, list(s["layers"]))
+
+
+def finetuned(args, s) -> list[str]:
     """What is fine-tuned: v1 each arm's splice at one lr, v2 each start of finetune_starts at a grid."""
     if not s["finetune_steps"]:
         return []
-    return finetune_starts(s["arms"]) if s["v2"] else list(s["arms"])
+    return finetune_starts(s["arms"], best_relearned(args, s)) if s["v2"] else list(s["arms"])
 
 
 def finetune_budget(args, s) -> dict:
@@ -128,21 +138,16 @@ def models(args, s) -> list[str]:
     out = ["reference"] + list(s["arms"])
     if args.sequential:
         out += [f"{a}_seq" for a in s["arms"]]
-    out += [f"{a}_ft" for a in finetuned(s)]
+    out += [f"{a}_ft" for a in finetuned(args, s)]
     return out
 
 
 def seed_arms(args, s) -> list[str]:
     """v2's second-seed fits (issue #42 item 3: 2 seeds for linear and the best KAN arm): linear and the
-    best re-learned KAN arm of `s["arms"]` by rule 1 (validation), once every block of the candidates it
-    compares is fitted; before that, linear alone (the driver plans again after each pass)."""
-    from benchmarks.studies.distill import rules_v2
-
+    best re-learned KAN arm (best_relearned); before rule 1 can choose, linear alone."""
     if not s["v2"] or "linear" not in s["arms"]:
         return []
-    R = {r["unit"]: r for r in read_json_folder(args.records, "fit__*.json")}
-    candidates = [a for a in s["arms"] if a != "linear" and a not in WARM_ARMS]
-    best = rules_v2.best_kan_arm(R, candidates, list(s["layers"]))
+    best = best_relearned(args, s)
     return ["linear"] + ([best] if best else [])
 
 
@@ -154,7 +159,7 @@ def plan(args, s) -> list[str]:
     units += [f"seedfit__{a}__L{k}" for a in seed_arms(args, s) for k in s["layers"]]
     if args.sequential:
         units += [f"seqfit__{a}__L{k}" for a in s["arms"] for k in s["layers"][1:]]
-    units += [f"finetune__{a}" for a in finetuned(s)]
+    units += [f"finetune__{a}" for a in finetuned(args, s)]
     judged = models(args, s)
     units += [f"firsttoken__{a}" for a in s["arms"]] + ["bbh_floor"]
     units += [f"insitu__{m}" for m in judged if m != "reference"]

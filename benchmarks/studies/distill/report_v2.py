@@ -188,7 +188,8 @@ def finetune_section(R: dict, arms: list[str], best_kan: str | None = None) -> s
     if not recs:
         return (f"_{MISSING[0].upper() + MISSING[1:]} (`--v2 --finetune_steps N`: units `finetune__<start>`, then "
                 "`insitu`, `eval_ppl`, `eval_mc` of the `<start>_ft` models)._")
-    starts = finetune_starts(arms) + [s for s in recs if s not in finetune_starts(arms)]
+    planned = finetune_starts(arms, best_kan)
+    starts = planned + [s for s in recs if s not in planned]
     any_rec = next(iter(recs.values()))
     b = any_rec["budget"]
     grid = ", ".join(f"{lr:g}" for lr in any_rec["grid"])
@@ -274,9 +275,47 @@ def train_fit_text(R: dict, kan: str, block: int) -> str:
     ka, lb = rules_v2.chosen(a)["train_mse"][-1], rules_v2.chosen(b)["train_mse"][-1]
     if ka > lb:
         return (f"Its training error is higher too (final train MSE {ka:.4g} vs {lb:.4g}): it fits its own training "
-                "tokens worse, so the gap is fitting at this budget, not generalisation.")
+                "tokens worse, so the gap is fitting at this budget, not generalisation." + trend_text(R, kan, block))
     return (f"Its training error is not higher (final train MSE {ka:.4g} vs {lb:.4g}): the gap is generalisation "
             "to held-out tokens.")
+
+
+def trend_text(R: dict, kan: str, block: int) -> str:
+    """Whether a longer fit looks likely to close the gap: the train-MSE ratio to linear's through the fit."""
+    ratios = rules_v2.train_mse_ratios(R, kan, "linear", block)
+    if ratios is None:
+        return ""
+    n = len(ratios)
+    at = ", ".join(f"{ratios[max(1, round(f * n)) - 1]:.2f}" for f in (0.25, 0.5, 1.0))
+    trend = rules_v2.train_gap_trend(ratios)
+    reading = {"widening": "it widens as the fit goes on: the KAN does not catch up with more steps of this schedule",
+               "closing": "it narrows as the fit goes on, so a longer fit may close it",
+               "flat": "it neither widens nor narrows steadily"}[trend]
+    return f" Its train MSE ÷ linear's at a quarter, half and all of the fit: {at}: {reading}."
+
+
+def cause_text(R: dict, kan: str, missed: list[int]) -> str:
+    """What stands in the way of the target, when every missed block tells the same story (rule 2's
+    "which cause, measured"): the gap on ordinary tokens, in training error, widening through the fit."""
+    if not missed:
+        return ""
+    facts = []
+    for k in missed:
+        loc = rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (kan, "linear") if f"errmap__{a}" in R}, kan,
+                                    "linear", k, {a: R[f"firsttoken__{a}"] for a in (kan, "linear")
+                                                  if f"firsttoken__{a}" in R})
+        a, b = R.get(f"fit__{kan}__L{k}"), R.get(f"fit__linear__L{k}")
+        ratios = rules_v2.train_mse_ratios(R, kan, "linear", k)
+        facts.append(loc is not None and not rules_v2.gap_sits_on_first_tokens(loc) and a is not None
+                     and b is not None and rules_v2.chosen(a)["train_mse"][-1] > rules_v2.chosen(b)["train_mse"][-1]
+                     and ratios is not None and rules_v2.train_gap_trend(ratios) == "widening")
+    if not all(facts):
+        return ""
+    return (f"- What stands in the way (blocks {', '.join(map(str, missed))}, measured above): {kan} fits the "
+            "blocks' map on ordinary tokens less well than the GLU at the same parameter count, on its own "
+            "training tokens too, and falls further behind as the fit goes on. Not the attention sink (the gap is "
+            "not on first tokens), not generalisation (the training error is higher too), not a short fit (the "
+            "train-MSE ratio grows with steps).")
 
 
 def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
@@ -297,10 +336,14 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
                                     {a: R[f"firsttoken__{a}"] for a in (best, "linear") if f"firsttoken__{a}" in R})
         if loc is not None:
             where = "first tokens (the attention sink)" if rules_v2.gap_sits_on_first_tokens(loc) else "ordinary tokens"
-            share = "" if loc["share_first"] is None else f" ({100 * loc['share_first']:.1f}% of the squared-error gap on first tokens)"
+            share = ("" if loc["share_first"] is None else
+                     f" ({round(100 * loc['share_first'], 1) + 0.0:.1f}% of the squared-error gap on first tokens)")
             lines.append(f"  - Block {k}: the gap sits on {where}{share}: relative error on first tokens "
                          f"{loc['kan_first']:.3f} vs {loc['lin_first']:.3f}, on other tokens {loc['kan_rest']:.3f} vs "
                          f"{loc['lin_rest']:.3f}. {train_fit_text(R, best, k)}")
+    cause = cause_text(R, best, t["missed_blocks"])
+    if cause:
+        lines.append(cause)
     lines.append(warm_start_text(R))
     return "\n".join(lines)
 

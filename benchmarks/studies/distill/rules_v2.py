@@ -124,3 +124,25 @@ def gap_sits_on_first_tokens(loc: dict) -> bool:
     if loc["share_first"] is not None:
         return loc["share_first"] > 0.5
     return loc["first"] > loc["rest"]
+
+
+def train_mse_ratios(R: dict, kan: str, lin: str, block: int) -> list[float] | None:
+    """kan's train MSE ÷ lin's at each logged point of the two kept fits (same steps, same data order),
+    None when either fit is missing or their curves differ in length."""
+    a, b = R.get(f"fit__{kan}__L{block}"), R.get(f"fit__{lin}__L{block}")
+    if a is None or b is None:
+        return None
+    ka, lb = chosen(a)["train_mse"], chosen(b)["train_mse"]
+    return [x / y for x, y in zip(ka, lb)] if len(ka) == len(lb) and all(y > 0 for y in lb) else None
+
+
+def train_gap_trend(ratios: list[float]) -> str:
+    """Whether more steps look likely to close a fitting gap, from the train-MSE ratio (kan ÷ lin) at a
+    quarter, a half and the end of the fit: "widening" when it rises at each of the three, "closing"
+    when it falls at each, "flat" otherwise (the first point, before any step counts, is left out)."""
+    q = [ratios[max(1, round(f * len(ratios)) - 1)] for f in (0.25, 0.5, 1.0)]
+    if q[0] < q[1] < q[2]:
+        return "widening"
+    if q[0] > q[1] > q[2]:
+        return "closing"
+    return "flat"
