@@ -474,3 +474,32 @@ def test_cause_text_names_a_cause_only_when_every_missed_block_shows_it():
     assert report_v2.cause_text(R, "kan", [4, 5]) == ""  # block 5's gap narrows: a longer fit may close it
     R["errmap__kan"]["blocks"]["4"] = {"rel_err_first": 0.9, "rel_err_rest": 0.4}  # the gap on the first tokens
     assert report_v2.cause_text(R, "kan", [4]) == "" and report_v2.cause_text(R, "kan", []) == ""
+
+
+def test_the_narrow_glu_control_is_fitted_but_never_chosen_spliced_or_fine_tuned(tmp_path):
+    args = study.parse_args(["--v2", "--finetune_steps", "5", "--arms", "linear,linear_w512,kan_recipe_base",
+                             "--records", str(tmp_path)])
+    s = plan_lib.settings(args)
+    write_records(tmp_path, [fit(a, k, val, 0.5) for k in plan_lib.LAYERS
+                             for a, val in (("linear", 0.5), ("linear_w512", 0.1), ("kan_recipe_base", 0.6))])
+    todo = plan_lib.plan(args, s)
+    assert "fit__linear_w512__L25" in todo and not any("linear_w512" in u for u in todo if not u.startswith("fit__"))
+    assert plan_lib.best_relearned(args, s) == "kan_recipe_base"  # its lower validation error does not make it a KAN
+    assert plan_lib.arm_spec("linear_w512") is None and "linear_w512" in plan_lib.V2["arms"]
+    R = records(fit("linear", 4, 0.3, 0.30), fit("linear_w512", 4, 0.5, 0.50), fit("kan", 4, 0.4, 0.45))
+    text = report_v2.width_text(R, "kan", [4, 5])  # block 5 has no records: left out
+    assert "on blocks 4: test error 0.500 against linear's 0.300 and kan's 0.450" in text
+    assert "win back 25% of what the narrower width costs" in text  # (0.50 - 0.45) / (0.50 - 0.30)
+    assert report_v2.width_text(R, "kan", [5]) == ""
+
+
+def test_the_narrow_glu_control_has_the_narrow_width(tmp_path):
+    from benchmarks.studies.distill import fit as distill
+    from kanjax.llama.model import LlamaConfig
+
+    class Rec:
+        config = LlamaConfig(num_hidden_layers=2)
+
+    args = study.parse_args(["--v2", "--arms", "linear_w512", "--records", str(tmp_path)])
+    mlp = units.start_mlp(args, plan_lib.settings(args), Rec, "linear_w512", 1)
+    assert distill.mlp_width(mlp) == 512 and mlp.gate_proj.kernel.shape == (576, 512)

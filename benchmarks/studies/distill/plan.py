@@ -40,6 +40,11 @@ OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardis
                  # coefficients per edge (x, x²), so twice the MLP's parameters
                  "kan_exact": {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "none",
                                "init": "from_linear"}}
+# Fit-only controls (issue #42: "which cause stands in the way, measured"): the linear GLU at a KAN arm's
+# width (512: the recipe with the base branch spends 3 parameters per edge where the GLU spends 1), so
+# the fit table says how much of the width the KAN gives up its edge functions win back. A narrower
+# function class than linear's, not a candidate of rule 1, not spliced or fine-tuned.
+CONTROL_WIDTHS = {"linear_w512": 512}
 # Arms that start from the pretrained block (units.warm_mlps: the teacher KAN-ified by the arm's spec), not
 # a fresh one, in their fits and as fine-tune starts.
 WARM_ARMS = ("gr_warm", "gr_warm_exact", "kan_exact")
@@ -53,7 +58,7 @@ EXACT_LOGIT_TOL = 1e-3
 SECOND_SEED = 1  # v2: seedfit units refit linear and the best KAN arm at their kept lr with this seed
 FINETUNE_LRS = (3e-5, 1e-4, 3e-4, 1e-3)  # v2: the same grid for every start, chosen by validation loss
 # v2: 4x v1's fit tokens (linear's validation error still fell at 400 steps), the same grid for every arm.
-V2 = {"arms": ("linear", "kan_recipe_none", "kan_recipe_base", "kan_recipe", "gr_kan", "gr_warm", "gr_warm_exact"),
+V2 = {"arms": ("linear", "linear_w512", "kan_recipe_none", "kan_recipe_base", "kan_recipe", "gr_kan", "gr_warm", "gr_warm_exact"),
       "fit_steps": 1600,
       "records": "full_model_distill_v2_runs"}
 V1_RECORDS = "full_model_distill_runs"
@@ -88,15 +93,16 @@ def settings(args) -> dict:
         s["finetune_lrs"] = tuple(float(v) for v in args.finetune_lrs.split(","))
     s["arms"] = tuple(a for a in args.arms.split(",") if a)
     for arm in s["arms"]:
-        if arm not in ARMS and arm not in OPTIONAL_ARMS:
-            raise ValueError(f"--arms: unknown arm {arm!r}; known: {', '.join(list(ARMS) + list(OPTIONAL_ARMS))}")
+        if arm not in ARMS and arm not in OPTIONAL_ARMS and arm not in CONTROL_WIDTHS:
+            known = list(ARMS) + list(OPTIONAL_ARMS) + list(CONTROL_WIDTHS)
+            raise ValueError(f"--arms: unknown arm {arm!r}; known: {', '.join(known)}")
     return s
 
 
 def arm_spec(arm: str):
     from kanjax.llama.kan_spec import KANSpec
 
-    if arm == PRETRAINED:  # a fine-tune start: the teacher's own linear MLPs
+    if arm == PRETRAINED or arm in CONTROL_WIDTHS:  # the teacher's own linear MLPs; a narrower GLU
         return None
     spec = {**ARMS, **OPTIONAL_ARMS}[arm]
     return None if spec is None else KANSpec.from_dict(spec)
@@ -114,8 +120,17 @@ def best_relearned(args, s) -> str | None:
     from benchmarks.studies.distill import rules_v2
 
     R = {r["unit"]: r for r in read_json_folder(args.records, "fit__*.json")}
-    candidates = [a for a in s["arms"] if a != "linear" and a not in WARM_ARMS]
-    return rules_v2.best_kan_arm(R, candidates, list(s["layers"]))
+    return rules_v2.best_kan_arm(R, relearned_kan_arms(s["arms"]), list(s["layers"]))
+
+
+def relearned_kan_arms(arms) -> list[str]:
+    """Rule 1's candidates: the KAN arms fitted from a fresh block (not linear, its controls, or a warm arm)."""
+    return [a for a in arms if a != "linear" and a not in CONTROL_WIDTHS and a not in WARM_ARMS]
+
+
+def judged_arms(arms) -> list[str]:
+    """The arms whose splices are judged (the fit-only controls are not)."""
+    return [a for a in arms if a not in CONTROL_WIDTHS]
 
 
 def finetuned(args, s) -> list[str]:
@@ -135,9 +150,9 @@ def finetune_budget(args, s) -> dict:
 def models(args, s) -> list[str]:
     """The judged models: the pretrained reference, then each arm (+ its _seq / _ft variants; v2's _ft
     models are the fine-tune starts')."""
-    out = ["reference"] + list(s["arms"])
+    out = ["reference"] + judged_arms(s["arms"])
     if args.sequential:
-        out += [f"{a}_seq" for a in s["arms"]]
+        out += [f"{a}_seq" for a in judged_arms(s["arms"])]
     out += [f"{a}_ft" for a in finetuned(args, s)]
     return out
 
@@ -155,13 +170,13 @@ def plan(args, s) -> list[str]:
     """Units in dependency order; the cheap comparisons come before the long benchmark runs."""
     units = ["record"] + [f"diagnose__L{k}" for k in s["layers"] if s["v2"]]
     units += [f"fit__{a}__L{k}" for a in s["arms"] for k in s["layers"]]
-    units += [f"errmap__{a}" for a in s["arms"] if s["v2"]]
+    units += [f"errmap__{a}" for a in judged_arms(s["arms"]) if s["v2"]]
     units += [f"seedfit__{a}__L{k}" for a in seed_arms(args, s) for k in s["layers"]]
     if args.sequential:
-        units += [f"seqfit__{a}__L{k}" for a in s["arms"] for k in s["layers"][1:]]
+        units += [f"seqfit__{a}__L{k}" for a in judged_arms(s["arms"]) for k in s["layers"][1:]]
     units += [f"finetune__{a}" for a in finetuned(args, s)]
     judged = models(args, s)
-    units += [f"firsttoken__{a}" for a in s["arms"]] + ["bbh_floor"]
+    units += [f"firsttoken__{a}" for a in judged_arms(s["arms"])] + ["bbh_floor"]
     units += [f"insitu__{m}" for m in judged if m != "reference"]
     # v2 judges its fine-tuned models on perplexity, KL and the multiple-choice sets (issue #42), not BBH
     units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.studies.distill import rules_v2
 from benchmarks.studies.distill.plan import (
+    CONTROL_WIDTHS,
     LRS,
     OPTIONAL_ARMS,
     PRETRAINED,
@@ -26,6 +27,8 @@ from benchmarks.studies.distill.plan import (
     V2,
     WARM_ARMS,
     finetune_starts,
+    judged_arms,
+    relearned_kan_arms,
 )
 from benchmarks.studies.distill.stats import best, ci, load, paired, ppl, ppl_boot, ppl_data, ratio_boot, rel_err_boot
 from benchmarks.studies.distill.tables import fit_table, insitu_table, lr_table, score_cell
@@ -249,7 +252,7 @@ def spliced_section(R: dict, arms: list[str]) -> str:
     """Every studied block replaced at once by each re-learned arm's kept fit (insitu and eval_ppl of the
     judged model `<arm>`): per block the error on its own drifted inputs, the next-token KL to the
     pretrained model and WikiText-2 test perplexity, each KAN arm paired against the linear splice."""
-    re_learned = [a for a in arms if a not in WARM_ARMS]
+    re_learned = [a for a in judged_arms(arms) if a not in WARM_ARMS]
     models = [m for m in ["reference"] + re_learned if f"insitu__{m}" in R or f"eval_ppl__{m}" in R]
     if not models:
         return "_No spliced-model records yet (`insitu__<arm>`, `eval_ppl__<arm>`)._"
@@ -318,6 +321,29 @@ def cause_text(R: dict, kan: str, missed: list[int]) -> str:
             "train-MSE ratio grows with steps).")
 
 
+def width_text(R: dict, kan: str, blocks: list[int]) -> str:
+    """What the fit-only controls (a linear GLU at a narrower width) say about the missed blocks: the share
+    of the narrower width's extra error that kan's edge functions win back, (e_narrow − e_kan) /
+    (e_narrow − e_linear), on test error at each fit's kept lr."""
+    out = []
+    for control, width in CONTROL_WIDTHS.items():
+        have = [k for k in blocks if all(f"fit__{a}__L{k}" in R for a in (control, kan, "linear"))]
+        if not have:
+            continue
+        err = {(a, k): rules_v2.chosen(R[f"fit__{a}__L{k}"])["test"]["rel_err"] for a in (control, kan, "linear")
+               for k in have}
+        shares = [(err[control, k] - err[kan, k]) / (err[control, k] - err["linear", k])
+                  if err[control, k] > err["linear", k] else float("nan") for k in have]
+        def errs(arm):
+            return ", ".join(f"{err[arm, k]:.3f}" for k in have)
+
+        out.append(f"- The GLU at width {width} (`{control}`, a third of linear's parameters) on blocks "
+                   f"{', '.join(map(str, have))}: test error {errs(control)} against linear's {errs('linear')} and "
+                   f"{kan}'s {errs(kan)}: the KAN's edge functions win back "
+                   f"{', '.join(f'{100 * v:.0f}%' for v in shares)} of what the narrower width costs.")
+    return "\n".join(out)
+
+
 def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     best = rules_v2.best_kan_arm(R, kan_arms, layers)
     if best is None:
@@ -341,9 +367,9 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
             lines.append(f"  - Block {k}: the gap sits on {where}{share}: relative error on first tokens "
                          f"{loc['kan_first']:.3f} vs {loc['lin_first']:.3f}, on other tokens {loc['kan_rest']:.3f} vs "
                          f"{loc['lin_rest']:.3f}. {train_fit_text(R, best, k)}")
-    cause = cause_text(R, best, t["missed_blocks"])
-    if cause:
-        lines.append(cause)
+    for text in (cause_text(R, best, t["missed_blocks"]), width_text(R, best, t["missed_blocks"])):
+        if text:
+            lines.append(text)
     lines.append(warm_start_text(R))
     return "\n".join(lines)
 
@@ -387,13 +413,16 @@ def write_report(records: Path, out_dir: Path, quick: bool = False,
     shown = arms + ([V1_ARM] if any(r.get("arm") == V1_ARM for r in R.values()) else [])
     # Rule 1's candidates are the re-learned KAN arms: a warm start keeps the pretrained projections
     # (its fit starts at the answer), so it is judged by rule 3, not chosen as "best re-learned"
-    kan_arms = [a for a in arms if a != "linear" and a not in WARM_ARMS]
+    kan_arms = relearned_kan_arms(arms)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "full_model_distill_v2"
     curves = plot_curves(R, ["linear"] + kan_arms, layers, out_dir / f"{stem}_curves.png")
     fits, _ = fit_table(R, shown)
     steps = {r["fit"]["steps"] for r in R.values() if r["kind"] == "fit" and r["arm"] != V1_ARM}
-    specs = "\n".join(f"- `{a}`: {OPTIONAL_ARMS.get(a) or 'the GLU MLP of width 1536'}" for a in arms)
+    specs = "\n".join(f"- `{a}`: " + (f"the GLU MLP of width {CONTROL_WIDTHS[a]} (a fit-only control: the width of the "
+                                       "base-branch KAN, whose edges spend 3 parameters where the GLU spends 1)"
+                                       if a in CONTROL_WIDTHS else str(OPTIONAL_ARMS.get(a) or 'the GLU MLP of width 1536'))
+                      for a in arms)
     lines = [f"# Distillation v2: KAN MLPs re-learned inside SmolLM2-135M-Instruct{' (--quick: not results)' if quick else ''}",
              "", "Command (resumable; records in `benchmarks/results/distill/full_model_distill_v2_runs/`):", "",
              "```", f"python -m benchmarks.studies.distill.study --v2{' --quick' if quick else ''}", "```", "",

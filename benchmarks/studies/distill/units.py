@@ -4,6 +4,7 @@ unit's record (a JSON-able dict); `run_unit` adds the provenance every record ca
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 from benchmarks.common.records import git_commit
 from benchmarks.studies.distill import judge  # how a whole model is scored; imports nothing heavy
 from benchmarks.studies.distill.plan import (
+    CONTROL_WIDTHS,
     EXACT_LOGIT_TOL,
     EXACT_STARTS,
     PRETRAINED,
@@ -231,8 +233,6 @@ def warm_mlps(model, spec, layers, seed: int = 0) -> dict:
     """{block: MLP} of `model` KAN-ified by `spec` on `layers` (one kanify for all of them): a warm arm's
     start (gr_warm: projections kept, SiLU -> its group-rational fit; gr_warm_exact: SiLU + a rational
     residual at 0; kan_exact: every projection the KAN that reproduces it)."""
-    import dataclasses
-
     from flax import nnx
 
     from kanjax.llama.kanify import kanify
@@ -247,6 +247,9 @@ def start_mlp(args, s, rec, arm: str, layer: int):
     from benchmarks.studies.distill import fit as distill
 
     spec = arm_spec(arm)
+    if arm in CONTROL_WIDTHS:
+        narrow = dataclasses.replace(rec.config, intermediate_size=CONTROL_WIDTHS[arm])
+        return distill.replacement_mlp(narrow, layer, None, seed=args.seed)
     if arm not in WARM_ARMS:
         return distill.replacement_mlp(rec.config, layer, spec, seed=args.seed)
     return warm_mlps(teacher(args, s), spec, (layer,), args.seed)[layer]
