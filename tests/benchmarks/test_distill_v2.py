@@ -503,3 +503,11 @@ def test_the_narrow_glu_control_has_the_narrow_width(tmp_path):
     args = study.parse_args(["--v2", "--arms", "linear_w512", "--records", str(tmp_path)])
     mlp = units.start_mlp(args, plan_lib.settings(args), Rec, "linear_w512", 1)
     assert distill.mlp_width(mlp) == 512 and mlp.gate_proj.kernel.shape == (576, 512)
+
+
+def test_the_verdict_names_the_arms_that_cannot_be_chosen_yet():
+    R = records(*(fit(a, k, 0.5, 0.5) for a in ("linear", "kan_a") for k in LAYERS), fit("kan_b", 5, 0.1, 0.1))
+    text = report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)
+    assert "**kan_a**; not candidates until every block is fitted: kan_b (blocks 4 not fitted yet)." in text
+    R["fit__kan_b__L4"] = fit("kan_b", 4, 0.1, 0.1)
+    assert "**kan_b**." in report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)  # chosen once complete

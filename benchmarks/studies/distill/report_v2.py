@@ -353,7 +353,10 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     t = rules_v2.target(R, best, "linear", layers)
     gaps = ", ".join(f"{k}: {g:+.3f}" for k, g in sorted(t["fit"].items()))
     ppl = "not measured yet" if t["ppl"] is None else f"{100 * t['ppl']:+.1f}%"
-    lines = [f"- Best re-learned KAN arm (lowest mean validation error over the blocks): **{best}**.",
+    partial = {a: [k for k in layers if f"fit__{a}__L{k}" not in R] for a in kan_arms}
+    partial = ", ".join(f"{a} (blocks {', '.join(map(str, ks))} not fitted yet)" for a, ks in partial.items() if ks)
+    lines = [f"- Best re-learned KAN arm (lowest mean validation error over the blocks): **{best}**"
+             + (f"; not candidates until every block is fitted: {partial}." if partial else "."),
              f"- Target: **{t['status']}**. Test error − linear's per block: {gaps}; spliced WikiText-2 "
              f"perplexity vs the linear splice: {ppl}."]
     for k in t["missed_blocks"]:
