@@ -511,3 +511,28 @@ def test_the_verdict_names_the_arms_that_cannot_be_chosen_yet():
     assert "**kan_a**; not candidates until every block is fitted: kan_b (blocks 4 not fitted yet)." in text
     R["fit__kan_b__L4"] = fit("kan_b", 4, 0.1, 0.1)
     assert "**kan_b**." in report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)  # chosen once complete
+
+
+def test_warm_fit_text_compares_each_fit_with_where_the_warm_start_began():
+    worse, better = fit("gr_warm", 4, 0.008, 0.009, lr=1e-3), fit("gr_warm", 5, 0.001, 0.001, lr=1e-2)
+    for r, start in ((worse, 0.002), (better, 0.003)):
+        r["start"] = start
+        r["lrs"]["0.03"] = {"val": {"rel_err": 0.05}}  # a two-lr grid: 1e-3 is its low edge, 1e-2 inside it
+    worse["lrs"]["0.01"], better["lrs"]["0.001"] = {"val": {"rel_err": 0.02}}, {"val": {"rel_err": 0.004}}
+    text = report_v2.warm_fit_text(records(worse), LAYERS)
+    assert "block 4: 0.0020 → 0.0080 at lr 0.001 (grid edge): the fit moves it away from where it began" in text
+    text = report_v2.warm_fit_text(records(worse, better), LAYERS)
+    assert "block 5: 0.0030 → 0.0010 at lr 0.01;" not in text and "block 5: 0.0030 → 0.0010 at lr 0.01:" in text
+    assert "improves on the start on 1 of 2 fitted blocks" in text
+    assert report_v2.warm_fit_text(records(fit("linear", 4, 0.5, 0.5)), LAYERS) == ""
+
+
+def test_the_lr_table_shows_the_error_at_step_0_where_records_have_it():
+    from benchmarks.studies.distill.tables import lr_table
+
+    warm, old = fit("gr_warm", 4, 0.008, 0.009), fit("linear", 4, 0.5, 0.5)
+    warm["start"] = 0.00188
+    text = lr_table(records(warm, old), ["linear", "gr_warm"])
+    assert "| arm | block | val at step 0 | val @ 0.01 |" in text
+    assert "| gr_warm | 4 | 0.00188 | 0.008 |" in text and "| linear | 4 | – | 0.500 |" in text
+    assert "step 0" not in lr_table(records(old), ["linear"])  # records without it (v1's): no column

@@ -344,6 +344,27 @@ def width_text(R: dict, kan: str, blocks: list[int]) -> str:
     return "\n".join(out)
 
 
+def warm_fit_text(R: dict, layers: list[int]) -> str:
+    """What the regression fit does to each warm arm that has fits: its validation error at step 0 (the
+    pretrained block, KAN-ified) against the kept lr's after the fit, per block."""
+    out = []
+    for arm in WARM_ARMS:
+        fits = {k: R[f"fit__{arm}__L{k}"] for k in layers if f"fit__{arm}__L{k}" in R}
+        if not fits:
+            continue
+        worse = [k for k, r in fits.items() if rules_v2.chosen(r)["val"]["rel_err"] > r["start"]]
+        grid = sorted(float(lr) for lr in next(iter(fits.values()))["lrs"])
+        cells = "; ".join(f"block {k}: {r['start']:.4f} → {rules_v2.chosen(r)['val']['rel_err']:.4f} at lr "
+                          f"{r['best_lr']:g}" + (" (grid edge)" if r["best_lr"] in (grid[0], grid[-1]) else "")
+                          for k, r in sorted(fits.items()))
+        verdict = ("the fit moves it away from where it began on every fitted block (its error at each lr: the "
+                   "lr table above)" if len(worse) == len(fits) else
+                   f"the fit improves on the start on {len(fits) - len(worse)} of {len(fits)} fitted blocks")
+        out.append(f"- Warm start `{arm}` fitted by regression (validation error at step 0 → after the fit): "
+                   f"{cells}: {verdict}.")
+    return "\n".join(out)
+
+
 def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     best = rules_v2.best_kan_arm(R, kan_arms, layers)
     if best is None:
@@ -373,6 +394,7 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     for text in (cause_text(R, best, t["missed_blocks"]), width_text(R, best, t["missed_blocks"])):
         if text:
             lines.append(text)
+    lines += [t for t in (warm_fit_text(R, layers),) if t]
     lines.append(warm_start_text(R))
     return "\n".join(lines)
 

@@ -71,7 +71,10 @@ def fit_table(R: dict, arms: list[str], kind: str = "fit") -> tuple[str, dict]:
 
 def lr_table(R: dict, arms: list[str]) -> str:
     lrs = sorted({float(lr) for r in R.values() if r["kind"] == "fit" for lr in r["lrs"]})
-    head = "| arm | block | " + " | ".join(f"val @ {lr:g}" for lr in lrs) + " | train MSE first → last (best lr) |"
+    # val error at step 0, where the records have it: a warm start's fit must beat where it began
+    starts = any("start" in r for r in R.values() if r["kind"] == "fit" and r.get("arm") in arms)
+    head = ("| arm | block | " + "val at step 0 | " * starts + " | ".join(f"val @ {lr:g}" for lr in lrs)
+            + " | train MSE first → last (best lr) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for a in arms:
         for k in layers_of(R):
@@ -79,6 +82,7 @@ def lr_table(R: dict, arms: list[str]) -> str:
             if r is None:
                 continue
             vals = [f"{r['lrs'][f'{lr:g}']['val']['rel_err']:.3f}" if f"{lr:g}" in r["lrs"] else "–" for lr in lrs]
+            vals = ([f"{r['start']:.3g}" if "start" in r else "–"] if starts else []) + vals
             mse = best(r)["train_mse"]
             lines.append(f"| {a} | {k} | " + " | ".join(vals) + f" | {mse[0]:.4g} → {mse[-1]:.4g} |")
     return "\n".join(lines)
