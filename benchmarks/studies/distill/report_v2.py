@@ -349,7 +349,7 @@ def warm_fit_text(R: dict, layers: list[int]) -> str:
     pretrained block, KAN-ified) against the kept lr's after the fit, per block."""
     out = []
     for arm in WARM_ARMS:
-        fits = {k: R[f"fit__{arm}__L{k}"] for k in layers if f"fit__{arm}__L{k}" in R}
+        fits = {k: R[f"fit__{arm}__L{k}"] for k in layers if "start" in R.get(f"fit__{arm}__L{k}", {})}
         if not fits:
             continue
         worse = [k for k, r in fits.items() if rules_v2.chosen(r)["val"]["rel_err"] > r["start"]]
