@@ -536,3 +536,12 @@ def test_the_lr_table_shows_the_error_at_step_0_where_records_have_it():
     assert "| arm | block | val at step 0 | val @ 0.01 |" in text
     assert "| gr_warm | 4 | 0.00188 | 0.008 |" in text and "| linear | 4 | – | 0.500 |" in text
     assert "step 0" not in lr_table(records(old), ["linear"])  # records without it (v1's): no column
+
+
+def test_edge_text_names_the_fits_kept_at_an_end_of_the_grid():
+    low, mid = fit("kan", 4, 0.5, 0.5, lr=1e-3), fit("kan", 5, 0.5, 0.5, lr=1e-2)
+    for r in (low, mid):
+        r["lrs"].update({"0.001": {"val": {"rel_err": 0.4}}, "0.01": {"val": {"rel_err": 0.45}},
+                         "0.03": {"val": {"rel_err": 0.6}}})
+    assert report_v2.edge_text(records(low, mid), ["kan"], LAYERS) == "- Fits kept at an end of the lr grid: kan block 4 (0.001)."
+    assert report_v2.edge_text(records(mid, fit("linear", 4, 0.5, 0.5)), ["kan", "linear"], LAYERS) == ""  # one lr: no grid

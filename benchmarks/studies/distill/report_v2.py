@@ -365,6 +365,20 @@ def warm_fit_text(R: dict, layers: list[int]) -> str:
     return "\n".join(out)
 
 
+def edge_text(R: dict, arms: list[str], layers: list[int]) -> str:
+    """The fits whose kept lr is an end of the grid (the best lr may lie beyond it; the grid is the same
+    for every arm, as the issue asks, so this is said rather than widened for one arm)."""
+    edges = []
+    for a in arms:
+        for k in layers:
+            r = R.get(f"fit__{a}__L{k}")
+            if r is not None and len(r["lrs"]) > 1:
+                grid = sorted(float(lr) for lr in r["lrs"])
+                if r["best_lr"] in (grid[0], grid[-1]):
+                    edges.append(f"{a} block {k} ({r['best_lr']:g})")
+    return f"- Fits kept at an end of the lr grid: {', '.join(edges)}." if edges else ""
+
+
 def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     best = rules_v2.best_kan_arm(R, kan_arms, layers)
     if best is None:
@@ -394,7 +408,8 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     for text in (cause_text(R, best, t["missed_blocks"]), width_text(R, best, t["missed_blocks"])):
         if text:
             lines.append(text)
-    lines += [t for t in (warm_fit_text(R, layers),) if t]
+    lines += [t for t in (warm_fit_text(R, layers), edge_text(R, ["linear", *CONTROL_WIDTHS, *kan_arms, *WARM_ARMS],
+                                                                  layers)) if t]
     lines.append(warm_start_text(R))
     return "\n".join(lines)
 
