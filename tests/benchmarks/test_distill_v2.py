@@ -489,7 +489,10 @@ def test_the_narrow_glu_control_is_fitted_but_never_chosen_spliced_or_fine_tuned
     R = records(fit("linear", 4, 0.3, 0.30), fit("linear_w512", 4, 0.5, 0.50), fit("kan", 4, 0.4, 0.45))
     text = report_v2.width_text(R, "kan", [4, 5])  # block 5 has no records: left out
     assert "on blocks 4: test error 0.500 against linear's 0.300 and kan's 0.450" in text
-    assert "win back 25% of what the narrower width costs" in text  # (0.50 - 0.45) / (0.50 - 0.30)
+    assert "win back 25% of what the narrower width costs." in text  # (0.50 - 0.45) / (0.50 - 0.30)
+    R["fit__linear_w512__L4"]["lrs"]["0.001"] = {"val": {"rel_err": 0.6}}  # its kept 0.01 is now the grid's top
+    assert "costs (on blocks 4 the control kept the grid's largest lr: a wider grid could only lower" in (
+        report_v2.width_text(R, "kan", [4]))
     assert report_v2.width_text(R, "kan", [5]) == ""
 
 

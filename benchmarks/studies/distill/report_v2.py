@@ -321,6 +321,15 @@ def cause_text(R: dict, kan: str, missed: list[int]) -> str:
             "train-MSE ratio grows with steps).")
 
 
+def edge_caveat(R: dict, control: str, blocks: list[int]) -> str:
+    """A control kept at the top of its lr grid may fit better at a larger lr (a wider grid can only lower
+    its validation error): the shares it gives are then upper bounds."""
+    top = [k for k in blocks if R[f"fit__{control}__L{k}"]["best_lr"] == max(float(lr) for lr in
+                                                                              R[f"fit__{control}__L{k}"]["lrs"])]
+    return (f" (on blocks {', '.join(map(str, top))} the control kept the grid's largest lr: a wider grid could only "
+            "lower its validation error, and so, likely, these shares)") if top else ""
+
+
 def width_text(R: dict, kan: str, blocks: list[int]) -> str:
     """What the fit-only controls (a linear GLU at a narrower width) say about the missed blocks: the share
     of the narrower width's extra error that kan's edge functions win back, (e_narrow − e_kan) /
@@ -340,7 +349,8 @@ def width_text(R: dict, kan: str, blocks: list[int]) -> str:
         out.append(f"- The GLU at width {width} (`{control}`, a third of linear's parameters) on blocks "
                    f"{', '.join(map(str, have))}: test error {errs(control)} against linear's {errs('linear')} and "
                    f"{kan}'s {errs(kan)}: the KAN's edge functions win back "
-                   f"{', '.join(f'{100 * v:.0f}%' for v in shares)} of what the narrower width costs.")
+                   f"{', '.join(f'{100 * v:.0f}%' for v in shares)} of what the narrower width costs"
+                   + edge_caveat(R, control, have) + ".")
     return "\n".join(out)
 
 
