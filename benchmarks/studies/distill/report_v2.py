@@ -324,8 +324,8 @@ def cause_text(R: dict, kan: str, missed: list[int]) -> str:
 def edge_caveat(R: dict, control: str, blocks: list[int]) -> str:
     """A control kept at the top of its lr grid may fit better at a larger lr (a wider grid can only lower
     its validation error): the shares it gives are then upper bounds."""
-    top = [k for k in blocks if R[f"fit__{control}__L{k}"]["best_lr"] == max(float(lr) for lr in
-                                                                              R[f"fit__{control}__L{k}"]["lrs"])]
+    fits = {k: R[f"fit__{control}__L{k}"] for k in blocks}
+    top = [k for k, r in fits.items() if len(r["lrs"]) > 1 and r["best_lr"] == max(float(lr) for lr in r["lrs"])]
     return (f" (on blocks {', '.join(map(str, top))} the control kept the grid's largest lr: a wider grid could only "
             "lower its validation error, and so, likely, these shares)") if top else ""
 
