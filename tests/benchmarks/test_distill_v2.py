@@ -487,6 +487,8 @@ def test_the_narrow_glu_control_is_fitted_but_never_chosen_spliced_or_fine_tuned
     assert plan_lib.best_relearned(args, s) == "kan_recipe_base"  # its lower validation error does not make it a KAN
     assert plan_lib.arm_spec("linear_w512") is None and "linear_w512" in plan_lib.V2["arms"]
     R = records(fit("linear", 4, 0.3, 0.30), fit("linear_w512", 4, 0.5, 0.50), fit("kan", 4, 0.4, 0.45))
+    assert report_v2.width_text(R, "kan", [4]) == ""  # a KAN of another width than the control's: no reading
+    R["fit__kan__L4"]["width"] = 512
     text = report_v2.width_text(R, "kan", [4, 5])  # block 5 has no records: left out
     assert "on blocks 4: test error 0.500 against linear's 0.300 and kan's 0.450" in text
     assert "win back 25% of what the narrower width costs." in text  # (0.50 - 0.45) / (0.50 - 0.30)
@@ -548,3 +550,17 @@ def test_edge_text_names_the_fits_kept_at_an_end_of_the_grid():
                          "0.03": {"val": {"rel_err": 0.6}}})
     assert report_v2.edge_text(records(low, mid), ["kan"], LAYERS) == "- Fits kept at an end of the lr grid: kan block 4 (0.001)."
     assert report_v2.edge_text(records(mid, fit("linear", 4, 0.5, 0.5)), ["kan", "linear"], LAYERS) == ""  # one lr: no grid
+
+
+def test_the_verdict_explains_a_complete_mapped_arm_that_falls_short_besides_the_chosen_one():
+    errmap = {a: {"unit": f"errmap__{a}", "kind": "errmap", "arm": a,
+                  "blocks": {str(k): {"rel_err_first": 0.1, "rel_err_rest": rest} for k in LAYERS}}
+              for a, rest in (("linear", 0.4), ("kan_b", 0.5))}
+    R = records(*(fit("linear", k, 0.4, 0.40) for k in LAYERS), *(fit("kan_a", k, 0.41, 0.42) for k in LAYERS),
+                fit("kan_b", 4, 0.5, 0.50), fit("kan_b", 5, 0.42, 0.43), *errmap.values())
+    text = report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)
+    assert "**kan_a**." in text and "4: +0.020, 5: +0.020" in text
+    assert "  - Block 4 (kan_b): the gap sits on ordinary tokens: relative error on first tokens 0.100 vs 0.100" in text
+    assert "Block 5 (kan_b)" not in text  # within the target there
+    del R["errmap__kan_b"]
+    assert "(kan_b)" not in report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)  # unmapped: nothing to say

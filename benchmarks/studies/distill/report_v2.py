@@ -336,7 +336,8 @@ def width_text(R: dict, kan: str, blocks: list[int]) -> str:
     (e_narrow − e_linear), on test error at each fit's kept lr."""
     out = []
     for control, width in CONTROL_WIDTHS.items():
-        have = [k for k in blocks if all(f"fit__{a}__L{k}" in R for a in (control, kan, "linear"))]
+        have = [k for k in blocks if all(f"fit__{a}__L{k}" in R for a in (control, kan, "linear"))
+                and R[f"fit__{kan}__L{k}"].get("width") == width]  # the control of kan's own width only
         if not have:
             continue
         err = {(a, k): rules_v2.chosen(R[f"fit__{a}__L{k}"])["test"]["rel_err"] for a in (control, kan, "linear")
@@ -389,6 +390,29 @@ def edge_text(R: dict, arms: list[str], layers: list[int]) -> str:
     return f"- Fits kept at an end of the lr grid: {', '.join(edges)}." if edges else ""
 
 
+def partial_blocks(R: dict, arm: str, layers: list[int]) -> list[int]:
+    return [k for k in layers if f"fit__{arm}__L{k}" not in R]
+
+
+def shortfall_lines(R: dict, arm: str, layers: list[int], label: str = "") -> list[str]:
+    """Where and why `arm` misses the fit target on each missed block (where its error sits, its training
+    error and its trend), the cause when every missed block shows it, and the width control's reading."""
+    missed = rules_v2.target(R, arm, "linear", layers)["missed_blocks"]
+    lines = []
+    for k in missed:
+        loc = rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (arm, "linear") if f"errmap__{a}" in R},
+                                    arm, "linear", k,
+                                    {a: R[f"firsttoken__{a}"] for a in (arm, "linear") if f"firsttoken__{a}" in R})
+        if loc is not None:
+            where = "first tokens (the attention sink)" if rules_v2.gap_sits_on_first_tokens(loc) else "ordinary tokens"
+            share = ("" if loc["share_first"] is None else
+                     f" ({round(100 * loc['share_first'], 1) + 0.0:.1f}% of the squared-error gap on first tokens)")
+            lines.append(f"  - Block {k}{label}: the gap sits on {where}{share}: relative error on first tokens "
+                         f"{loc['kan_first']:.3f} vs {loc['lin_first']:.3f}, on other tokens {loc['kan_rest']:.3f} vs "
+                         f"{loc['lin_rest']:.3f}. {train_fit_text(R, arm, k)}")
+    return lines + [text for text in (cause_text(R, arm, missed), width_text(R, arm, missed)) if text]
+
+
 def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     best = rules_v2.best_kan_arm(R, kan_arms, layers)
     if best is None:
@@ -398,26 +422,16 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     t = rules_v2.target(R, best, "linear", layers)
     gaps = ", ".join(f"{k}: {g:+.3f}" for k, g in sorted(t["fit"].items()))
     ppl = "not measured yet" if t["ppl"] is None else f"{100 * t['ppl']:+.1f}%"
-    partial = {a: [k for k in layers if f"fit__{a}__L{k}" not in R] for a in kan_arms}
+    partial = {a: partial_blocks(R, a, layers) for a in kan_arms}
     partial = ", ".join(f"{a} (blocks {', '.join(map(str, ks))} not fitted yet)" for a, ks in partial.items() if ks)
     lines = [f"- Best re-learned KAN arm (lowest mean validation error over the blocks): **{best}**"
              + (f"; not candidates until every block is fitted: {partial}." if partial else "."),
              f"- Target: **{t['status']}**. Test error − linear's per block: {gaps}; spliced WikiText-2 "
              f"perplexity vs the linear splice: {ppl}."]
-    for k in t["missed_blocks"]:
-        loc = rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (best, "linear") if f"errmap__{a}" in R},
-                                    best, "linear", k,
-                                    {a: R[f"firsttoken__{a}"] for a in (best, "linear") if f"firsttoken__{a}" in R})
-        if loc is not None:
-            where = "first tokens (the attention sink)" if rules_v2.gap_sits_on_first_tokens(loc) else "ordinary tokens"
-            share = ("" if loc["share_first"] is None else
-                     f" ({round(100 * loc['share_first'], 1) + 0.0:.1f}% of the squared-error gap on first tokens)")
-            lines.append(f"  - Block {k}: the gap sits on {where}{share}: relative error on first tokens "
-                         f"{loc['kan_first']:.3f} vs {loc['lin_first']:.3f}, on other tokens {loc['kan_rest']:.3f} vs "
-                         f"{loc['lin_rest']:.3f}. {train_fit_text(R, best, k)}")
-    for text in (cause_text(R, best, t["missed_blocks"]), width_text(R, best, t["missed_blocks"])):
-        if text:
-            lines.append(text)
+    lines += shortfall_lines(R, best, layers)
+    # the other complete arms whose errors were mapped: why they fall short too, when they do
+    for arm in [a for a in kan_arms if a != best and f"errmap__{a}" in R and not partial_blocks(R, a, layers)]:
+        lines += shortfall_lines(R, arm, layers, label=f" ({arm})")
     lines += [t for t in (warm_fit_text(R, layers), edge_text(R, ["linear", *CONTROL_WIDTHS, *kan_arms, *WARM_ARMS],
                                                                   layers)) if t]
     lines.append(warm_start_text(R))
