@@ -560,7 +560,8 @@ def test_the_verdict_explains_a_complete_mapped_arm_that_falls_short_besides_the
                 fit("kan_b", 4, 0.5, 0.50), fit("kan_b", 5, 0.42, 0.43), *errmap.values())
     text = report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)
     assert "**kan_a**." in text and "4: +0.020, 5: +0.020" in text
-    assert "  - Block 4 (kan_b): the gap sits on ordinary tokens: relative error on first tokens 0.100 vs 0.100" in text
-    assert "Block 5 (kan_b)" not in text  # within the target there
+    assert ("- `kan_b` (every block fitted, not chosen by rule 1) misses the fit target on blocks 4:\n"
+            "  - Block 4: the gap sits on ordinary tokens: relative error on first tokens 0.100 vs 0.100") in text
+    assert "Block 5" not in text  # within the target there
     del R["errmap__kan_b"]
-    assert "(kan_b)" not in report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)  # unmapped: nothing to say
+    assert "kan_b`" not in report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)  # unmapped: nothing to say

@@ -40,6 +40,13 @@ OPTIONAL_ARMS = {"kan_layernorm": {**_KAN, "domain": "layernorm"},  # standardis
                  # coefficients per edge (x, x²), so twice the MLP's parameters
                  "kan_exact": {"targets": ("mlp",), "basis": "chebyshev2", "degree": 2, "domain": "none",
                                "init": "from_linear"}}
+# What an arm's spec means, where the dict alone does not say it (the report prints it beside the spec)
+ARM_NOTES = {"gr_kan": "each projection's input through a learnable group-rational function (8 groups), then a "
+                       "linear map: KAT's GR-KAN, the GLU's width and SiLU kept, +240 parameters",
+             "kan_recipe_base": "3 parameters per edge (the base branch's and 2 coefficients): a third of the GLU's "
+                                "width at its parameter count",
+             "kan_recipe": "2 coefficients per edge: half the GLU's width", "kan_recipe_none": "2 coefficients per "
+             "edge: half the GLU's width"}
 # Fit-only controls (issue #42: "which cause stands in the way, measured"): the linear GLU at a KAN arm's
 # width (512: the recipe with the base branch spends 3 parameters per edge where the GLU spends 1), so
 # the fit table says how much of the width the KAN gives up its edge functions win back. A narrower

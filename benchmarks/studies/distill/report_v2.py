@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.studies.distill import rules_v2
 from benchmarks.studies.distill.plan import (
+    ARM_NOTES,
     CONTROL_WIDTHS,
     LRS,
     OPTIONAL_ARMS,
@@ -394,11 +395,13 @@ def partial_blocks(R: dict, arm: str, layers: list[int]) -> list[int]:
     return [k for k in layers if f"fit__{arm}__L{k}" not in R]
 
 
-def shortfall_lines(R: dict, arm: str, layers: list[int], label: str = "") -> list[str]:
+def shortfall_lines(R: dict, arm: str, layers: list[int], header: bool = False) -> list[str]:
     """Where and why `arm` misses the fit target on each missed block (where its error sits, its training
-    error and its trend), the cause when every missed block shows it, and the width control's reading."""
+    error and its trend), the cause when every missed block shows it, and the width control's reading;
+    header: open with a line naming the arm (an arm other than rule 1's choice)."""
     missed = rules_v2.target(R, arm, "linear", layers)["missed_blocks"]
-    lines = []
+    lines = [f"- `{arm}` (every block fitted, not chosen by rule 1) misses the fit target on blocks "
+             f"{', '.join(map(str, missed))}:"] if header and missed else []
     for k in missed:
         loc = rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (arm, "linear") if f"errmap__{a}" in R},
                                     arm, "linear", k,
@@ -407,7 +410,7 @@ def shortfall_lines(R: dict, arm: str, layers: list[int], label: str = "") -> li
             where = "first tokens (the attention sink)" if rules_v2.gap_sits_on_first_tokens(loc) else "ordinary tokens"
             share = ("" if loc["share_first"] is None else
                      f" ({round(100 * loc['share_first'], 1) + 0.0:.1f}% of the squared-error gap on first tokens)")
-            lines.append(f"  - Block {k}{label}: the gap sits on {where}{share}: relative error on first tokens "
+            lines.append(f"  - Block {k}: the gap sits on {where}{share}: relative error on first tokens "
                          f"{loc['kan_first']:.3f} vs {loc['lin_first']:.3f}, on other tokens {loc['kan_rest']:.3f} vs "
                          f"{loc['lin_rest']:.3f}. {train_fit_text(R, arm, k)}")
     return lines + [text for text in (cause_text(R, arm, missed), width_text(R, arm, missed)) if text]
@@ -431,7 +434,7 @@ def verdict_text(R: dict, kan_arms: list[str], layers: list[int]) -> str:
     lines += shortfall_lines(R, best, layers)
     # the other complete arms whose errors were mapped: why they fall short too, when they do
     for arm in [a for a in kan_arms if a != best and f"errmap__{a}" in R and not partial_blocks(R, a, layers)]:
-        lines += shortfall_lines(R, arm, layers, label=f" ({arm})")
+        lines += shortfall_lines(R, arm, layers, header=True)
     lines += [t for t in (warm_fit_text(R, layers), edge_text(R, ["linear", *CONTROL_WIDTHS, *kan_arms, *WARM_ARMS],
                                                                   layers)) if t]
     lines.append(warm_start_text(R))
@@ -486,6 +489,7 @@ def write_report(records: Path, out_dir: Path, quick: bool = False,
     specs = "\n".join(f"- `{a}`: " + (f"the GLU MLP of width {CONTROL_WIDTHS[a]} (a fit-only control: the width of the "
                                        "base-branch KAN, whose edges spend 3 parameters where the GLU spends 1)"
                                        if a in CONTROL_WIDTHS else str(OPTIONAL_ARMS.get(a) or 'the GLU MLP of width 1536'))
+                      + (f" ({ARM_NOTES[a]})" if a in ARM_NOTES else "")
                       for a in arms)
     lines = [f"# Distillation v2: KAN MLPs re-learned inside SmolLM2-135M-Instruct{' (--quick: not results)' if quick else ''}",
              "", "Command (resumable; records in `benchmarks/results/distill/full_model_distill_v2_runs/`):", "",
