@@ -565,3 +565,20 @@ def test_the_verdict_explains_a_complete_mapped_arm_that_falls_short_besides_the
     assert "Block 5" not in text  # within the target there
     del R["errmap__kan_b"]
     assert "kan_b`" not in report_v2.verdict_text(R, ["kan_a", "kan_b"], LAYERS)  # unmapped: nothing to say
+
+
+def test_splice_shortfall_text_finds_the_ordinary_token_gap_an_all_token_fit_hides():
+    errmap = {a: {"unit": f"errmap__{a}", "kind": "errmap", "arm": a,
+                  "blocks": {"4": {"rel_err_first": first, "rel_err_rest": rest4},
+                             "5": {"rel_err_first": 0.1, "rel_err_rest": 0.4}}}
+              for a, first, rest4 in (("linear", 0.003, 0.34), ("kan", 0.02, 0.41))}
+    diag = {"unit": "diagnose__L4", "kind": "diagnose", "first_y_energy_share": 0.93}
+    R = records(fit("linear", 4, 0.07, 0.074), fit("kan", 4, 0.09, 0.091), fit("linear", 5, 0.4, 0.4),
+                fit("kan", 5, 0.4, 0.41), *errmap.values(), diag, ppl_record("linear", 3.0), ppl_record("kan", 3.1))
+    text = report_v2.splice_shortfall_text(R, "kan", LAYERS)
+    assert "block 4's +0.017, where the first tokens carry 93% of ‖y‖², hides +0.070 on its ordinary tokens" in text
+    assert "block 5" not in text
+    verdict = report_v2.verdict_text(R, ["kan"], LAYERS)  # fits within +0.05, perplexity +10.5%: missed
+    assert "- Target: **missed**" in verdict and text in verdict
+    R["errmap__kan"]["blocks"]["4"]["rel_err_rest"] = 0.36
+    assert report_v2.splice_shortfall_text(R, "kan", LAYERS) == ""  # no ordinary-token gap beyond the margin
