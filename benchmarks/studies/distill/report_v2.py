@@ -289,13 +289,21 @@ def trend_text(R: dict, kan: str, block: int) -> str:
     ratios = rules_v2.train_mse_ratios(R, kan, "linear", block)
     if ratios is None:
         return ""
-    n = len(ratios)
-    at = ", ".join(f"{ratios[max(1, round(f * n)) - 1]:.2f}" for f in (0.25, 0.5, 1.0))
+    at = ", ".join(f"{v:.2f}" for v in rules_v2.quarter_points(ratios))
     trend = rules_v2.train_gap_trend(ratios)
     reading = {"widening": "it widens as the fit goes on: the KAN does not catch up with more steps of this schedule",
                "closing": "it narrows as the fit goes on, so a longer fit may close it",
                "flat": "it neither widens nor narrows steadily"}[trend]
     return f" Its train MSE ÷ linear's at a quarter, half and all of the fit: {at}: {reading}."
+
+
+def block_gap(R: dict, arm: str, block: int, energies: bool = True) -> dict | None:
+    """rules_v2.gap_location of arm against linear on one block, from the errmap (and, with energies, the
+    firsttoken) records."""
+    pair = (arm, "linear")
+    first = {a: R[f"firsttoken__{a}"] for a in pair if f"firsttoken__{a}" in R} if energies else None
+    return rules_v2.gap_location({a: R[f"errmap__{a}"] for a in pair if f"errmap__{a}" in R}, arm, "linear", block,
+                                 first)
 
 
 def cause_text(R: dict, kan: str, missed: list[int]) -> str:
@@ -305,9 +313,7 @@ def cause_text(R: dict, kan: str, missed: list[int]) -> str:
         return ""
     facts = []
     for k in missed:
-        loc = rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (kan, "linear") if f"errmap__{a}" in R}, kan,
-                                    "linear", k, {a: R[f"firsttoken__{a}"] for a in (kan, "linear")
-                                                  if f"firsttoken__{a}" in R})
+        loc = block_gap(R, kan, k)
         a, b = R.get(f"fit__{kan}__L{k}"), R.get(f"fit__linear__L{k}")
         ratios = rules_v2.train_mse_ratios(R, kan, "linear", k)
         facts.append(loc is not None and not rules_v2.gap_sits_on_first_tokens(loc) and a is not None
@@ -326,7 +332,7 @@ def edge_caveat(R: dict, control: str, blocks: list[int]) -> str:
     """A control kept at the top of its lr grid may fit better at a larger lr (a wider grid can only lower
     its validation error): the shares it gives are then upper bounds."""
     fits = {k: R[f"fit__{control}__L{k}"] for k in blocks}
-    top = [k for k, r in fits.items() if len(r["lrs"]) > 1 and r["best_lr"] == max(float(lr) for lr in r["lrs"])]
+    top = [k for k, r in fits.items() if rules_v2.kept_at_grid_end(r) and r["best_lr"] == max(map(float, r["lrs"]))]
     return (f" (on blocks {', '.join(map(str, top))} the control kept the grid's largest lr: a wider grid could only "
             "lower its validation error, and so, likely, these shares)") if top else ""
 
@@ -365,9 +371,8 @@ def warm_fit_text(R: dict, layers: list[int]) -> str:
         if not fits:
             continue
         worse = [k for k, r in fits.items() if rules_v2.chosen(r)["val"]["rel_err"] > r["start"]]
-        grid = sorted(float(lr) for lr in next(iter(fits.values()))["lrs"])
         cells = "; ".join(f"block {k}: {r['start']:.4f} → {rules_v2.chosen(r)['val']['rel_err']:.4f} at lr "
-                          f"{r['best_lr']:g}" + (" (grid edge)" if r["best_lr"] in (grid[0], grid[-1]) else "")
+                          f"{r['best_lr']:g}" + (" (grid edge)" if rules_v2.kept_at_grid_end(r) else "")
                           for k, r in sorted(fits.items()))
         verdict = ("the fit moves it away from where it began on every fitted block (its error at each lr: the "
                    "lr table above)" if len(worse) == len(fits) else
@@ -384,10 +389,8 @@ def edge_text(R: dict, arms: list[str], layers: list[int]) -> str:
     for a in arms:
         for k in layers:
             r = R.get(f"fit__{a}__L{k}")
-            if r is not None and len(r["lrs"]) > 1:
-                grid = sorted(float(lr) for lr in r["lrs"])
-                if r["best_lr"] in (grid[0], grid[-1]):
-                    edges.append(f"{a} block {k} ({r['best_lr']:g})")
+            if r is not None and rules_v2.kept_at_grid_end(r):
+                edges.append(f"{a} block {k} ({r['best_lr']:g})")
     return f"- Fits kept at an end of the lr grid: {', '.join(edges)}." if edges else ""
 
 
@@ -396,8 +399,7 @@ def splice_shortfall_text(R: dict, arm: str, layers: list[int]) -> str:
     target: the blocks where its error on ordinary tokens (after each window's first, from the errmap
     records) exceeds linear's by more than FIT_TARGET, and how much of those blocks' ‖y‖² the first tokens
     carry (the all-token error the fit target reads is weighted by it)."""
-    loc = {k: rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (arm, "linear") if f"errmap__{a}" in R},
-                                    arm, "linear", k) for k in layers}
+    loc = {k: block_gap(R, arm, k, energies=False) for k in layers}
     hidden = [k for k, v in loc.items() if v is not None and v["rest"] > rules_v2.FIT_TARGET + 1e-12]
     if not hidden:
         return ""
@@ -424,9 +426,7 @@ def shortfall_lines(R: dict, arm: str, layers: list[int], header: bool = False) 
     lines = [f"- `{arm}` (every block fitted, not chosen by rule 1) misses the fit target on blocks "
              f"{', '.join(map(str, missed))}:"] if header and missed else []
     for k in missed:
-        loc = rules_v2.gap_location({a: R[f"errmap__{a}"] for a in (arm, "linear") if f"errmap__{a}" in R},
-                                    arm, "linear", k,
-                                    {a: R[f"firsttoken__{a}"] for a in (arm, "linear") if f"firsttoken__{a}" in R})
+        loc = block_gap(R, arm, k)
         if loc is not None:
             where = "first tokens (the attention sink)" if rules_v2.gap_sits_on_first_tokens(loc) else "ordinary tokens"
             share = ("" if loc["share_first"] is None else

@@ -136,11 +136,22 @@ def train_mse_ratios(R: dict, kan: str, lin: str, block: int) -> list[float] | N
     return [x / y for x, y in zip(ka, lb)] if len(ka) == len(lb) and all(y > 0 for y in lb) else None
 
 
+def quarter_points(curve: list[float]) -> list[float]:
+    """The curve's logged values at a quarter, half and all of the fit (never its step-0 point)."""
+    return [curve[max(1, round(f * len(curve)) - 1)] for f in (0.25, 0.5, 1.0)]
+
+
+def kept_at_grid_end(r: dict) -> bool:
+    """A fit record's kept lr is the smallest or the largest of the lrs it tried (more than one)."""
+    grid = [float(lr) for lr in r["lrs"]]
+    return len(grid) > 1 and r["best_lr"] in (min(grid), max(grid))
+
+
 def train_gap_trend(ratios: list[float]) -> str:
     """Whether more steps look likely to close a fitting gap, from the train-MSE ratio (kan ÷ lin) at a
     quarter, a half and the end of the fit: "widening" when it rises at each of the three, "closing"
     when it falls at each, "flat" otherwise (the first point, before any step counts, is left out)."""
-    q = [ratios[max(1, round(f * len(ratios)) - 1)] for f in (0.25, 0.5, 1.0)]
+    q = quarter_points(ratios)
     if q[0] < q[1] < q[2]:
         return "widening"
     if q[0] > q[1] > q[2]:
