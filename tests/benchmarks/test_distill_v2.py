@@ -277,7 +277,7 @@ def test_exact_starts_reproduce_the_model_and_say_their_extra_parameters(arm):
 def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared_data, smollm2_gguf):
     records = tmp_path / "records"
     arms = ("linear", "kan_recipe_none", "gr_kan", "gr_warm")  # one of each code path (the other recipe arms: specs)
-    only = ("^(record|diagnose|fit|seedfit|errmap|finetune)__"
+    only = ("^(record|diagnose|fit|seedfit|errmap|finetune|alone)__"
             "|^(insitu|eval_ppl)__(pretrained|kan_exact)_ft$")  # two judged fine-tunes: rule 3's pair
     argv = ["--v2", "--quick", "--arms", ",".join(arms), "--records", str(records), "--workdir", str(tmp_path / "work"),
             "--data_dir", str(shared_data)]
@@ -326,6 +326,15 @@ def test_v2_quick_run_records_the_diagnosis_fits_and_error_maps(tmp_path, shared
                 f"{first['best_lr']:g}"]
             assert second["lrs"][f"{first['best_lr']:g}"]["test"]["rel_err"] != first["lrs"][
                 f"{first['best_lr']:g}"]["test"]["rel_err"]  # another draw, another fit
+    # Block 4 spliced alone: its MLP's inputs are the recorded ones (the first studied block), so its in-situ
+    # error is the fit's test error, on the same windows; block 5's alone is its own splice, not block 4's.
+    for a in ("linear", best_arm):
+        alone, first_fit = (json.loads((records / f"{u}__{a}__L4.json").read_text()) for u in ("alone", "fit"))
+        test = first_fit["lrs"][f"{first_fit['best_lr']:g}"]["test"]
+        assert alone["block"]["mlp_err2"] == pytest.approx(test["err2"], rel=1e-3)
+        assert sum(alone["kl"]) > 0 and len(alone["kl"]) == len(test["err2"])
+        later = json.loads((records / f"alone__{a}__L5.json").read_text())
+        assert later["layer"] == 5 and later["kl"] != alone["kl"]
     fit_rec = json.loads((records / "fit__kan_recipe_none__L4.json").read_text())
     assert fit_rec["spec"]["domain"] == "none" and fit_rec["fit"]["steps"] == 20  # --quick's budget wins
     # The warm start begins at the pretrained block (its SiLU fit aside): far below a fresh block's error.
@@ -407,6 +416,10 @@ def test_second_seeds_wait_for_rule_1_and_then_refit_linear_and_the_best_arm(tmp
     assert [u for u in todo if u.startswith("seedfit__")] == [f"seedfit__{a}__L{k}" for a in ("linear", "kan_recipe_base")
                                                              for k in layers]
     assert todo.index("fit__kan_recipe_base__L29") < todo.index("seedfit__linear__L25")
+    # each block spliced alone, for the same two arms, after the all-block splices
+    assert [u for u in todo if u.startswith("alone__")] == [f"alone__{a}__L{k}" for a in ("linear", "kan_recipe_base")
+                                                           for k in layers]
+    assert todo.index("insitu__kan_recipe_base") < todo.index("alone__linear__L25")
     assert plan_lib.seed_arms(study.parse_args(["--arms", "linear,kan"]), plan_lib.settings(
         study.parse_args(["--arms", "linear,kan"]))) == []  # v1 has no second seeds
 
@@ -582,3 +595,29 @@ def test_splice_shortfall_text_finds_the_ordinary_token_gap_an_all_token_fit_hid
     assert "- Target: **missed**" in verdict and text in verdict
     R["errmap__kan"]["blocks"]["4"]["rel_err_rest"] = 0.36
     assert report_v2.splice_shortfall_text(R, "kan", LAYERS) == ""  # no ordinary-token gap beyond the margin
+
+
+def alone(arm, layer, kl_per_window, tokens=100):
+    return {"unit": f"alone__{arm}__L{layer}", "kind": "alone", "arm": arm, "layer": layer,
+            "kl": [v * tokens for v in kl_per_window], "tokens": [tokens] * len(kl_per_window), "top1": [0] * 3}
+
+
+def test_each_block_spliced_alone_says_which_block_the_extra_kl_comes_from():
+    lin = {4: [0.01, 0.02, 0.03], 5: [0.05, 0.05, 0.05]}
+    kan = {4: [0.02, 0.03, 0.04], 5: [0.08, 0.07, 0.12]}  # +0.01 on block 4, +0.04 on block 5
+    R = records(*(fit(a, k, 0.5, 0.5) for a in ("linear", "kan") for k in LAYERS),
+                *(alone("linear", k, lin[k]) for k in LAYERS), alone("kan", 4, kan[4]))
+    assert report_v2.alone_text(R, "kan", LAYERS) == ""  # block 5's splice missing: nothing said
+    R.update(records(alone("kan", 5, kan[5])))
+    text = report_v2.alone_text(R, "kan", LAYERS)
+    gap5 = np.mean(kan[5]) - np.mean(lin[5])
+    assert f"block 5 adds the most next-token KL over the linear fit's: {gap5:+.4f} [" in text
+    assert f"({100 * gap5 / (gap5 + 0.01):.0f}% of the blocks' sum, {gap5 + 0.01:+.4f})" in text and "4: +0.0100" in text
+    for arm, kl in (("linear", 0.1), ("kan", 0.16)):  # the all-block splices (run before the alone units)
+        R[f"insitu__{arm}"] = {**alone(arm, 4, [kl] * 3), "unit": f"insitu__{arm}", "kind": "insitu", "model": arm,
+                               "blocks": {}}
+    assert "all at once +0.0600)" in report_v2.alone_text(R, "kan", LAYERS)
+    table = report_v2.spliced_section(R, ["linear", "kan"]).splitlines()
+    row = next(line for line in table if line.startswith("| 4 |"))
+    assert row.startswith(f"| 4 | {np.mean(lin[4]):.4f} | {np.mean(kan[4]):.4f} | +0.0100 [+0.0100, +0.0100]")
+    assert "| all 2 at once | 0.1000 | 0.1600 | +0.0600 [+0.0600, +0.0600] |" in table

@@ -165,8 +165,9 @@ def models(args, s) -> list[str]:
 
 
 def seed_arms(args, s) -> list[str]:
-    """v2's second-seed fits (issue #42 item 3: 2 seeds for linear and the best KAN arm): linear and the
-    best re-learned KAN arm (best_relearned); before rule 1 can choose, linear alone."""
+    """v2's second-seed fits (issue #42 item 3: 2 seeds for linear and the best KAN arm) and one-block
+    splices (alone units: which block a splice's extra next-token KL comes from): linear and the best
+    re-learned KAN arm (best_relearned); before rule 1 can choose, linear alone."""
     if not s["v2"] or "linear" not in s["arms"]:
         return []
     best = best_relearned(args, s)
@@ -185,6 +186,7 @@ def plan(args, s) -> list[str]:
     judged = models(args, s)
     units += [f"firsttoken__{a}" for a in judged_arms(s["arms"])] + ["bbh_floor"]
     units += [f"insitu__{m}" for m in judged if m != "reference"]
+    units += [f"alone__{a}__L{k}" for a in seed_arms(args, s) for k in s["layers"] if s["v2"]]
     # v2 judges its fine-tuned models on perplexity, KL and the multiple-choice sets (issue #42), not BBH
     units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged
               if not (s["v2"] and part == "bbh" and m.endswith("_ft"))]
@@ -242,7 +244,7 @@ def pending(args, s) -> list[str]:
             return False  # v2 starts from the teacher: no fit in it
         return start in widened
 
-    stale = [u for u in units if u.startswith(("firsttoken__", "insitu__", "eval_", "finetune__"))
+    stale = [u for u in units if u.startswith(("firsttoken__", "insitu__", "alone__", "eval_", "finetune__"))
              and u not in todo and (records / f"{u}.json").exists() and depends(u)]
     if stale:
         changed = [f"the fits of {', '.join(sorted(widened))}"] * bool(widened)

@@ -31,9 +31,21 @@ from benchmarks.studies.distill.plan import (
     judged_arms,
     relearned_kan_arms,
 )
-from benchmarks.studies.distill.stats import best, ci, load, paired, ppl, ppl_boot, ppl_data, ratio_boot, rel_err_boot
-from benchmarks.studies.distill.tables import fit_table, insitu_table, lr_table, score_cell
+from benchmarks.studies.distill.stats import (
+    best,
+    ci,
+    kl_difference,
+    load,
+    paired,
+    ppl,
+    ppl_boot,
+    ppl_data,
+    ppl_ratio_ci,
+    rel_err_boot,
+)
+from benchmarks.studies.distill.tables import alone_table, fit_table, insitu_table, lr_table, score_cell
 from benchmarks.studies.distill.verdicts_v2 import (  # noqa: F401 (the analysis lines, tested through report_v2)
+    alone_text,
     block_gap,
     cause_text,
     edge_caveat,
@@ -172,16 +184,6 @@ def warm_start_verdicts(R: dict) -> dict[str, tuple]:
     return out
 
 
-def ppl_ratio_ci(R: dict, a: str, b: str, key: str = "wikitext") -> tuple:
-    """ppl(a) / ppl(b) − 1 and its paired 95% bootstrap interval (stats.paired's, this part alone);
-    (None, None, None) when either eval_ppl record is missing."""
-    d = ppl_data(R, [a, b], key)
-    if not d:
-        return None, None, None
-    boot = ppl_boot(*d)
-    return (ppl(d[0][0], d[1][0]) / ppl(d[0][1], d[1][1]) - 1, *ci(boot[:, 0] / boot[:, 1] - 1))
-
-
 def warm_start_text(R: dict) -> str:
     v = warm_start_verdicts(R)
     if all(word == MISSING for word, *_ in v.values()):
@@ -257,9 +259,7 @@ def kl_cell(R: dict, model: str, ref: str = COMPARATOR) -> str:
     ka = sum(a["kl"]) / sum(a["tokens"])
     if model == ref or b is None or len(a["kl"]) != len(b["kl"]):
         return f"{ka:.4f}"
-    boot = ratio_boot([a["kl"], b["kl"]], [a["tokens"], b["tokens"]])
-    lo, hi = ci(boot[:, 0] - boot[:, 1])
-    return f"{ka:.4f}, {ka - sum(b['kl']) / sum(b['tokens']):+.4f} [{lo:+.4f}, {hi:+.4f}]"
+    return f"{ka:.4f}, " + "{:+.4f} [{:+.4f}, {:+.4f}]".format(*kl_difference(a, b))
 
 
 def spliced_section(R: dict, arms: list[str]) -> str:
@@ -280,6 +280,12 @@ def spliced_section(R: dict, arms: list[str]) -> str:
         point, lo, hi = ppl_ratio_ci(R, m, "linear") if m not in ("linear", "reference") else (None, None, None)
         ratio = "–" if point is None else f"{100 * point:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
         lines.append(f"| {m} | {kl} | {p} | {ratio} |")
+    layers = sorted({r["layer"] for r in R.values() if r["kind"] == "fit"})
+    best = rules_v2.best_kan_arm(R, relearned_kan_arms(arms), layers)
+    alone = alone_table(R, best, layers) if best else ""
+    if alone:
+        lines += ["", "Each block spliced alone (linear and rule 1's choice, `alone` units): which block the "
+                  "splice's next-token KL comes from.", "", alone]
     return "\n".join(lines)
 
 

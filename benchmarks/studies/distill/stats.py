@@ -70,6 +70,24 @@ def ppl_boot(nll: list[list[float]], tokens: list[list[int]], n_boot: int = BOOT
     return np.exp(ratio_boot(nll, tokens, n_boot))
 
 
+def kl_difference(a: dict, b: dict) -> tuple[float, float, float]:
+    """Next-token KL to the pretrained model per token (nats) of in-situ record `a` minus `b`'s, with its
+    95% interval; the test windows are resampled together (both models ran on the same windows)."""
+    boot = ratio_boot([a["kl"], b["kl"]], [a["tokens"], b["tokens"]])
+    lo, hi = ci(boot[:, 0] - boot[:, 1])
+    return sum(a["kl"]) / sum(a["tokens"]) - sum(b["kl"]) / sum(b["tokens"]), lo, hi
+
+
+def ppl_ratio_ci(R: dict, a: str, b: str, key: str = "wikitext") -> tuple:
+    """ppl(a) / ppl(b) − 1 and its paired 95% bootstrap interval (paired's, this part alone);
+    (None, None, None) when either eval_ppl record is missing."""
+    d = ppl_data(R, [a, b], key)
+    if not d:
+        return None, None, None
+    boot = ppl_boot(*d)
+    return (ppl(d[0][0], d[1][0]) / ppl(d[0][1], d[1][1]) - 1, *ci(boot[:, 0] / boot[:, 1] - 1))
+
+
 def ppl(nll, tokens) -> float:
     return math.exp(sum(nll) / sum(tokens))
 

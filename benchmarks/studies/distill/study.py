@@ -70,6 +70,8 @@ unit runs in its own subprocess, so a crash loses one unit and a rerun resumes):
 3. insitu__<model>: every block replaced at once, the errors compound: run from the recorded residual
    entering block 25, per block the MLP error on its own (drifted) inputs and the residual-stream drift,
    and the next-token KL to the pretrained model on the test windows.
+   v2: alone__<arm>__L<k>: the same with block k's MLP alone replaced, for linear and the best re-learned
+   KAN arm (the second-seed pair): which block a splice's extra next-token KL comes from.
 4. --sequential: seqfit__<arm>__L<k> fits block k on the activations of the model whose earlier
    blocks are already replaced (targets that restore the pretrained residual stream,
    `benchmarks.studies.distill.in_situ.sequential_targets`); model `<arm>_seq`. --finetune_steps N (v1; v2: above): finetune__<arm> trains

@@ -18,6 +18,7 @@ from benchmarks.studies.distill.stats import (
     best,
     bits,
     ci,
+    kl_difference,
     layers_of,
     mc_groups,
     model_rank,
@@ -235,4 +236,22 @@ def comparisons_table(R: dict, pairs: list[tuple[str, str]]) -> str:
         cells += [f"{100 * d[k][0]:+.1f}% [{100 * d[k][1]:+.1f}, {100 * d[k][2]:+.1f}]" if k in d else "–"
                   for k in ("wikitext", "mt_bench")]
         lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def alone_table(R: dict, arm: str, layers: list[int]) -> str:
+    """Per block, that block's MLP alone replaced by linear's and by `arm`'s kept fit (alone units): the
+    next-token KL to the pretrained model (nats/token, test windows) and arm − linear paired [95%]; a last
+    row with every block at once (the insitu units). "" when no alone record exists."""
+    rows = [k for k in layers if f"alone__{arm}__L{k}" in R and f"alone__linear__L{k}" in R]
+    if not rows:
+        return ""
+    lines = [f"| block spliced | linear: KL | {arm}: KL | {arm} − linear [95%] |", "|---|---:|---:|---|"]
+    pairs = [(str(k), R[f"alone__linear__L{k}"], R[f"alone__{arm}__L{k}"]) for k in rows]
+    if f"insitu__{arm}" in R and "insitu__linear" in R:
+        pairs.append((f"all {len(layers)} at once", R["insitu__linear"], R[f"insitu__{arm}"]))
+    for label, lin, kan in pairs:
+        kl = [sum(r["kl"]) / sum(r["tokens"]) for r in (lin, kan)]
+        lines.append(f"| {label} | {kl[0]:.4f} | {kl[1]:.4f} | " + "{:+.4f} [{:+.4f}, {:+.4f}]".format(
+            *kl_difference(kan, lin)) + " |")
     return "\n".join(lines)

@@ -490,6 +490,19 @@ def run_insitu(args, s, name: str) -> dict:
     return {"model": name, **out}
 
 
+def run_alone(args, s, arm: str, layer: int) -> dict:
+    """Block `layer`'s MLP alone replaced by `arm`'s kept fit, compared in situ with the pretrained model on
+    the test windows: the next-token KL it causes by itself (per window, as insitu's), and its MLP error."""
+    from benchmarks.studies.distill import fit as distill
+    from benchmarks.studies.distill import in_situ as distill_in_situ
+
+    base, rec = teacher(args, s), recording(args)
+    student = distill.splice(base, {layer: fitted(args, s, arm, base.config)[layer]}, arm_spec(arm))
+    out = distill_in_situ.compare_in_situ(base, student, rec, rec.splits["test"], batch_size=args.batch_windows)
+    return {"arm": arm, "layer": layer, "kl": out["kl"], "top1": out["top1"], "tokens": out["tokens"],
+            "block": out["blocks"][layer]}
+
+
 def run_eval(args, s, part: str, name: str) -> dict:
     """One judged model's perplexities ("ppl"), BBH ("bbh") or multiple-choice sets ("mc")."""
     tok, model, data_dir = tokenizer(args), judged_model(args, s, name), Path(args.data_dir)
@@ -531,6 +544,8 @@ def run_unit(args, unit: str) -> dict:
         out = run_errmap(args, s, rest[0])
     elif kind == "insitu":
         out = run_insitu(args, s, rest[0])
+    elif kind == "alone":
+        out = run_alone(args, s, rest[0], int(rest[1][1:]))
     elif kind.startswith("eval_"):
         out = run_eval(args, s, kind[5:], rest[0])
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from benchmarks.studies.distill import rules_v2
 from benchmarks.studies.distill.plan import CONTROL_WIDTHS, WARM_ARMS
+from benchmarks.studies.distill.stats import kl_difference
 
 
 def train_fit_text(R: dict, kan: str, block: int) -> str:
@@ -152,8 +153,25 @@ def splice_shortfall_text(R: dict, arm: str, layers: list[int]) -> str:
         cells.append(f"block {k}'s {rules_v2.fit_gaps(R, arm, 'linear', [k])[k]:+.3f}{energy}, hides "
                      f"{loc[k]['rest']:+.3f} on its ordinary tokens ({loc[k]['kan_rest']:.3f} vs {loc[k]['lin_rest']:.3f})")
     return (f"- Every block's fit is within +{rules_v2.FIT_TARGET:.2f} of linear's, yet the splice misses: the fit "
-            f"target reads all tokens weighted by ‖y‖², so {'; '.join(cells)}. Which block the splice's extra "
-            "perplexity comes from is not measured (each block spliced alone would say).")
+            f"target reads all tokens weighted by ‖y‖², so {'; '.join(cells)}. "
+            + (alone_text(R, arm, layers) or "Which block the splice's extra perplexity comes from is not measured "
+               "(each block spliced alone would say)."))
+
+
+def alone_text(R: dict, arm: str, layers: list[int]) -> str:
+    """Which block the splice's extra next-token KL over linear's comes from, each block spliced alone
+    (alone units of `arm` and linear on every block; "" until they all exist)."""
+    if not all(f"alone__{a}__L{k}" in R for a in (arm, "linear") for k in layers):
+        return ""
+    gaps = {k: kl_difference(R[f"alone__{arm}__L{k}"], R[f"alone__linear__L{k}"]) for k in layers}
+    total = sum(g[0] for g in gaps.values())
+    top = max(layers, key=lambda k: gaps[k][0])
+    both = ("" if f"insitu__{arm}" not in R or "insitu__linear" not in R else
+            f"; all at once {kl_difference(R[f'insitu__{arm}'], R['insitu__linear'])[0]:+.4f}")
+    others = ", ".join(f"{k}: {gaps[k][0]:+.4f}" for k in layers if k != top)
+    share = f" ({100 * gaps[top][0] / total:.0f}% of the blocks' sum, {total:+.4f}{both})" if total > 0 else ""
+    return (f"Spliced one block at a time, block {top} adds the most next-token KL over the linear fit's: "
+            "{:+.4f} [{:+.4f}, {:+.4f}] nats/token".format(*gaps[top]) + f"{share}; the others {others}.")
 
 
 def partial_blocks(R: dict, arm: str, layers: list[int]) -> list[int]:
