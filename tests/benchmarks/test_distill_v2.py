@@ -610,13 +610,22 @@ def test_each_block_spliced_alone_says_which_block_the_extra_kl_comes_from():
     assert report_v2.alone_text(R, "kan", LAYERS) == ""  # block 5's splice missing: nothing said
     R.update(records(alone("kan", 5, kan[5])))
     text = report_v2.alone_text(R, "kan", LAYERS)
-    gap5 = np.mean(kan[5]) - np.mean(lin[5])
-    assert f"block 5 adds the most next-token KL over the linear fit's: {gap5:+.4f} [" in text
-    assert f"({100 * gap5 / (gap5 + 0.01):.0f}% of the blocks' sum, {gap5 + 0.01:+.4f})" in text and "4: +0.0100" in text
+    gap5 = np.mean(kan[5]) - np.mean(lin[5])  # 80% of the sum: block 5 alone is named
+    assert f"comes from block 5 {gap5:+.4f} [" in text and "(80%): 80% of the blocks' sum, +0.0500; the others 4: +0.0100." in text
+    R["alone__kan__L4"] = alone("kan", 4, [0.03, 0.04, 0.05])  # +0.02: block 5 carries 67%, both are named
+    R["diagnose__L4"] = {"unit": "diagnose__L4", "kind": "diagnose", "abs_x_max_rest": 14.2}
+    text = report_v2.alone_text(R, "kan", LAYERS)
+    assert "block 5 +0.0400" in text and "(67%); block 4 +0.0200 [+0.0200, +0.0200] (33%, inputs up to |x| = 14)" in text
+    assert "100% of the blocks' sum, +0.0600." in text and "the others" not in text
+    # the verdict line says it where the fits pass and the splice does not, even when no block hides a gap
+    R.update(records(ppl_record("linear", 3.0), ppl_record("kan", 3.1)))
+    assert report_v2.splice_shortfall_text(R, "kan", LAYERS) == (
+        "- Every block's fit is within +0.05 of linear's, yet the splice misses. " + text)
+    R["alone__kan__L4"] = alone("kan", 4, kan[4])
     for arm, kl in (("linear", 0.1), ("kan", 0.16)):  # the all-block splices (run before the alone units)
         R[f"insitu__{arm}"] = {**alone(arm, 4, [kl] * 3), "unit": f"insitu__{arm}", "kind": "insitu", "model": arm,
                                "blocks": {}}
-    assert "all at once +0.0600)" in report_v2.alone_text(R, "kan", LAYERS)
+    assert "+0.0500; all at once +0.0600; the others" in report_v2.alone_text(R, "kan", LAYERS)
     table = report_v2.spliced_section(R, ["linear", "kan"]).splitlines()
     row = next(line for line in table if line.startswith("| 4 |"))
     assert row.startswith(f"| 4 | {np.mean(lin[4]):.4f} | {np.mean(kan[4]):.4f} | +0.0100 [+0.0100, +0.0100]")

@@ -12,6 +12,8 @@ from benchmarks.studies.distill import rules_v2
 from benchmarks.studies.distill.plan import CONTROL_WIDTHS, WARM_ARMS
 from benchmarks.studies.distill.stats import kl_difference
 
+ALONE_SHARE = 0.8  # alone_text names the fewest blocks that carry this share of the extra KL
+
 
 def train_fit_text(R: dict, kan: str, block: int) -> str:
     """Whether the kept KAN fit also fits its *training* tokens worse than linear's (the end of the train
@@ -141,10 +143,12 @@ def splice_shortfall_text(R: dict, arm: str, layers: list[int]) -> str:
     """When `arm`'s fits meet rule 2's +FIT_TARGET on every block but its splice misses the perplexity
     target: the blocks where its error on ordinary tokens (after each window's first, from the errmap
     records) exceeds linear's by more than FIT_TARGET, and how much of those blocks' ‖y‖² the first tokens
-    carry (the all-token error the fit target reads is weighted by it)."""
+    carry (the all-token error the fit target reads is weighted by it); then which blocks the splice's extra
+    next-token KL comes from (alone_text), or that it is not measured yet."""
     loc = {k: block_gap(R, arm, k, energies=False) for k in layers}
     hidden = [k for k, v in loc.items() if v is not None and v["rest"] > rules_v2.FIT_TARGET + 1e-12]
-    if not hidden:
+    alone = alone_text(R, arm, layers)
+    if not hidden and not alone:
         return ""
     cells = []
     for k in hidden:
@@ -152,26 +156,40 @@ def splice_shortfall_text(R: dict, arm: str, layers: list[int]) -> str:
         energy = "" if d is None else f", where the first tokens carry {100 * d['first_y_energy_share']:.0f}% of ‖y‖²"
         cells.append(f"block {k}'s {rules_v2.fit_gaps(R, arm, 'linear', [k])[k]:+.3f}{energy}, hides "
                      f"{loc[k]['rest']:+.3f} on its ordinary tokens ({loc[k]['kan_rest']:.3f} vs {loc[k]['lin_rest']:.3f})")
-    return (f"- Every block's fit is within +{rules_v2.FIT_TARGET:.2f} of linear's, yet the splice misses: the fit "
-            f"target reads all tokens weighted by ‖y‖², so {'; '.join(cells)}. "
-            + (alone_text(R, arm, layers) or "Which block the splice's extra perplexity comes from is not measured "
-               "(each block spliced alone would say)."))
+    hides = (f": the fit target reads all tokens weighted by ‖y‖², so {'; '.join(cells)}" if cells else "")
+    return (f"- Every block's fit is within +{rules_v2.FIT_TARGET:.2f} of linear's, yet the splice misses{hides}. "
+            + (alone or "Which block the splice's extra perplexity comes from is not measured (each block spliced "
+               "alone would say)."))
 
 
 def alone_text(R: dict, arm: str, layers: list[int]) -> str:
-    """Which block the splice's extra next-token KL over linear's comes from, each block spliced alone
-    (alone units of `arm` and linear on every block; "" until they all exist)."""
+    """Which blocks the splice's extra next-token KL over linear's comes from, each block spliced alone
+    (alone units of `arm` and linear on every block; "" until they all exist): the fewest blocks, largest
+    first, that carry ALONE_SHARE of the blocks' summed extra KL, with their inputs' range (diagnosis)."""
     if not all(f"alone__{a}__L{k}" in R for a in (arm, "linear") for k in layers):
         return ""
     gaps = {k: kl_difference(R[f"alone__{arm}__L{k}"], R[f"alone__linear__L{k}"]) for k in layers}
     total = sum(g[0] for g in gaps.values())
-    top = max(layers, key=lambda k: gaps[k][0])
     both = ("" if f"insitu__{arm}" not in R or "insitu__linear" not in R else
             f"; all at once {kl_difference(R[f'insitu__{arm}'], R['insitu__linear'])[0]:+.4f}")
-    others = ", ".join(f"{k}: {gaps[k][0]:+.4f}" for k in layers if k != top)
-    share = f" ({100 * gaps[top][0] / total:.0f}% of the blocks' sum, {total:+.4f}{both})" if total > 0 else ""
-    return (f"Spliced one block at a time, block {top} adds the most next-token KL over the linear fit's: "
-            "{:+.4f} [{:+.4f}, {:+.4f}] nats/token".format(*gaps[top]) + f"{share}; the others {others}.")
+    if total <= 0:
+        return f"Spliced one block at a time, no block adds next-token KL over the linear fit's (sum {total:+.4f}{both})."
+    main, carried = [], 0.0
+    for k in sorted(layers, key=lambda k: -gaps[k][0]):
+        if carried >= ALONE_SHARE * total:
+            break
+        main.append(k)
+        carried += gaps[k][0]
+    cells = []
+    for k in main:
+        d = R.get(f"diagnose__L{k}")
+        reach = "" if d is None else f", inputs up to |x| = {d['abs_x_max_rest']:.0f}"
+        cells.append("block {} {:+.4f} [{:+.4f}, {:+.4f}]".format(k, *gaps[k])
+                     + f" ({100 * gaps[k][0] / total:.0f}%{reach})")
+    others = ", ".join(f"{k}: {gaps[k][0]:+.4f}" for k in layers if k not in main)
+    return (f"Spliced one block at a time, the extra next-token KL over the linear fit's (nats/token) comes from "
+            f"{'; '.join(cells)}: {100 * carried / total:.0f}% of the blocks' sum, {total:+.4f}{both}"
+            + (f"; the others {others}." if others else "."))
 
 
 def partial_blocks(R: dict, arm: str, layers: list[int]) -> list[int]:
