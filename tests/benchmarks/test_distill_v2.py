@@ -630,3 +630,18 @@ def test_each_block_spliced_alone_says_which_block_the_extra_kl_comes_from():
     row = next(line for line in table if line.startswith("| 4 |"))
     assert row.startswith(f"| 4 | {np.mean(lin[4]):.4f} | {np.mean(kan[4]):.4f} | +0.0100 [+0.0100, +0.0100]")
     assert "| all 2 at once | 0.1000 | 0.1600 | +0.0600 [+0.0600, +0.0600] |" in table
+
+
+def test_range_text_reads_first_token_errors_where_the_inputs_pass_tanhs_reach():
+    def errmap(arm, first4, first5):
+        return {"unit": f"errmap__{arm}", "kind": "errmap", "arm": arm,
+                "blocks": {"4": {"rel_err_first": first4}, "5": {"rel_err_first": first5}}}
+
+    def diag(k, reach):
+        return {"unit": f"diagnose__L{k}", "kind": "diagnose", "first_abs_x_max": reach}
+    R = records(errmap("linear", 0.5, 0.003), errmap("kan", 0.6, 0.019), diag(4, 0.4), diag(5, 14.2))
+    text = report_v2.range_text(R, ["kan", "other"], LAYERS)
+    assert text.startswith("- Range: on blocks 5 the first tokens' inputs reach |x| = 14, where tanh saturates")
+    assert text.endswith("first-token relative error there: kan 0.019; linear 0.003.")
+    R["diagnose__L5"]["first_abs_x_max"] = 2.5
+    assert report_v2.range_text(R, ["kan"], LAYERS) == ""  # within tanh's reach: nothing to say

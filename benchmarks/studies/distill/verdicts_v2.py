@@ -192,6 +192,24 @@ def alone_text(R: dict, arm: str, layers: list[int]) -> str:
             + (f"; the others {others}." if others else "."))
 
 
+def range_text(R: dict, arms: list[str], layers: list[int], reach: float = 3.0) -> str:
+    """Whether the range options (a learned input scale, a grid refit: for inputs a squash clips) have a
+    target left: on the blocks whose first-token inputs exceed |x| = `reach` (tanh(3) = 0.995), the
+    first-token error of each mapped arm against linear's (errmap records; "" when there are none)."""
+    wide = [k for k in layers if f"diagnose__L{k}" in R and R[f"diagnose__L{k}"]["first_abs_x_max"] > reach]
+    mapped = [a for a in ["linear", *arms] if f"errmap__{a}" in R]
+    if not wide or "linear" not in mapped or len(mapped) < 2:
+        return ""
+
+    def errs(a):
+        return "/".join(f"{R[f'errmap__{a}']['blocks'][str(k)]['rel_err_first']:.3f}" for k in wide)
+    reaches = "/".join(f"{R[f'diagnose__L{k}']['first_abs_x_max']:.0f}" for k in wide)
+    kan = "; ".join(f"{a} {errs(a)}" for a in mapped if a != "linear")
+    return (f"- Range: on blocks {', '.join(map(str, wide))} the first tokens' inputs reach |x| = {reaches}, "
+            f"where tanh saturates (tanh(3) = 0.995). The mapped arms' first-token relative error there: {kan}; linear "
+            f"{errs('linear')}.")
+
+
 def partial_blocks(R: dict, arm: str, layers: list[int]) -> list[int]:
     return [k for k in layers if f"fit__{arm}__L{k}" not in R]
 
