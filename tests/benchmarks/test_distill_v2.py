@@ -145,6 +145,9 @@ def test_v2_finetune_units_start_from_the_pretrained_best_relearned_and_warm_mlp
     assert plan_lib.settings(grid)["finetune_lrs"] == (1e-4, 1e-3)
     assert plan_lib.settings(study.parse_args(["--v2", "--quick"]))["finetune_lrs"] == plan_lib.QUICK["finetune_lrs"]
     assert "finetune_lrs" not in plan_lib.settings(study.parse_args(["--quick"]))  # v1 keeps its settings
+    # `--v2` alone plans the committed records' end-to-end budget; v1 fine-tunes only when asked
+    assert plan_lib.settings(study.parse_args(["--v2"]))["finetune_steps"] == plan_lib.V2["finetune_steps"] == 100
+    assert plan_lib.settings(study.parse_args([]))["finetune_steps"] == 0
     exact = plan_lib.arm_spec("kan_exact")
     assert (exact.domain, exact.init, exact.param_match, exact.basis, exact.degree) == (
         "none", "from_linear", "none", "chebyshev2", 2)

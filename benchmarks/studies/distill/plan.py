@@ -63,10 +63,11 @@ EXACT_STARTS = (PRETRAINED, "gr_warm_exact", "kan_exact")  # reproduce the pretr
 # in the --quick run; gr_warm's SiLU fit moves them by 7e-2 there
 EXACT_LOGIT_TOL = 1e-3
 SECOND_SEED = 1  # v2: seedfit units refit linear and the best KAN arm at their kept lr with this seed
-FINETUNE_LRS = (3e-5, 1e-4, 3e-4, 1e-3)  # v2: the same grid for every start, chosen by validation loss
+FINETUNE_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # v2: the same grid for every start, chosen by validation loss
 # v2: 4x v1's fit tokens (linear's validation error still fell at 400 steps), the same grid for every arm.
 V2 = {"arms": ("linear", "linear_w512", "kan_recipe_none", "kan_recipe_base", "kan_recipe", "gr_kan", "gr_warm", "gr_warm_exact"),
       "fit_steps": 1600,
+      "finetune_steps": 100,  # the committed records' end-to-end budget (--finetune_steps overrides it)
       "records": "full_model_distill_v2_runs"}
 V1_RECORDS = "full_model_distill_runs"
 SEQ_LEN = 256
@@ -88,6 +89,7 @@ def settings(args) -> dict:
     s["v2"] = bool(getattr(args, "v2", False))
     if s["v2"]:
         s["fit_steps"], s["finetune_lrs"] = V2["fit_steps"], FINETUNE_LRS
+        s["finetune_steps"] = args.finetune_steps or V2["finetune_steps"]
     if args.quick:
         s.update(QUICK)
         if not s["v2"]:  # v1 fine-tunes at --finetune_lr; its records keep their settings

@@ -8,7 +8,7 @@ the whole model judged on BBH, the shared multiple-choice sets and held-out perp
     python -m benchmarks.studies.distill.study --finetune_steps 300 --finetune_batch 16   # + end-to-end (accelerator)
     python -m benchmarks.studies.distill.study --report_only
     python -m benchmarks.studies.distill.study --v2               # version 2 (issue #42), records and report apart
-    python -m benchmarks.studies.distill.study --v2 --finetune_steps 300   # + v2's end to end at equal budget
+    python -m benchmarks.studies.distill.study --v2 --finetune_steps 300   # v2 with a longer end to end (default 100)
 
 Version 2 (`--v2`, report full_model_distill_v2.md by report_v2.py, rules in rules_v2.py): the KAN of
 the project's recipe (linear coefficient init, centring) with tanh, with the linear base branch and on
@@ -18,14 +18,14 @@ test error sits: first token vs the rest, per output channel). A fit whose param
 machine: records are committed, parameters are not) is fitted again at its kept lr when a later unit
 needs it, and checked against its record's validation error.
 
-Version 2, end to end at equal budget (`--v2 --finetune_steps N`, issue #42 item 4; rule 3 of rules_v2):
+Version 2, end to end at equal budget (`--v2`: 100 steps unless --finetune_steps N, issue #42 item 4; rule 3 of rules_v2):
 finetune__<start> fine-tunes the MLPs of blocks 25..29 of each *start*, named by what those MLPs are
 before fine-tuning: `pretrained` (the teacher's own linear MLPs: rule 3's comparator), every re-learned
 arm of --arms (the splice of its kept fits, as v1), and every warm arm of plan.WARM_ARMS (the teacher
 KAN-ified by the arm's spec on the five blocks: gr_warm, gr_warm_exact, and kan_exact, the full-width
 Chebyshev-2 KAN on raw inputs that starts as each pretrained projection, `from_linear`; centred degree 2
 keeps 2 coefficients per edge, so it has twice the MLP's parameters: +2,654,208 per block, +13.3M over
-the five). Every start is trained at each lr of --finetune_lrs (default 3e-5,1e-4,3e-4,1e-3, the same
+the five). Every start is trained at each lr of --finetune_lrs (default 1e-4,3e-4,1e-3,3e-3, the same
 grid for all) from the same start with the same seed (window order), steps and batch, by next-token loss
 on the recording's train windows run from the recorded residual (in_situ.finetune_grid: one compiled step
 serves the grid); the lr with the lowest next-token loss on the recording's val windows is kept
@@ -154,7 +154,8 @@ def parse_args(argv=None):
     p.add_argument("--lrs", default="", help=f"comma-separated learning-rate grid (default {','.join(map(str, LRS))})")
     p.add_argument("--fit_steps", type=int, default=0, help=f"regression steps per fit (default {FIT_STEPS})")
     p.add_argument("--sequential", action="store_true", help="also fit each block on the spliced model's activations")
-    p.add_argument("--finetune_steps", type=int, default=0, help="end-to-end fine-tune steps (0: off)")
+    p.add_argument("--finetune_steps", type=int, default=0, help="end-to-end fine-tune steps (v1: 0 = off; "
+                   "v2: 0 = its default, 100)")
     p.add_argument("--finetune_lr", type=float, default=1e-4, help="v1: the fine-tune lr")
     p.add_argument("--finetune_lrs", default="", help="v2: comma-separated fine-tune lr grid, the same for every "
                                                       f"start (default {','.join(map(str, FINETUNE_LRS))}); the lr "
