@@ -188,7 +188,7 @@ def plan(args, s) -> list[str]:
     judged = models(args, s)
     units += [f"firsttoken__{a}" for a in judged_arms(s["arms"])] + ["bbh_floor"]
     units += [f"insitu__{m}" for m in judged if m != "reference"]
-    units += [f"alone__{a}__L{k}" for a in seed_arms(args, s) for k in s["layers"] if s["v2"]]
+    units += [f"alone__{a}__L{k}" for a in seed_arms(args, s) for k in s["layers"]]  # v2 only, as seed_arms
     # v2 judges its fine-tuned models on perplexity, KL and the multiple-choice sets (issue #42), not BBH
     units += [f"eval_{part}__{m}" for part in ("ppl", "bbh", "mc") for m in judged
               if not (s["v2"] and part == "bbh" and m.endswith("_ft"))]

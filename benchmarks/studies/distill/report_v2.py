@@ -35,6 +35,7 @@ from benchmarks.studies.distill.stats import (
     best,
     ci,
     kl_difference,
+    kl_per_token,
     load,
     paired,
     ppl,
@@ -257,7 +258,7 @@ def kl_cell(R: dict, model: str, ref: str = COMPARATOR) -> str:
     a, b = R.get(f"insitu__{model}"), R.get(f"insitu__{ref}")
     if a is None:
         return MISSING
-    ka = sum(a["kl"]) / sum(a["tokens"])
+    ka = kl_per_token(a)
     if model == ref or b is None or len(a["kl"]) != len(b["kl"]):
         return f"{ka:.4f}"
     return f"{ka:.4f}, " + "{:+.4f} [{:+.4f}, {:+.4f}]".format(*kl_difference(a, b))
@@ -359,6 +360,7 @@ def write_report(records: Path, out_dir: Path, quick: bool = False,
     kan_arms = relearned_kan_arms(arms)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "full_model_distill_v2"
+    ranges = range_text(R, kan_arms, layers)
     curves = plot_curves(R, ["linear"] + kan_arms, layers, out_dir / f"{stem}_curves.png")
     fits, _ = fit_table(R, shown)
     steps = {r["fit"]["steps"] for r in R.values() if r["kind"] == "fit" and r["arm"] != V1_ARM}
@@ -381,7 +383,7 @@ def write_report(records: Path, out_dir: Path, quick: bool = False,
              *([f"![train MSE curves]({stem}_curves.png)", ""] if curves else []),
              "### A second seed", "", seed_section(R, layers), "",
              "## Where the error sits (test windows)", "", errmap_table(R, shown, layers), "",
-             *([range_text(R, kan_arms, layers), ""] if range_text(R, kan_arms, layers) else []),
+             *([ranges, ""] if ranges else []),
              "## Spliced back: the five blocks replaced at once", "", spliced_section(R, arms), "",
              "## End to end at equal budget", "", finetune_section(R, arms, rules_v2.best_kan_arm(R, kan_arms, layers)),
              "",

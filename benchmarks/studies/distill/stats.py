@@ -70,12 +70,17 @@ def ppl_boot(nll: list[list[float]], tokens: list[list[int]], n_boot: int = BOOT
     return np.exp(ratio_boot(nll, tokens, n_boot))
 
 
+def kl_per_token(r: dict) -> float:
+    """Next-token KL to the pretrained model per token (nats) of an in-situ record (insitu, alone)."""
+    return sum(r["kl"]) / sum(r["tokens"])
+
+
 def kl_difference(a: dict, b: dict) -> tuple[float, float, float]:
-    """Next-token KL to the pretrained model per token (nats) of in-situ record `a` minus `b`'s, with its
-    95% interval; the test windows are resampled together (both models ran on the same windows)."""
+    """kl_per_token of in-situ record `a` minus `b`'s, with its 95% interval; the test windows are
+    resampled together (both models ran on the same windows)."""
     boot = ratio_boot([a["kl"], b["kl"]], [a["tokens"], b["tokens"]])
     lo, hi = ci(boot[:, 0] - boot[:, 1])
-    return sum(a["kl"]) / sum(a["tokens"]) - sum(b["kl"]) / sum(b["tokens"]), lo, hi
+    return kl_per_token(a) - kl_per_token(b), lo, hi
 
 
 def ppl_ratio_ci(R: dict, a: str, b: str, key: str = "wikitext") -> tuple:

@@ -19,6 +19,7 @@ from benchmarks.studies.distill.stats import (
     bits,
     ci,
     kl_difference,
+    kl_per_token,
     layers_of,
     mc_groups,
     model_rank,
@@ -26,7 +27,6 @@ from benchmarks.studies.distill.stats import (
     ppl,
     ppl_boot,
     ppl_data,
-    ratio_boot,
     rel_err_boot,
     split_model,
     stratified_boot,
@@ -154,9 +154,8 @@ def insitu_comparisons(R: dict) -> str:
     for a, b in pairs:
         if len(runs[a]["kl"]) != len(runs[b]["kl"]):
             continue
-        boot = ratio_boot([runs[a]["kl"], runs[b]["kl"]], [runs[a]["tokens"], runs[b]["tokens"]])
-        ka, kb = (sum(runs[m]["kl"]) / sum(runs[m]["tokens"]) for m in (a, b))
-        lo, hi = ci(boot[:, 0] - boot[:, 1])
+        ka, kb = kl_per_token(runs[a]), kl_per_token(runs[b])
+        _, lo, hi = kl_difference(runs[a], runs[b])
         word = "lower" if hi < 0 else "higher" if lo > 0 else "no different (the interval covers 0)"
         what = ("fitting each block on the spliced model's own activations " +
                 ("helps" if hi < 0 else "hurts" if lo > 0 else "makes no clear difference")
@@ -251,7 +250,6 @@ def alone_table(R: dict, arm: str, layers: list[int]) -> str:
     if f"insitu__{arm}" in R and "insitu__linear" in R:
         pairs.append((f"all {len(layers)} at once", R["insitu__linear"], R[f"insitu__{arm}"]))
     for label, lin, kan in pairs:
-        kl = [sum(r["kl"]) / sum(r["tokens"]) for r in (lin, kan)]
-        lines.append(f"| {label} | {kl[0]:.4f} | {kl[1]:.4f} | " + "{:+.4f} [{:+.4f}, {:+.4f}]".format(
+        lines.append(f"| {label} | {kl_per_token(lin):.4f} | {kl_per_token(kan):.4f} | " + "{:+.4f} [{:+.4f}, {:+.4f}]".format(
             *kl_difference(kan, lin)) + " |")
     return "\n".join(lines)

@@ -126,18 +126,17 @@ def finetune_lr_files(args, start: str, lr: float) -> tuple[Path, Path]:
     return folder / f"{stem}.npz", folder / f"{stem}.json"
 
 
-def fitted(args, s, arm: str, config, kind: str = "fit", upto: int | None = None) -> dict:
+def fitted(args, s, arm: str, config, kind: str = "fit", blocks=None) -> dict:
     """{block: fitted MLP at its best lr} of `arm` ("fit": independent; "seqfit": sequential, whose first
-    block is the independent fit), for the blocks before `upto` (all when None); `config` is the
-    pretrained model's (the replacements are rebuilt at its shapes, then filled from the saved arrays)."""
+    block is the independent fit), for `blocks` (all studied blocks when None; only those are read, or
+    refitted when their parameters are gone); `config` is the pretrained model's (the replacements are
+    rebuilt at its shapes, then filled from the saved arrays)."""
     import numpy as np
 
     from benchmarks.studies.distill import fit as distill
 
     out = {}
-    for k in s["layers"]:
-        if upto is not None and k >= upto:
-            break
+    for k in s["layers"] if blocks is None else blocks:
         unit = f"{'fit' if kind == 'fit' or k == s['layers'][0] else 'seqfit'}__{arm}__L{k}"
         best = read_record(args, unit)["best_lr"]
         path = params_file(args, unit, best)
@@ -336,7 +335,8 @@ def run_seqfit(args, s, arm: str, layer: int) -> dict:
     from benchmarks.studies.distill import in_situ as distill_in_situ
 
     base, rec = teacher(args, s), recording(args)
-    student = distill.splice(base, fitted(args, s, arm, base.config, "seqfit", upto=layer))
+    earlier = [k for k in s["layers"] if k < layer]
+    student = distill.splice(base, fitted(args, s, arm, base.config, "seqfit", earlier))
     t0 = time.perf_counter()
     x, target = distill_in_situ.sequential_targets(base, student, rec, layer, batch_size=args.batch_windows)
     out = _fit_all_lrs(args, s, f"seqfit__{arm}__L{layer}", arm, layer, x, target, rec)
@@ -497,7 +497,7 @@ def run_alone(args, s, arm: str, layer: int) -> dict:
     from benchmarks.studies.distill import in_situ as distill_in_situ
 
     base, rec = teacher(args, s), recording(args)
-    student = distill.splice(base, {layer: fitted(args, s, arm, base.config)[layer]}, arm_spec(arm))
+    student = distill.splice(base, fitted(args, s, arm, base.config, blocks=[layer]), arm_spec(arm))
     out = distill_in_situ.compare_in_situ(base, student, rec, rec.splits["test"], batch_size=args.batch_windows)
     return {"arm": arm, "layer": layer, "kl": out["kl"], "top1": out["top1"], "tokens": out["tokens"],
             "block": out["blocks"][layer]}

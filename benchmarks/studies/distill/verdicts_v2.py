@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from benchmarks.studies.distill import rules_v2
 from benchmarks.studies.distill.plan import CONTROL_WIDTHS, WARM_ARMS
-from benchmarks.studies.distill.stats import kl_difference
+from benchmarks.studies.distill.stats import kl_difference, kl_per_token
 
 ALONE_SHARE = 0.8  # alone_text names the fewest blocks that carry this share of the extra KL
 
@@ -171,7 +171,7 @@ def alone_text(R: dict, arm: str, layers: list[int]) -> str:
     gaps = {k: kl_difference(R[f"alone__{arm}__L{k}"], R[f"alone__linear__L{k}"]) for k in layers}
     total = sum(g[0] for g in gaps.values())
     both = ("" if f"insitu__{arm}" not in R or "insitu__linear" not in R else
-            f"; all at once {kl_difference(R[f'insitu__{arm}'], R['insitu__linear'])[0]:+.4f}")
+            f"; all at once {kl_per_token(R[f'insitu__{arm}']) - kl_per_token(R['insitu__linear']):+.4f}")
     if total <= 0:
         return f"Spliced one block at a time, no block adds next-token KL over the linear fit's (sum {total:+.4f}{both})."
     main, carried = [], 0.0
