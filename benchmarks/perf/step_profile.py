@@ -14,6 +14,9 @@ read back from its JSON), matches each event to the instruction of the compiled 
 
 Durations are summed per op, so ops that XLA runs concurrently on different threads both count:
 the shares are of the summed op time, not of the wall time (which `train_step.py` times apart).
+A dot that XLA:CPU runs through Eigen rather than YNNPACK (here the weight gradients, whose lhs is
+contracted over its first axis) is under-counted: its trace event ends when the work is handed to
+Eigen's threads, while that work goes on beside the next ops (benchmarks/results/perf/kan_cost.md).
 """
 
 from __future__ import annotations

@@ -53,6 +53,9 @@ from kanjax.training import step as train_lib
 # ablation recomputes it in row chunks (kan.recompute=True, KANLinear's default): same rounds.
 KAN = dict(targets=["all"], basis="chebyshev2", degree=2, param_match="width")
 KAN_RECOMPUTED = {**KAN, "recompute": True}
+# Where the KAN's cost sits: KAN projections in one group of the blocks, linear ones in the other.
+KAN_MLP_ONLY = {**KAN, "targets": ["mlp"]}
+KAN_ATTN_ONLY = {**KAN, "targets": ["attn"]}
 ARMS = [("linear", None, "fp32"), ("KAN chebyshev2 deg 2, param-matched", KAN, "fp32"),
         ("linear", None, "bf16"), ("KAN chebyshev2 deg 2, param-matched", KAN, "bf16")]
 TORCH = "transformers + PyTorch, linear"
@@ -132,7 +135,9 @@ ABLATIONS = {"": (LlamaForSequenceClassification, contextlib.nullcontext),
              ", jax autodiff matmul": (LlamaForSequenceClassification, plain_matmul),
              ", last block at every token": (EveryTokenClassifier, contextlib.nullcontext),
              ", basis recomputed in backward": (LlamaForSequenceClassification, contextlib.nullcontext),
-             ", expansion per projection": (LlamaForSequenceClassification, expansion_per_projection)}
+             ", expansion per projection": (LlamaForSequenceClassification, expansion_per_projection),
+             ", MLP only": (LlamaForSequenceClassification, contextlib.nullcontext),
+             ", attention only": (LlamaForSequenceClassification, contextlib.nullcontext)}
 
 
 def kanjax_arm(spec, precision: str, batch: dict, ablation: str = "", want_hlo: bool = False):
@@ -239,7 +244,9 @@ def main() -> None:
                   "fp32", ", jax autodiff matmul"), ("linear", None, "fp32", ", last block at every token"),
                  ("KAN chebyshev2 deg 2, param-matched", KAN_RECOMPUTED, "fp32",
                   ", basis recomputed in backward"),
-                 ("KAN chebyshev2 deg 2, param-matched", KAN, "fp32", ", expansion per projection")]
+                 ("KAN chebyshev2 deg 2, param-matched", KAN, "fp32", ", expansion per projection"),
+                 ("KAN chebyshev2 deg 2, param-matched", KAN_MLP_ONLY, "fp32", ", MLP only"),
+                 ("KAN chebyshev2 deg 2, param-matched", KAN_ATTN_ONLY, "fp32", ", attention only")]
     for label, spec, precision, ablation in arms:
         name = f"{label}{ablation} {precision}"
         profiled = args.profile > 0 and precision == "fp32" and not ablation  # the arms --profile traces
@@ -326,7 +333,9 @@ def main() -> None:
                   "per projection*: every KAN projection expands its input itself, instead of q, k, v (and gate, "
                   "up), which read one input, sharing one basis expansion and one matmul "
                   "(`kanjax.llama.model.project_alike`). The row's "
-                  "÷ linear against the plain arm's is what the change buys (or costs)."]
+                  "÷ linear against the plain arm's is what the change buys (or costs). *MLP only* / *attention "
+                  "only*: KAN projections (param-matched) in that part of every block, linear ones in the other: "
+                  "where the KAN's cost against linear sits."]
     profiles = {}
     if args.profile:
         profiles = {info[name][1]: step_profile.profile(fns[name], hlo[name], args.profile)
@@ -337,7 +346,8 @@ def main() -> None:
                   "matmul > scatter > gather > reduction > layout copy (copies, transposes only) > elementwise. Pass: "
                   "from JAX's op_name metadata (jvp = forward, transpose(jvp) = backward; the rest is AdamW, "
                   "clipping and norms). Op times are summed, so ops that overlap on the two threads both count; "
-                  "the share is of that sum."]
+                  "the share is of that sum. Dots that XLA:CPU hands to Eigen (the weight gradients) are "
+                  "under-counted: their trace event ends before the work on Eigen's threads does."]
     table = "\n".join(lines)
     print(table)
     command = command_line("benchmarks.perf.train_step")

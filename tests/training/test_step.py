@@ -5,6 +5,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -22,7 +23,7 @@ def _train_cfg(**kw):
     from configs.base import get_config
 
     c = get_config().train
-    c.update(dict(lr=1e-2, steps=10, warmup=0, schedule="constant", weight_decay=0.0, clip=0.0, **kw))
+    c.update({**dict(lr=1e-2, steps=10, warmup=0, schedule="constant", weight_decay=0.0, clip=0.0), **kw})
     return c
 
 
@@ -52,6 +53,39 @@ def test_gradient_accumulation_equals_the_full_batch():
     untouched = _run(model, _train_cfg(grad_accum=2), halves[:1])  # no update before the k-th micro-step
     for a, b in zip(untouched, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_step_is_optax_applied_by_hand_and_a_non_finite_gradient_changes_nothing():
+    model = LlamaForCausalLM(TINY, rngs=nnx.Rngs(0))
+    cfg = _train_cfg(clip=1.0, weight_decay=0.1)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    trainer, state = train_lib.create_trainer(model, cfg, "causal_lm", mesh)
+    batch = sharding.host_batch_to_global(_batch(4), mesh)
+    step = train_lib.jit_train_step(trainer, _batch(4))
+
+    def loss(params):
+        return trainer.loss_fn(nnx.merge(trainer.graphdef, params), batch)[0]
+
+    # The reference: the gradient and the optimiser's update, applied outside the jitted step.
+    grads = jax.grad(loss)(state["params"])
+    updates, opt = trainer.tx.update(grads, state["opt"], state["params"])
+    want = [np.asarray(x) for x in jax.tree.leaves((optax.apply_updates(state["params"], updates), opt))]
+    state, metrics = step(state, batch)  # donates the state it was given
+    got = [np.asarray(x) for x in jax.tree.leaves((state["params"], state["opt"]))]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert int(metrics["skipped"]) == 0 and int(state["skipped"]) == 0
+
+    # A NaN in the embedding row of a token the batch reads: NaN gradients, so nothing may move.
+    emb = state["params"]["model"]["embed_tokens"]["embedding"]
+    emb[...] = emb[...].at[int(_batch(4)["input_ids"][0, 0])].set(jnp.nan)
+    before = [np.asarray(x).copy() for x in jax.tree.leaves((state["params"], state["opt"]))]
+    state, metrics = step(state, batch)
+    after = [np.asarray(x) for x in jax.tree.leaves((state["params"], state["opt"]))]
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a, b)  # NaNs compare equal here, and every other bit must too
+    assert not np.isfinite(float(metrics["grad_norm"]))
+    assert int(metrics["skipped"]) == 1 and int(state["skipped"]) == 1 and int(state["step"]) == 2
 
 
 def test_remat_gives_the_same_step():
