@@ -56,9 +56,9 @@ def evaluate(eval_fn, params, arrays, config, mesh, limit: int = 0, progress: st
         arrays = {k: v[:limit] for k, v in arrays.items()}
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     rows = []
-    batches = data_lib.eval_batches(arrays, config.eval.batch_size, shard_index=jax.process_index(),
-                                    shard_count=jax.process_count())
-    total = -(-data_lib.num_rows(arrays) // config.eval.batch_size)
+    size = eval_batch_rows(config, mesh, data_lib.num_rows(arrays))
+    batches = data_lib.eval_batches(arrays, size, shard_index=jax.process_index(), shard_count=jax.process_count())
+    total = -(-data_lib.num_rows(arrays) // size)
     for batch in tqdm(batches, total=total, desc=progress, disable=not progress or jax.process_index() != 0,
                       dynamic_ncols=True, leave=False):
         batch = {k: v for k, v in batch.items() if k != "weight" or config.model.task == "classify"}
@@ -99,11 +99,28 @@ class Run:
     lock: WorkdirLock | None = None  # this run's hold on the workdir (process 0); `run` releases it
 
 
+def _batch_unit(mesh) -> int:
+    """What every global batch's row count must be a multiple of: the data×fsdp shards and the processes."""
+    return math.lcm(mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
+
+
 def _check_batch(config, mesh) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.data.batch_size % shards or config.data.batch_size % jax.process_count():
-        raise config_lib.ConfigError(f"data.batch_size={config.data.batch_size} must be divisible by the data×fsdp "
-                                     f"mesh size ({shards}) and the number of processes ({jax.process_count()})")
+    for key in ("data.batch_size", "eval.batch_size"):
+        section, name = key.split(".")
+        value = config[section][name]
+        if value % _batch_unit(mesh):
+            raise config_lib.ConfigError(f"{key}={value} must be divisible by the data×fsdp mesh size ({shards}) "
+                                         f"and the number of processes ({jax.process_count()})")
+
+
+def eval_batch_rows(config, mesh, n: int) -> int:
+    """Rows per evaluation batch for a split of n rows: eval.batch_size, or fewer where the whole split
+    fits in fewer (n rounded up to `_batch_unit`), so that a small split (a few packed rows of held-out
+    chat) is not computed as a full batch of padding. Larger splits keep eval.batch_size throughout,
+    their last batch padded, so they compile one shape."""
+    unit = _batch_unit(mesh)
+    return min(config.eval.batch_size, max(unit, -(-n // unit) * unit))
 
 
 def changed_keys(saved: dict, current: dict) -> list[str]:

@@ -172,6 +172,49 @@ def test_bad_config_key_fails_fast_naming_it(tmp_path, shared_data):
     assert out.stderr.strip() == "train.py: unknown config key train.stepz; did you mean train.steps?"
 
 
+def test_an_eval_batch_the_mesh_cannot_split_fails_fast_naming_the_key(tmp_path, shared_data):
+    flags = tiny_overrides(tmp_path, shared_data, **{"eval.batch_size": 12})
+    out = train_cli("configs/linear.py", flags, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert out.returncode == 2, out.stderr
+    assert "eval.batch_size=12 must be divisible by the data×fsdp mesh size (8)" in out.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_split_smaller_than_the_eval_batch_is_scored_in_a_batch_of_its_size():
+    from flax import nnx
+
+    from kanjax.data import pipeline as data_lib
+    from kanjax.llama.model import LlamaConfig, LlamaForCausalLM
+    from kanjax.training import loop, sharding
+    from kanjax.training import step as train_lib
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2), rngs=nnx.Rngs(0))
+    config = base.get_config()
+    config.model.task, config.eval.batch_size = "causal_lm", 64
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    trainer, state = train_lib.create_trainer(model, config.train, "causal_lm", mesh)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 64, (6, 16)).astype(np.int32)
+    mask = (rng.random((6, 16)) < 0.8).astype(np.float32)
+    split = dict(input_ids=ids, targets=np.roll(ids, -1, 1), loss_mask=mask, segment_ids=np.ones((6, 16), np.int32),
+                 positions=np.tile(np.arange(16, dtype=np.int32), (6, 1)))
+    example = {k: v for k, v in next(data_lib.eval_batches(split, 64)).items() if k != "weight"}
+    step = train_lib.jit_eval_step(trainer, example)
+    seen = []
+
+    def recording(params, batch):
+        seen.append(batch["input_ids"].shape[0])
+        return step(params, batch)
+
+    got = loop.evaluate(recording, state["params"], split, config, mesh)
+    assert seen == [6] and loop.eval_batch_rows(config, mesh, 200) == 64
+    # The reference: the split padded to one full batch of 64 rows (padding rows masked out), as before.
+    padded = jax.device_get(step(state["params"], sharding.host_batch_to_global(example, mesh)))
+    assert got["count"] == padded["count"] == mask.sum()
+    np.testing.assert_allclose(got["loss"], padded["loss_sum"] / padded["count"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("problem", ["missing_file", "missing_column", "tokenizer_too_big", "bad_kan_key"])
 def test_bad_input_fails_before_training(tmp_path, shared_data, problem):
     from kanjax.training.loop import run
