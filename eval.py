@@ -106,6 +106,11 @@ def main(argv=None) -> int:
     if args.perplexity_file and not Path(args.perplexity_file).is_file():
         print(f"eval.py: --perplexity_file {args.perplexity_file}: no such file", file=sys.stderr)
         return 2
+    # A mistyped folder would otherwise send every task to the hub (offline: a minute of retries each).
+    for flag, folder in (("--data_dir", args.data_dir), ("--bbh_dir", args.bbh_dir)):
+        if folder and not Path(folder).is_dir():
+            print(f"eval.py: {flag} {folder}: no such folder", file=sys.stderr)
+            return 2
     prompts = _prompts(args.generate)
     try:  # a mistyped --model fails here, before any tokenizer or weights load
         source_kind(args.model)

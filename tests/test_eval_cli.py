@@ -54,6 +54,14 @@ def test_eval_cli_rejects_unknown_task(tmp_path):
         eval_cli.main(["--model", str(tmp_path), "--tasks", "arc_easyy"])
 
 
+@pytest.mark.parametrize("flag", ["--data_dir", "--bbh_dir"])
+def test_eval_cli_names_a_missing_data_folder_before_anything_loads(tmp_path, capsys, flag):
+    # --model names nothing loadable either: the folder check must come first, with no hub attempt.
+    rc = eval_cli.main(["--model", str(tmp_path / "no_model"), "--tasks", "arc_easy", flag, str(tmp_path / "nope")])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == f"eval.py: {flag} {tmp_path / 'nope'}: no such folder"
+
+
 @pytest.mark.slow
 def test_eval_on_train_workdir_with_trimmed_vocab(tmp_path, shared_data, tokenizer):
     """A 4-step causal-LM run (vocabulary trimmed to 256 from its training text) is reloaded and

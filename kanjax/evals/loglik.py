@@ -29,6 +29,9 @@ from kanjax.evals import packing
 
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 TOKENS_PER_CALL = 4096  # packed scoring: rows x length per jitted call (CPU caches like a few thousand tokens)
+# score_token_rows: rows x length per call at most (one row always); SmolLM2-135M plans ~1.7 GiB of
+# temporaries per 8,192-token row, so 16 such rows (eval.py's batch) would not fit in 24 GB.
+ROW_TOKENS_PER_CALL = 16384
 MIN_ROW = 256  # packed rows hold several questions: at least this long
 
 
@@ -88,29 +91,57 @@ def bucket_length(n: int, buckets: Sequence[int], max_len: int) -> int:
 # ----------------------------------------------------------------------------- scoring
 
 
+HEAD_CHUNK = 256  # positions per (d → vocab) head call when every position is scored
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "window"))
 def _score_batch(graphdef, state, inputs, attention_mask, targets, target_mask, window=None):
     """inputs, attention_mask, targets, target_mask (b,t) -> summed log-prob (b,), all-greedy (b,).
 
     window: when set, only the last `window` real positions of each row (which hold every
     continuation token) go through the (d → vocab) head: with 49,152 ids that head is most of the
-    cost of scoring short answers.
+    cost of scoring short answers. Without it (perplexity's rolling windows score every position),
+    the head runs on HEAD_CHUNK positions at a time: (b, t, v) float32 logits for 16 windows of
+    8,192 tokens would be 26 GB.
     """
     model = nnx.merge(graphdef, state)
-    if window is None:
-        logits = model(inputs, attention_mask)  # (b,t,v) float32
-    else:
-        hidden = model.model(inputs, attention_mask)  # (b,t,d)
+    if not hasattr(model, "logits"):
+        return _token_scores(model(inputs, attention_mask), targets, target_mask)
+    hidden = model.model(inputs, attention_mask)  # (b,t,d)
+    if window is not None:
         end = jnp.sum(attention_mask, axis=-1)  # right padded: real tokens are [0, end)
         idx = jnp.maximum(end - window, 0)[:, None] + jnp.arange(window)[None]  # (b,w)
         hidden = jnp.take_along_axis(hidden, idx[..., None], axis=1)
         targets = jnp.take_along_axis(targets, idx, axis=1)
         target_mask = jnp.take_along_axis(target_mask, idx, axis=1)
-        logits = model.logits(hidden)  # (b,w,v)
+    return _chunked_token_scores(model, hidden, targets, target_mask)
+
+
+def _token_scores(logits, targets, target_mask):
+    """logits (b,t,v), targets (b,t), target_mask (b,t) -> summed log-prob (b,), all-greedy (b,)."""
     logp = jax.nn.log_softmax(logits, axis=-1)
     tok_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     greedy_ok = (jnp.argmax(logits, axis=-1) == targets) | ~target_mask
     return jnp.sum(jnp.where(target_mask, tok_logp, 0.0), axis=-1), jnp.all(greedy_ok, axis=-1)
+
+
+def _chunked_token_scores(model, hidden, targets, target_mask):
+    """`_token_scores` of model.logits(hidden (b,t,d)), the head applied to HEAD_CHUNK positions at a time
+    (t padded up to a multiple with unscored positions)."""
+    b, t, d = hidden.shape
+    if t <= HEAD_CHUNK:
+        return _token_scores(model.logits(hidden), targets, target_mask)
+    n = -(-t // HEAD_CHUNK)
+    pad = n * HEAD_CHUNK - t
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets, target_mask = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(target_mask, ((0, 0), (0, pad)))
+
+    def chunks(x):  # (b, n·c, …) -> (n, b, c, …)
+        return jnp.moveaxis(x.reshape(b, n, HEAD_CHUNK, *x.shape[2:]), 1, 0)
+
+    ll, ok = jax.lax.map(lambda a: _token_scores(model.logits(a[0]), a[1], a[2]),
+                         (chunks(hidden), chunks(targets), chunks(target_mask)))
+    return jnp.sum(ll, axis=0), jnp.all(ok, axis=0)
 
 
 def _window(rows, length: int, buckets) -> int | None:
@@ -141,10 +172,12 @@ def model_max_len(model, max_len: int | None = None) -> int:
 
 def score_token_rows(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 16,
                      buckets: Sequence[int] | None = DEFAULT_BUCKETS, max_len: int | None = None,
-                     progress: bool = False) -> list[tuple[float, bool]]:
+                     progress: bool = False, tokens_per_call: int = ROW_TOKENS_PER_CALL) -> list[tuple[float, bool]]:
     """Token-level pairs (context ids, continuation ids) -> [(sum log p(continuation), is_greedy)].
 
     Rows are scored longest first (similar lengths share a batch); results come back in input order.
+    A call takes batch_size rows, or fewer where they are long: at most tokens_per_call // length
+    (at least one), so perplexity's 8,192-token windows do not plan 16 rows' activations at once.
     buckets=None pads each batch only to its own longest row (the unbucketed reference).
     """
     check_lm(model)
@@ -153,21 +186,28 @@ def score_token_rows(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     graphdef, state = nnx.split(model)
     out: list[tuple[float, bool] | None] = [None] * len(rows)
-    starts = range(0, len(order), batch_size)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="score", dynamic_ncols=True)
-    for s in starts:
-        idx = order[s:s + batch_size]
-        longest = max(len(rows[i][0]) for i in idx)
+        bar = tqdm(total=len(rows), desc="score", dynamic_ncols=True)
+    s = 0
+    while s < len(order):
+        longest = len(rows[order[s]][0])  # longest first: the first row of a call is its longest
         length = longest if buckets is None else bucket_length(longest, buckets, limit)
-        width = len(idx) if buckets is None else min(batch_size, len(rows))  # one batch shape per call
+        per_call = max(1, min(batch_size, tokens_per_call // length))
+        idx = order[s:s + per_call]
+        width = len(idx) if buckets is None else min(per_call, len(rows))  # one batch shape per length
         arrays = pad_batch([rows[i] for i in idx], length, width)
         window = _window([rows[i] for i in idx], length, buckets) if hasattr(model, "logits") else None
         ll, greedy = jax.device_get(_score_batch(graphdef, state, *map(jnp.asarray, arrays), window=window))
         for j, i in enumerate(idx):
             out[i] = (float(ll[j]), bool(greedy[j]))
+        s += len(idx)
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
     return out
 
 

@@ -2,9 +2,12 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from kanjax.evals import loglik as evaluate
 from kanjax.evals import tasks as eval_tasks
@@ -160,6 +163,46 @@ def test_perplexity_windows_cover_every_token_once(tiny_pair, tokenizer):
     assert windowed["tokens"] == whole["tokens"]
     assert whole["bits_per_byte"] == pytest.approx(whole["nll_sum"] / (np.log(2) * len(text.encode())))
     assert np.isfinite(windowed["token_perplexity"])
+
+
+def test_perplexity_of_a_long_window_matches_torch(tiny_pair, tokenizer):
+    # Over HEAD_CHUNK positions, every one scored: the head runs chunk by chunk (perplexity of long texts).
+    hf, ours = tiny_pair
+    text = " ".join(f"word{i} and {i * 7 % 13} more;" for i in range(60))
+    tokens = [evaluate.prefix_token_id(tokenizer)] + evaluate.encode(tokenizer, text)
+    assert len(tokens) - 1 > evaluate.HEAD_CHUNK
+    got = evaluate.perplexity(ours, tokenizer, text, max_len=len(tokens))
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(torch.tensor([tokens[:-1]])).logits[0].double(), -1)
+    want = -float(logp[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])].sum())
+    assert got["tokens"] == len(tokens) - 1
+    assert got["nll_sum"] == pytest.approx(want, rel=1e-5)
+    # And the (b, t, v) logits never exist at once: XLA's plan for 2 windows of 2,048 tokens stays
+    # under the size of those logits alone (805 MB).
+    graphdef, state = nnx.split(ours)
+    rows = jax.ShapeDtypeStruct((2, 2048), jnp.int32)
+    plan = evaluate._score_batch.lower(graphdef, state, rows, rows, rows, jax.ShapeDtypeStruct((2, 2048), bool)
+                                       ).compile().memory_analysis()
+    assert plan.temp_size_in_bytes < 2 * 2048 * 49152 * 4 / 3
+
+
+def test_long_rows_are_scored_fewer_per_call_with_the_same_scores(tiny_pair, monkeypatch):
+    _, ours = tiny_pair
+    rng = np.random.default_rng(0)
+    pairs = [(list(rng.integers(5, 900, n)), list(rng.integers(5, 900, 3))) for n in (100, 90, 40, 30, 20)]
+    want = evaluate.score_token_rows(ours, pairs, batch_size=4)
+    shapes, real = [], evaluate._score_batch
+
+    def recording(graphdef, state, inputs, *rest, **kw):
+        shapes.append(inputs.shape)
+        return real(graphdef, state, inputs, *rest, **kw)
+
+    monkeypatch.setattr(evaluate, "_score_batch", recording)
+    got = evaluate.score_token_rows(ours, pairs, batch_size=4, tokens_per_call=256)
+    # 128-token rows (the bucket of 100 and 90): two per call; 64-token rows: all three in one call.
+    assert shapes == [(2, 128), (4, 64)]
+    for (a, ga), (b, gb) in zip(got, want, strict=True):
+        assert a == pytest.approx(b, rel=1e-6) and ga == gb
 
 
 def test_model_without_lm_head_is_refused(llama_ref, tokenizer):
