@@ -105,15 +105,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
 
 
 def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                             block: int = 64) -> jax.Array:
+                             block: int = 64, max_blocks: int = 16) -> jax.Array:
     """`attention` for the no-cache case (queries and keys at the same causal positions, t == s).
 
     Query block i only meets keys [0, (i+1)·block): the blocks above the diagonal are all masked
     anyway, so skipping them halves the score work, and the smaller score matrices stay in cache
-    (benchmarks/results/perf/model_forward.md).
+    (benchmarks/results/perf/model_forward.md). The blocks are unrolled (each has its own key
+    length), so past max_blocks·block tokens the block grows (a multiple of `block`) to keep at most
+    max_blocks of them: 8,192-token rows (perplexity windows) would otherwise unroll 128 per layer,
+    and the compilation takes minutes; 16 blocks still skip 47% of the score work.
     """
     b, t, h, e = q.shape
     s, kh = k.shape[1], k.shape[2]
+    block = max(block, -(-t // (max_blocks * block)) * block)
     if t != s or t <= block:
         return attention(q, k, v, mask)
     g = h // kh

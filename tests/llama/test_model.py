@@ -1,6 +1,7 @@
 """kanjax.llama against transformers' Llama (tiny random float32 models, eager attention)."""
 
 import dataclasses
+import functools
 import json
 
 import jax
@@ -257,5 +258,11 @@ def test_blocked_causal_attention_equals_dense():
     pad = jnp.ones((b, t), jnp.int32).at[1, :37].set(0)
     mask = attention_mask_bool(t, t, 0, pad)
     real = np.asarray(pad, bool)  # fully masked (padding) query rows are arbitrary in both
-    np.testing.assert_allclose(np.asarray(blocked_causal_attention(q, k, v, mask, block=64))[real],
-                               np.asarray(attention(q, k, v, mask))[real], atol=1e-5, rtol=1e-5)
+    dense = np.asarray(attention(q, k, v, mask))[real]
+    np.testing.assert_allclose(np.asarray(blocked_causal_attention(q, k, v, mask, block=64))[real], dense,
+                               atol=1e-5, rtol=1e-5)
+    # Past max_blocks·block tokens the block grows: 150 tokens in at most 4 blocks of 16·k → 4 of 48.
+    capped = functools.partial(blocked_causal_attention, block=16, max_blocks=4)
+    np.testing.assert_allclose(np.asarray(capped(q, k, v, mask))[real], dense, atol=1e-5, rtol=1e-5)
+    dots = [e for e in jax.make_jaxpr(capped)(q, k, v, mask).eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 2 * 4  # scores and values per block
