@@ -29,8 +29,8 @@ from kanjax.evals import packing
 
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 TOKENS_PER_CALL = 4096  # packed scoring: rows x length per jitted call (CPU caches like a few thousand tokens)
-# score_token_rows: rows x length per call at most (one row always); SmolLM2-135M plans ~1.7 GiB of
-# temporaries per 8,192-token row, so 16 such rows (eval.py's batch) would not fit in 24 GB.
+# score_token_rows: rows x length per call at most (one row always), so that long rows (perplexity's
+# rolling windows) are not planned batch_size at a time.
 ROW_TOKENS_PER_CALL = 16384
 MIN_ROW = 256  # packed rows hold several questions: at least this long
 
@@ -101,8 +101,7 @@ def _score_batch(graphdef, state, inputs, attention_mask, targets, target_mask, 
     window: when set, only the last `window` real positions of each row (which hold every
     continuation token) go through the (d → vocab) head: with 49,152 ids that head is most of the
     cost of scoring short answers. Without it (perplexity's rolling windows score every position),
-    the head runs on HEAD_CHUNK positions at a time: (b, t, v) float32 logits for 16 windows of
-    8,192 tokens would be 26 GB.
+    the head runs on HEAD_CHUNK positions at a time, so the (b, t, v) logits never exist at once.
     """
     model = nnx.merge(graphdef, state)
     if not hasattr(model, "logits"):

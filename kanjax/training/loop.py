@@ -105,11 +105,9 @@ def _batch_unit(mesh) -> int:
 
 
 def _check_batch(config, mesh) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    for key in ("data.batch_size", "eval.batch_size"):
-        section, name = key.split(".")
-        value = config[section][name]
-        if value % _batch_unit(mesh):
+    shards, unit = mesh.shape["data"] * mesh.shape["fsdp"], _batch_unit(mesh)
+    for key, value in (("data.batch_size", config.data.batch_size), ("eval.batch_size", config.eval.batch_size)):
+        if value % unit:
             raise config_lib.ConfigError(f"{key}={value} must be divisible by the data×fsdp mesh size ({shards}) "
                                          f"and the number of processes ({jax.process_count()})")
 
